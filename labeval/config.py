@@ -1,0 +1,54 @@
+"""Settings, read once from the environment at the edge (cli) and passed in explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+_ENV_PREFIX = "LABEVAL_"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # None: start (or join) an embedded PostgreSQL in data_dir.
+    database_url: str | None = None
+    data_dir: str = ".labeval"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    log_level: LogLevel = "INFO"
+    # Path to a policy TOML; None uses the default shipped in scoring/.
+    policy: str | None = None
+    # Cron expression (5 fields) for the scheduled grading run; empty disables it.
+    grading_cron: str = "0 2 * * *"
+    pool_min_size: Annotated[int, msgspec.Meta(ge=1)] = 1
+    pool_max_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from LABEVAL_* variables; explicit overrides (cli flags) win.
+
+        Unknown LABEVAL_* variables are ignored rather than rejected so that deployment tooling
+        may add its own; malformed values raise msgspec.ValidationError naming the field.
+        """
+        env = os.environ if environ is None else environ
+        fields = set(cls.__struct_fields__)
+        raw: dict[str, object] = {}
+        for key, value in env.items():
+            if key.startswith(_ENV_PREFIX):
+                name = key[len(_ENV_PREFIX) :].lower()
+                if name in fields and value != "":
+                    raw[name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        if "log_level" in raw:
+            raw["log_level"] = str(raw["log_level"]).upper()
+        # strict=False lets "8000" from the environment become an int.
+        return msgspec.convert(raw, cls, strict=False)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()

