@@ -3,6 +3,19 @@
 The policy is a TOML file decoded into frozen msgspec Structs. Its canonical hash (SHA-256 of
 the canonical JSON encoding of the decoded Struct, so comments and key order do not matter) is
 stored with every grade, so a grading run can be reproduced and audited.
+
+Sections (all optional in the TOML; defaults below are the shipped policy, see
+default_policy.toml):
+
+- ``pairs``: conventions for one pair (DOMAIN.md §3).
+- ``evidence``: how pairs become lab evidence (scoring.labs): look-back window, baseline rates,
+  robust attribution fit, empirical-Bayes target, FDR level, funnel winsorisation.
+- ``cusum``: risk-adjusted Bernoulli CUSUM (Steiner et al. 2000) and its simulated limit.
+- ``indicators``: PT round rules (CLIA-style), look-back for other indicators.
+- ``grading``: class labels and score cut-offs, minimum evidence, hysteresis.
+- ``score``: point deductions, chosen by rule name (only rules present in the table apply).
+- ``caps``: hard caps, chosen by rule name -> worst-allowed class.
+- ``selection``: tender/双随机 selection weight per class (0 = excluded).
 """
 
 from __future__ import annotations
@@ -16,6 +29,10 @@ from typing import Annotated, Literal
 import msgspec
 
 Probability = Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
+Positive = Annotated[float, msgspec.Meta(gt=0.0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Label = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -30,13 +47,190 @@ class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     default_coverage_k: Annotated[float, msgspec.Meta(gt=0.0)] = 2.0
 
 
+class EvidencePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How scored pairs become lab-level evidence (scoring.labs, DOMAIN.md §5)."""
+
+    # Pairs completed within this many days before as_of are evidence.
+    window_days: PositiveInt = 1095
+    # Level of the baseline discrepancy rate used for expected counts (indirect standardisation):
+    # "item" shrinks each item's rate to its category's, which shrinks to the overall rate;
+    # "category" stops at category; "overall" uses one rate.
+    baseline: Literal["item", "category", "overall"] = "item"
+    # Pseudo-pairs of the parent rate added when shrinking a child rate (0 = no shrinkage).
+    baseline_prior_pairs: NonNegative = 20.0
+    # Standardised differences are clipped at +-clip_s before fitting (a gross error cannot swamp).
+    clip_s: Positive = 4.0
+    # Huber tuning constant for the robust bias fit (in units of the row's standard deviation).
+    huber_k: Positive = 1.5
+    irls_iterations: PositiveInt = 10
+    # Ridge on lab biases; with a tiny ridge the solution satisfies sum(b) = 0 per component.
+    ridge: Positive = 1e-6
+    # Floor added to each lab's share of a pair's excess mean square when splitting blame, so
+    # two labs with no estimated excess share a discrepancy equally.
+    blame_floor: Positive = 0.1
+    # Above this number of labs the bias standard errors use a diagonal approximation.
+    dense_limit: PositiveInt = 3000
+    # Policy target for a lab's attributed discrepancy rate (per pair as original or retest).
+    target_rate: Probability = 0.05
+    # Cap on alpha + beta of the beta-binomial prior when labs show no overdispersion.
+    eb_max_prior_pairs: Positive = 1000.0
+    credible_level: Probability = 0.95
+    # Benjamini-Hochberg level.
+    fdr_alpha: Probability = 0.05
+    # Two-sided winsorisation fraction of funnel z-scores for overdispersion (Spiegelhalter 2005).
+    funnel_winsor: Annotated[float, msgspec.Meta(ge=0.0, lt=0.5)] = 0.1
+
+
+class CusumPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Risk-adjusted Bernoulli CUSUM (Steiner, Cook, Farewell, Treasure 2000)."""
+
+    # Odds ratio of discrepancy the chart is tuned to detect.
+    odds_ratio: Annotated[float, msgspec.Meta(gt=1.0)] = 2.0
+    # In-control average run length (in pairs) the limit h is set to.
+    arl0: PositiveInt = 500
+    n_sim: PositiveInt = 1000
+    seed: int = 20180613
+    # Simulated runs are truncated at max_steps_factor * arl0 steps.
+    max_steps_factor: PositiveInt = 4
+
+
+class IndicatorPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Other indicators (scoring.indicators)."""
+
+    window_days: PositiveInt = 1095
+    # PT: |z| >= unsatisfactory_z unsatisfactory, >= questionable_z questionable (ISO 13528 9.4).
+    pt_questionable_z: Positive = 2.0
+    pt_unsatisfactory_z: Positive = 3.0
+    # A PT round is unsatisfactory when at least this share of its results is unsatisfactory
+    # (CLIA 42 CFR 493.803 counts an event unsatisfactory below 80 % acceptable results).
+    pt_round_unsatisfactory_share: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.2
+    # Unsuccessful: pt_unsuccessful_count unsatisfactory rounds among pt_unsuccessful_window
+    # consecutive rounds of one scheme (CLIA: 2 of 3, which includes 2 consecutive).
+    pt_unsuccessful_count: PositiveInt = 2
+    pt_unsuccessful_window: PositiveInt = 3
+
+
+class GradingPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # Class labels, best first.
+    labels: tuple[Label, ...] = ("I", "II", "III", "IV")
+    # Minimum score of each class but the last, descending (score >= cutoffs[i] -> labels[i]).
+    cutoffs: tuple[float, ...] = (90.0, 75.0, 60.0)
+    # Class given to a lab with no previous grade and too little evidence.
+    new_lab_class: Label = "II"
+    # Pairs (as original or retest) needed before any statistical rule may act.
+    min_pairs: PositiveInt = 30
+    # An upgrade needs this many consecutive qualifying runs (this run included) ...
+    upgrade_after_runs: PositiveInt = 2
+    # ... and moves at most this many classes.
+    max_classes_up: PositiveInt = 1
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError("grading.labels must be at least two distinct labels")
+        if len(self.cutoffs) != len(self.labels) - 1:
+            raise ValueError("grading.cutoffs must have one entry per label but the last")
+        if any(a <= b for a, b in zip(self.cutoffs, self.cutoffs[1:])):
+            raise ValueError("grading.cutoffs must be strictly descending")
+        if self.new_lab_class not in self.labels:
+            raise ValueError("grading.new_lab_class is not a label")
+
+
+class ScoreRule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Deduction = min(cap, per_unit * max(0, metric - threshold))."""
+
+    threshold: float = 0.0
+    per_unit: NonNegative
+    cap: NonNegative
+
+
+ScoreRuleName = Literal[
+    # evidence (statistical: apply only with min_pairs)
+    "discrepancy_rate",  # metric eb_rate
+    "bias",  # metric |bias|
+    # indicators
+    "pt_unsatisfactory",  # metric pt_unsatisfactory_results
+    "pt_questionable",  # metric pt_questionable_results
+    "late_reports",  # metric late_share
+    "complaints",  # metric upheld_complaints
+    "audit_major",  # metric audit_major
+    "audit_minor",  # metric audit_minor
+    "inaccurate_reports",  # metric inaccurate_reports (SAMR Order 39 art. 13)
+]
+
+CapRuleName = Literal[
+    "falsified_report",  # any falsified-report finding (SAMR Order 39 art. 14)
+    "pt_unsuccessful",  # CLIA-style unsuccessful PT
+    "fdr_excess",  # BH q of O/E excess < fdr_alpha (statistical)
+    "fdr_bias",  # BH q of bias < fdr_alpha and |bias| >= cap_bias_min (statistical)
+    "cusum_signal",  # CUSUM crossed its limit (statistical)
+]
+
+
+def _default_score_rules() -> dict[str, ScoreRule]:
+    return {
+        "discrepancy_rate": ScoreRule(threshold=0.05, per_unit=400.0, cap=40.0),
+        "bias": ScoreRule(threshold=0.5, per_unit=40.0, cap=30.0),
+        "pt_unsatisfactory": ScoreRule(threshold=0.0, per_unit=5.0, cap=20.0),
+        "pt_questionable": ScoreRule(threshold=0.0, per_unit=1.0, cap=5.0),
+        "late_reports": ScoreRule(threshold=0.05, per_unit=50.0, cap=10.0),
+        "complaints": ScoreRule(threshold=0.0, per_unit=5.0, cap=15.0),
+        "audit_major": ScoreRule(threshold=0.0, per_unit=5.0, cap=20.0),
+        "audit_minor": ScoreRule(threshold=0.0, per_unit=1.0, cap=5.0),
+        "inaccurate_reports": ScoreRule(threshold=0.0, per_unit=10.0, cap=30.0),
+    }
+
+
+def _default_caps() -> dict[str, str]:
+    return {
+        "falsified_report": "IV",
+        "pt_unsuccessful": "III",
+        "fdr_excess": "III",
+        "fdr_bias": "III",
+        "cusum_signal": "II",
+    }
+
+
+class ScorePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    base: Annotated[float, msgspec.Meta(gt=0.0)] = 100.0
+    rules: dict[ScoreRuleName, ScoreRule] = msgspec.field(default_factory=_default_score_rules)
+
+
+class CapPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    rules: dict[CapRuleName, Label] = msgspec.field(default_factory=_default_caps)
+    # fdr_bias caps only when the estimated |bias| (in s units) is at least this large.
+    bias_min_abs: NonNegative = 0.5
+
+
+def _default_selection() -> dict[str, float]:
+    return {"I": 1.0, "II": 0.7, "III": 0.3, "IV": 0.0}
+
+
+class SelectionPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # Relative draw weight per class; 0 means not eligible (DOMAIN.md §6: IV excluded).
+    weights: dict[Label, NonNegative] = msgspec.field(default_factory=_default_selection)
+
+
 class Policy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str = "default"
     version: str = "1"
     pairs: PairPolicy = PairPolicy()
+    evidence: EvidencePolicy = EvidencePolicy()
+    cusum: CusumPolicy = CusumPolicy()
+    indicators: IndicatorPolicy = IndicatorPolicy()
+    grading: GradingPolicy = GradingPolicy()
+    score: ScorePolicy = ScorePolicy()
+    caps: CapPolicy = CapPolicy()
+    selection: SelectionPolicy = SelectionPolicy()
+
+    def __post_init__(self) -> None:
+        labels = set(self.grading.labels)
+        bad = {v for v in self.caps.rules.values() if v not in labels}
+        if bad:
+            raise ValueError(f"caps name unknown class labels: {sorted(bad)}")
+        if set(self.selection.weights) != labels:
+            raise ValueError("selection.weights must give a weight for every class label")
 
 
-_decoder = msgspec.json.Decoder(Policy)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 

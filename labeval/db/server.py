@@ -7,10 +7,11 @@ last one to leave stops it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -65,14 +66,18 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """Yield the URL of labeval's database for the lifetime of the block."""
+@contextlib.asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    """Yield the URL of labeval's database for the lifetime of the block.
+
+    Starting the embedded server blocks for about a second (initdb the first time: a few), so it
+    runs in a worker thread.
+    """
     if settings.database_url:
         yield settings.database_url
         return
-    import asyncio
-
-    with embedded_server(settings.data_path) as admin_url:
-        asyncio.run(ensure_database(admin_url, EMBEDDED_DATABASE))
+    server = await asyncio.to_thread(_start_embedded, settings.data_path)
+    with server:
+        admin_url = server.get_uri()
+        await ensure_database(admin_url, EMBEDDED_DATABASE)
         yield with_database(admin_url, EMBEDDED_DATABASE)

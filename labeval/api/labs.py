@@ -1,0 +1,28 @@
+"""Labs and their current grades."""
+
+from __future__ import annotations
+
+import asyncpg
+from litestar import Controller, get
+from litestar.exceptions import NotFoundException
+
+from labeval.db.labs import get_lab, list_labs
+from labeval.models import LabDetail, LabSummary
+
+
+class LabController(Controller):
+    path = "/api/v1/labs"
+    tags = ["labs"]
+
+    @get("/")
+    async def list_(self, conn: asyncpg.Connection) -> list[LabSummary]:
+        """Every lab with its class from the latest grading run."""
+        return await list_labs(conn)
+
+    @get("/{code:str}")
+    async def detail(self, conn: asyncpg.Connection, code: str) -> LabDetail:
+        """One lab: scopes, current class, evidence and grade history."""
+        lab = await get_lab(conn, code)
+        if lab is None:
+            raise NotFoundException(f"no lab with code {code!r}")
+        return lab

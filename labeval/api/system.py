@@ -1,0 +1,27 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncpg
+from litestar import Response, get
+from litestar.datastructures import State
+
+from labeval.models import Health, Ready
+
+
+@get("/health", sync_to_thread=False, tags=["system"])
+def health() -> Health:
+    """The process is up (no dependencies checked)."""
+    return Health(status="ok")
+
+
+@get("/ready", tags=["system"])
+async def ready(state: State) -> Response[Ready]:
+    """The database answers and the schema is migrated."""
+    pool: asyncpg.Pool = state.pool
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    except Exception as exc:  # any failure to reach the database means not ready
+        return Response(Ready(status="unavailable", database=type(exc).__name__), status_code=503)
+    return Response(Ready(status="ok", database="ok", schema_version=version))

@@ -1,0 +1,93 @@
+"""The litestar application: create_app(settings) wires resources, routes and error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
+
+from labeval.api.labs import LabController
+from labeval.api.system import health, ready
+from labeval.config import Settings
+from labeval.db.migrate import migrate
+from labeval.db.pool import create_pool
+from labeval.db.server import database_url
+from labeval.scheduler import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
+    """One connection and one transaction per request; an exception in the handler rolls back."""
+    pool: asyncpg.Pool = state.pool
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+def _constraint_violation(request: Request, exc: asyncpg.IntegrityConstraintViolationError) -> Response:
+    status = HTTP_409_CONFLICT if isinstance(exc, asyncpg.UniqueViolationError) else HTTP_422_UNPROCESSABLE_ENTITY
+    return Response(
+        {"status_code": status, "detail": exc.message, "constraint": getattr(exc, "constraint_name", None)},
+        status_code=status,
+    )
+
+
+def create_app(settings: Settings, *, extra_handlers: list | None = None) -> Litestar:
+    @contextlib.asynccontextmanager
+    async def database(app: Litestar) -> AsyncIterator[None]:
+        async with database_url(settings) as url:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+            pool = await create_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+            app.state.pool = pool
+            app.state.database_url = url
+            try:
+                yield
+            finally:
+                await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def scheduler(app: Litestar) -> AsyncIterator[None]:
+        sched = build_scheduler(settings, app.state)
+        sched.start()
+        app.state.scheduler = sched
+        try:
+            yield
+        finally:
+            sched.shutdown(wait=False)
+
+    handlers: list = [health, ready, LabController]
+    handlers.extend(_optional_handlers())
+    handlers.extend(extra_handlers or [])
+    return Litestar(
+        route_handlers=handlers,
+        # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
+        lifespan=[database, scheduler],
+        dependencies={"conn": Provide(provide_conn)},
+        exception_handlers={asyncpg.IntegrityConstraintViolationError: _constraint_violation},
+        state=State({"settings": settings}),
+        openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
+        logging_config=None,
+        debug=False,
+    )
+
+
+def _optional_handlers() -> list:
+    """Route handlers from modules that other parts of the service provide."""
+    out: list = []
+    with contextlib.suppress(ImportError):
+        from labeval.api.imports import ImportController
+
+        out.append(ImportController)
+    return out

@@ -1,0 +1,176 @@
+"""Benchmark of scoring.pairs.score_pairs against a bare polars floor.
+
+``run(pairs, seed)`` builds a realistic random pair frame in memory (``generate_pairs``), times
+``score_pairs(df.lazy(), policy).collect()`` (best of 3) and, in the same process and over the
+same frame, a bare pass computing only d = value_1 - value_2 (the floor a pure column pass
+costs), and reports the ratio. ``render(result)`` formats it. CLI wiring lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import numpy as np
+import polars as pl
+
+from scoring.pairs import score_pairs
+from scoring.policy import Policy
+from scoring.schema import PAIR_INPUT_SCHEMA
+
+__all__ = ["generate_pairs", "render", "run"]
+
+
+def _verdict(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    # Simple acceptance (ILAC-G8): a result on the limit conforms; NaN limits do not constrain.
+    fail = (x < lower) | (x > upper)
+    return np.where(np.isnan(x), None, np.where(fail, "fail", "pass")).astype(object)
+
+
+def generate_pairs(n: int, seed: int = 0) -> pl.DataFrame:
+    """A random frame of ``n`` pairs with ``PAIR_INPUT_SCHEMA``, shaped like supervision data.
+
+    Mix (per row): 8 % qualitative items; precision models absolute/relative/horwitz
+    (25/60/15 %); upper limit only (70 %), two-sided (12 %), lower only (10 %), none (8 %);
+    an LOD on 25 % of items with results below it reported censored ("<LOD", 10 % of those as a
+    bare ND without limit); U on 75 % of results (k = 2, 3 or missing); 1-3 replicates or null;
+    a biased lab on 5 % of sides; results near the limit so verdict reversals occur; an
+    arbitration lab on 3 % of pairs. Deterministic for a given seed.
+    """
+    rng = np.random.default_rng(seed)
+    nan = np.nan
+    qual = rng.random(n) < 0.08
+    model = rng.choice(np.array(["absolute", "relative", "horwitz"]), n, p=[0.25, 0.60, 0.15])
+    limit = np.exp(rng.normal(1.0, 2.0, n))  # mg/kg-like spread of magnitudes
+    rel = rng.uniform(0.02, 0.2, n)
+    scale = np.full(n, 1e-6)  # mg/kg -> mass fraction
+    # sigma_R at the limit, per model, to place the true values and the uncertainties.
+    c_lim = limit * scale
+    hor = np.where(
+        c_lim < 1.2e-7,
+        0.22 * c_lim,
+        np.where(c_lim <= 0.138, 0.02 * c_lim**0.8495, 0.01 * np.sqrt(c_lim)),
+    ) / scale
+    sR_lim = np.where(model == "absolute", rel * limit, np.where(model == "relative", rel * limit, hor))
+    R_sd = np.where(model == "absolute", sR_lim, np.where(model == "relative", rel, nan))
+    r_sd = R_sd * rng.uniform(0.3, 0.8, n)
+    spec = rng.choice(4, n, p=[0.70, 0.12, 0.10, 0.08])
+    upper = np.where((spec == 0) | (spec == 1), limit, nan)
+    lower = np.where(spec == 1, limit * 0.5, np.where(spec == 2, limit, nan))
+    # True value: mostly a few sigma_R inside the conforming side, sometimes right at the limit.
+    offset = np.abs(rng.normal(0.0, 4.0, n)) * sR_lim
+    mu = np.where(spec == 2, limit + offset, np.where(spec == 1, limit * 0.75, limit - offset))
+    mu = np.where(rng.random(n) < 0.05, limit * rng.uniform(0.9, 1.1, n), mu)
+    mu = np.abs(mu)
+    lod = np.where(rng.random(n) < 0.25, np.abs(mu) * rng.uniform(0.2, 1.5, n), nan)
+
+    cols: dict[str, object] = {
+        "pair_id": np.arange(n, dtype=np.int64),
+        "sample_code": None,
+        "item_code": None,
+        "category_code": None,
+        "kind": np.where(qual, "qualitative", "quantitative"),
+        "precision_model": np.where(qual, None, model).astype(object),
+        "repeatability_sd": np.where(qual, nan, r_sd),
+        "reproducibility_sd": np.where(qual, nan, R_sd),
+        "horwitz_scale": np.where(model == "horwitz", scale, nan),
+        "lower_limit": np.where(qual, nan, lower),
+        "upper_limit": np.where(qual, nan, upper),
+        "lod": np.where(qual, nan, lod),
+    }
+    n_items = 400
+    item = rng.integers(0, n_items, n)
+    cols["item_code"] = np.char.add("I", item.astype("U4")).astype(object)
+    cols["category_code"] = np.char.add("C", (item % 40).astype("U3")).astype(object)
+    cols["sample_code"] = np.char.add("S", np.arange(n).astype("U9")).astype(object)
+    base = dt.date(2024, 1, 1)
+    present3 = rng.random(n) < 0.03
+    for j in ("1", "2", "3"):
+        present = present3 if j == "3" else np.ones(n, dtype=bool)
+        bias = np.where(rng.random(n) < 0.05, rng.normal(0.0, 3.0, n), 0.0) * sR_lim
+        reps = rng.choice(np.array([1, 2, 3, -1]), n, p=[0.6, 0.2, 0.1, 0.1])
+        x = mu + bias + rng.normal(0.0, 1.0, n) * sR_lim
+        cens = ~np.isnan(lod) & (x < lod) & ~qual
+        climit = np.where(rng.random(n) < 0.1, nan, lod)
+        value = np.where(cens | qual, nan, x)
+        U = np.where(rng.random(n) < 0.75, 2.0 * sR_lim * rng.uniform(0.5, 1.5, n), nan)
+        k = rng.choice(np.array([2.0, 3.0, nan]), n, p=[0.8, 0.1, 0.1])
+        verdict = _verdict(np.where(cens, np.minimum(lod, x), x), lower, upper)
+        qv = np.where(rng.random(n) < 0.9, "pass", "fail").astype(object)
+        qv = np.where(rng.random(n) < 0.05, np.where(qv == "pass", "fail", "pass"), qv)
+        verdict = np.where(qual, qv, verdict)
+        lab = np.char.add("L", rng.integers(0, 500, n).astype("U3")).astype(object)
+        days = rng.integers(0, 365, n)
+        side = {
+            "lab": lab,
+            "value": value,
+            "censored": cens,
+            "censor_limit": np.where(cens, climit, nan),
+            "expanded_uncertainty": np.where(qual, nan, U),
+            "coverage_k": np.where(qual | np.isnan(U), nan, k),
+            "replicates": np.where(reps < 0, -1, reps),
+            "verdict": verdict,
+            "decision_rule": np.where(rng.random(n) < 0.8, "simple", "guard_band").astype(object),
+            "reported_on": days,
+        }
+        for name, arr in side.items():
+            cols[f"{name}_{j}"] = (arr, present)
+
+    series = []
+    for name, dtype in PAIR_INPUT_SCHEMA.items():
+        spec_val = cols[name]
+        present = None
+        if isinstance(spec_val, tuple):
+            spec_val, present = spec_val
+        if spec_val is None:
+            s = pl.Series(name, [None] * n, dtype=dtype)
+        elif name.startswith("reported_on"):
+            s = pl.Series(name, spec_val, dtype=pl.Int32).cast(pl.Int64)
+            s = (pl.lit(base) + pl.duration(days=pl.lit(s))).alias(name)
+            s = pl.select(s).to_series()
+        elif name.startswith("replicates"):
+            s = pl.Series(name, spec_val, dtype=pl.Int32)
+            s = pl.select(pl.when(s >= 0).then(s)).to_series().alias(name)
+        elif dtype == pl.Float64:
+            s = pl.Series(name, spec_val, dtype=pl.Float64, nan_to_null=True)
+        else:
+            s = pl.Series(name, spec_val, dtype=dtype)
+        if present is not None:
+            s = pl.select(pl.when(pl.lit(pl.Series(present))).then(s)).to_series().alias(name)
+        series.append(s.cast(dtype))
+    return pl.DataFrame(series)
+
+
+def _best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(pairs: int = 1_000_000, seed: int = 0, repeats: int = 3) -> dict:
+    """Time score_pairs on ``pairs`` generated pairs (best of ``repeats``) against the floor."""
+    df = generate_pairs(pairs, seed)
+    policy = Policy()
+    seconds = _best_of(lambda: score_pairs(df.lazy(), policy).collect(), repeats)
+    floor = _best_of(
+        lambda: df.lazy().with_columns((pl.col("value_1") - pl.col("value_2")).alias("d")).collect(),
+        repeats,
+    )
+    return {
+        "pairs": pairs,
+        "seconds": seconds,
+        "pairs_per_second": pairs / seconds if seconds > 0 else float("inf"),
+        "floor_seconds": floor,
+        "ratio": seconds / floor if floor > 0 else float("inf"),
+    }
+
+
+def render(result: dict) -> str:
+    return (
+        f"score_pairs: {result['pairs']:,} pairs in {result['seconds']:.3f} s "
+        f"({result['pairs_per_second']:,.0f} pairs/s); "
+        f"floor (d only) {result['floor_seconds']:.4f} s; ratio {result['ratio']:.1f}x"
+    )

@@ -1,0 +1,119 @@
+"""SQL for grading runs: the pairs a run scores, and where its grades go."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from typing import Any
+
+import asyncpg
+
+# Side columns in the order of scoring.schema._SIDE; `{a}` is the table alias of that side.
+_SIDE_COLUMNS = (
+    "{a}.lab_code AS lab_{n}, {a}.value AS value_{n}, {a}.censored AS censored_{n}, "
+    "{a}.censor_limit AS censor_limit_{n}, {a}.expanded_uncertainty AS expanded_uncertainty_{n}, "
+    "{a}.coverage_k AS coverage_k_{n}, {a}.replicates AS replicates_{n}, {a}.verdict AS verdict_{n}, "
+    "{a}.decision_rule AS decision_rule_{n}, {a}.reported_on AS reported_on_{n}"
+)
+
+# One pair per retest result: the retest's result_id is the pair's stable id across runs.
+# Only current versions count (corrections supersede), and only what was reported by as_of.
+# The newest arbitration of a sample/item settles both sides of every pair on it.
+PAIRS_QUERY = f"""
+WITH cur AS (
+    SELECT result_id, sample_code, item_code, lab_code, role, value, censored, censor_limit,
+           expanded_uncertainty, coverage_k, replicates, verdict, decision_rule, reported_on
+    FROM results
+    WHERE superseded_at IS NULL AND (reported_on IS NULL OR reported_on <= $1::date)
+), arb AS (
+    SELECT DISTINCT ON (sample_code, item_code) *
+    FROM cur WHERE role = 'arbitration'
+    ORDER BY sample_code, item_code, reported_on DESC NULLS LAST, result_id DESC
+)
+SELECT t.result_id AS pair_id, o.sample_code, o.item_code, i.category_code, i.kind,
+       i.precision_model, i.repeatability_sd, i.reproducibility_sd, i.horwitz_scale,
+       i.lower_limit, i.upper_limit, i.lod,
+       {_SIDE_COLUMNS.format(a="o", n=1)},
+       {_SIDE_COLUMNS.format(a="t", n=2)},
+       {_SIDE_COLUMNS.format(a="a", n=3)}
+FROM cur o
+JOIN cur t ON t.sample_code = o.sample_code AND t.item_code = o.item_code AND t.role = 'retest'
+JOIN test_items i ON i.item_code = o.item_code
+LEFT JOIN arb a ON a.sample_code = o.sample_code AND a.item_code = o.item_code
+WHERE o.role = 'original'
+ORDER BY t.result_id
+"""
+
+
+async def pairs_csv(conn: asyncpg.Connection, as_of: date) -> bytes:
+    """The pairs as CSV with a header: COPY streams them without a Python object per row."""
+    buf = io.BytesIO()
+    await conn.copy_from_query(PAIRS_QUERY, as_of, output=buf, format="csv", header=True)
+    return buf.getvalue()
+
+
+async def lab_codes(conn: asyncpg.Connection) -> list[str]:
+    """Labs that are graded: every lab that is not revoked."""
+    rows = await conn.fetch("SELECT lab_code FROM labs WHERE status <> 'revoked' ORDER BY lab_code")
+    return [r["lab_code"] for r in rows]
+
+
+async def previous_grades(conn: asyncpg.Connection, before_as_of: date) -> list[asyncpg.Record]:
+    """Each lab's latest finished grade from runs as of no later than `before_as_of`."""
+    return await conn.fetch(
+        """
+        SELECT DISTINCT ON (g.lab_code)
+               g.lab_code, g.class, g.score, g.evidence, g.run_id, r.as_of
+        FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
+        WHERE r.finished_at IS NOT NULL AND r.as_of <= $1
+        ORDER BY g.lab_code, r.as_of DESC, r.run_id DESC
+        """,
+        before_as_of,
+    )
+
+
+async def insert_run(
+    conn: asyncpg.Connection,
+    *,
+    as_of: date,
+    trigger: str,
+    policy_name: str,
+    policy_version: str,
+    policy_hash: str,
+    policy: Any,
+    data_hash: str,
+    n_pairs: int,
+) -> int:
+    return await conn.fetchval(
+        """
+        INSERT INTO grading_runs (as_of, trigger, policy_name, policy_version, policy_hash, policy,
+                                  data_hash, n_pairs)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        RETURNING run_id
+        """,
+        as_of, trigger, policy_name, policy_version, policy_hash, policy, data_hash, n_pairs,
+    )
+
+
+async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tuple]) -> None:
+    """grades: (lab_code, score, class, previous_class, change, pairs, reasons, evidence) tuples."""
+    await conn.executemany(
+        """
+        INSERT INTO lab_grades (run_id, lab_code, score, class, previous_class, change, pairs,
+                                reasons, evidence)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        """,
+        [(run_id, *g) for g in grades],
+    )
+
+
+async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> asyncpg.Record:
+    return await conn.fetchrow(
+        """
+        UPDATE grading_runs SET finished_at = clock_timestamp(), n_labs = $2
+        WHERE run_id = $1
+        RETURNING run_id, as_of, policy_hash, policy_name, policy_version, trigger, n_pairs, n_labs,
+                  data_hash, started_at, finished_at
+        """,
+        run_id, n_labs,
+    )

@@ -1,0 +1,358 @@
+"""Robust location and scale estimators of ISO 13528:2022 Annex C.
+
+Input rules shared by every estimator here:
+
+* the data are a 1-D array-like of at least 3 values (p >= 3); fewer raise ValueError;
+* NaN or +-inf raise ValueError. Missing values are NOT dropped silently: a NaN usually means a
+  result that was censored or failed to parse, and quietly shrinking p would hide it. Drop or
+  impute them explicitly before calling.
+
+Estimators: ``made``, ``niqr``, ``qn`` (scale); ``algorithm_a`` (joint location/scale),
+``algorithm_s`` (pooled SD), ``hampel`` (location with a given scale); ``u_robust`` (standard
+uncertainty of a robust mean).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import numpy as np
+from scipy.stats import chi2
+
+__all__ = [
+    "AlgorithmAResult",
+    "AlgorithmSResult",
+    "algorithm_a",
+    "algorithm_s",
+    "algorithm_s_factors",
+    "hampel",
+    "made",
+    "niqr",
+    "qn",
+    "u_robust",
+]
+
+MADE_FACTOR = 1.483  # ISO 13528:2022 C.2.2 (1/Phi^-1(0.75) = 1.4826, rounded)
+NIQR_FACTOR = 0.7413  # ISO 13528:2022 C.2.3 (1/(2 Phi^-1(0.75)) = 0.74130)
+# 1/(sqrt(2) Phi^-1(5/8)) = 2.21914; ISO 13528 Amd 1 prints 2.2191. (Many programs carry 2.2219,
+# a transposition in Rousseeuw & Croux 1993 that later corrections fixed.)
+QN_FACTOR = 2.2191
+# Croux & Rousseeuw (1992), "Time-efficient algorithms for two highly robust estimators of
+# scale", Computational Statistics vol. 1, pp. 411-428: finite-sample factors b_p for p <= 9,
+# p/(p + 1.4) for odd p > 9 and p/(p + 3.8) for even p > 9.
+_QN_SMALL = {2: 0.399, 3: 0.994, 4: 0.512, 5: 0.844, 6: 0.611, 7: 0.857, 8: 0.669, 9: 0.872}
+# ISO 13528:2022 C.5.3 Hampel psi breakpoints (in units of the scale).
+_HAMPEL = (1.5, 3.0, 4.5)
+
+# Quartile definitions by Hyndman & Fan (1996) type, as numpy names them.
+_QUANTILE_METHODS = {
+    "type4": "interpolated_inverted_cdf",
+    "type5": "hazen",
+    "type6": "weibull",
+    "type7": "linear",
+    "type8": "median_unbiased",
+    "type9": "normal_unbiased",
+}
+
+
+class AlgorithmAResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of ``algorithm_a``.
+
+    location, scale: x* and s*; iterations: update steps performed (see ``algorithm_a``);
+    converged: False when max_iter was reached first; p: number of values; uncertainty:
+    u(x*) = 1.25 s* / sqrt(p) (ISO 13528:2022 7.7.3); start: "made" (usual), "sd" (MADe was 0)
+    or "degenerate" (all values equal).
+    """
+
+    location: float
+    scale: float
+    iterations: int
+    converged: bool
+    p: int
+    uncertainty: float
+    start: str
+
+
+class AlgorithmSResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of ``algorithm_s``: robust pooled SD ``scale`` and the factors used."""
+
+    scale: float
+    iterations: int
+    converged: bool
+    p: int
+    nu: float
+    eta: float
+    xi: float
+
+
+def _data(x: Any, what: str = "x") -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
+    if arr.size < 3:
+        raise ValueError(f"{what} needs at least 3 values (p >= 3), got {arr.size}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise ValueError(
+            f"{what} contains {bad} NaN/inf value(s); robust estimators do not drop them silently"
+        )
+    return arr
+
+
+def u_robust(scale: Any, p: Any) -> float | np.ndarray:
+    """Standard uncertainty of a robust mean: 1.25 * scale / sqrt(p) (ISO 13528:2022 7.7.3)."""
+    s = np.asarray(scale, dtype=float)
+    n = np.asarray(p, dtype=float)
+    if np.any(n < 1):
+        raise ValueError("p must be >= 1")
+    if np.any(s < 0):
+        raise ValueError("scale must be non-negative")
+    out = 1.25 * s / np.sqrt(n)
+    return float(out) if out.ndim == 0 else out
+
+
+def made(x: Any) -> float:
+    """Scaled median absolute deviation MADe = 1.483 * median|x_i - median(x)| (ISO 13528 C.2.2)."""
+    arr = _data(x)
+    return float(MADE_FACTOR * np.median(np.abs(arr - np.median(arr))))
+
+
+def niqr(x: Any, method: str = "type7") -> float:
+    """Normalised interquartile range nIQR = 0.7413 * (Q3 - Q1) (ISO 13528 C.2.3).
+
+    ``method`` names the quartile definition by its Hyndman & Fan / R type: "type7" (linear
+    interpolation between order statistics, numpy's and R's default, used in ISO 13528's worked
+    examples), "type6" (p(n+1) rule, Minitab/SPSS), or "type4", "type5", "type8", "type9".
+    """
+    try:
+        np_method = _QUANTILE_METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown quartile method {method!r}; expected one of {sorted(_QUANTILE_METHODS)}") from None
+    arr = _data(x)
+    q1, q3 = np.quantile(arr, [0.25, 0.75], method=np_method)
+    return float(NIQR_FACTOR * (q3 - q1))
+
+
+def qn_correction(p: int) -> float:
+    """Finite-sample factor b_p of Qn (Croux & Rousseeuw 1992; see module constants)."""
+    if p < 2:
+        raise ValueError("Qn needs p >= 2")
+    if p in _QN_SMALL:
+        return _QN_SMALL[p]
+    return p / (p + 1.4) if p % 2 else p / (p + 3.8)
+
+
+def qn(x: Any) -> float:
+    """Rousseeuw-Croux Qn scale (ISO 13528:2022/Amd 1): 2.2191 * d_(k) * b_p.
+
+    d_(k) is the k-th smallest of the p(p-1)/2 pairwise distances |x_i - x_j| (i < j), with
+    h = floor(p/2) + 1 and k = h(h-1)/2; b_p is the small-sample factor of Croux & Rousseeuw
+    (1992). Uses O(p^2) memory (fine for the few hundred results of a round). Returns 0 when
+    more than half of the values coincide.
+    """
+    arr = np.sort(_data(x))
+    p = arr.size
+    h = p // 2 + 1
+    k = h * (h - 1) // 2
+    i, j = np.triu_indices(p, k=1)
+    d = np.abs(arr[j] - arr[i])
+    dk = np.partition(d, k - 1)[k - 1]
+    return float(QN_FACTOR * dk * qn_correction(p))
+
+
+def _sig3_decimals(scale: float) -> int:
+    # Decimal place of the third significant figure of the scale.
+    return 2 - math.floor(math.log10(abs(scale)))
+
+
+def _same_to_third_figure(x_old: float, x_new: float, s_old: float, s_new: float) -> bool:
+    # ISO 13528 C.3.1: "no change ... in the third significant figure of the robust standard
+    # deviation and of the equivalent figure in the robust average": both are compared at the
+    # decimal place of s*'s third significant figure.
+    d = _sig3_decimals(s_new)
+    return round(s_old, d) == round(s_new, d) and round(x_old, d) == round(x_new, d)
+
+
+def algorithm_a(
+    x: Any, *, factor: float = 1.134, tol: float | None = None, max_iter: int = 100
+) -> AlgorithmAResult:
+    """ISO 13528:2022 C.3 Algorithm A: robust mean x* and robust SD s*.
+
+    Start: x* = median(x), s* = MADe(x). If MADe = 0 (more than half the values equal) s* starts
+    from the sample SD instead (ISO 13528 C.3.1 note); if that is 0 too (all values equal) the
+    result is location = median, scale = 0, iterations = 0, start = "degenerate".
+
+    One iteration (update step): delta = 1.5 s*; x_i* = clip(x_i, x* - delta, x* + delta);
+    x* = mean(x_i*); s* = factor * sqrt(sum((x_i* - x*)^2) / (p - 1)).
+
+    Stopping:
+    * tol=None (ISO rule): stop after the first update step whose x* and s* equal the previous
+      step's values when both are rounded at the decimal place of the third significant figure
+      of s* ("the equivalent figure in the robust average", C.3.1);
+    * tol=float: stop when |change of x*| <= tol * s* and |change of s*| <= tol * s* (relative to
+      the scale, so the rule is invariant under shifting and rescaling the data).
+
+    ``iterations`` counts update steps, the initial median/MADe not included, and the step that
+    showed no change included (so the step count matches an ISO iteration table whose first
+    row after the start values is iteration 1). Reaching ``max_iter`` is not an error: the last
+    values are returned with converged=False.
+
+    ``factor`` is ISO's rounded 1.134 (the exact consistency constant for delta = 1.5 s* is
+    1.1347); pass another value only to reproduce other software.
+    """
+    # Sorted so that summation order, and so the result to the last bit, does not depend on the
+    # order of the input.
+    arr = np.sort(_data(x))
+    if tol is not None and not (tol > 0):
+        raise ValueError("tol must be positive (or None for ISO's third-significant-figure rule)")
+    if max_iter < 1:
+        raise ValueError("max_iter must be >= 1")
+    if not (factor > 0):
+        raise ValueError("factor must be positive")
+    p = arr.size
+    loc = float(np.median(arr))
+    scale = MADE_FACTOR * float(np.median(np.abs(arr - loc)))
+    start = "made"
+    if scale == 0.0:
+        scale = float(np.std(arr, ddof=1))
+        start = "sd"
+        if scale == 0.0:
+            return AlgorithmAResult(
+                location=loc, scale=0.0, iterations=0, converged=True, p=p, uncertainty=0.0, start="degenerate"
+            )
+
+    converged = False
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        delta = 1.5 * scale
+        clipped = np.clip(arr, loc - delta, loc + delta)
+        new_loc = float(np.mean(clipped))
+        new_scale = factor * float(np.sqrt(np.sum((clipped - new_loc) ** 2) / (p - 1)))
+        if new_scale == 0.0:
+            # Cannot happen with scale > 0 (the clipped values straddle their mean), kept as a guard.
+            loc, scale, converged = new_loc, new_scale, True
+            break
+        if tol is None:
+            done = _same_to_third_figure(loc, new_loc, scale, new_scale)
+        else:
+            done = abs(new_loc - loc) <= tol * new_scale and abs(new_scale - scale) <= tol * new_scale
+        loc, scale = new_loc, new_scale
+        if done:
+            converged = True
+            break
+    return AlgorithmAResult(
+        location=loc,
+        scale=scale,
+        iterations=iterations,
+        converged=converged,
+        p=p,
+        uncertainty=1.25 * scale / math.sqrt(p),
+        start=start,
+    )
+
+
+def algorithm_s_factors(nu: float) -> tuple[float, float]:
+    """Limit factor eta and adjustment factor xi of Algorithm S for nu degrees of freedom.
+
+    ISO 13528:2022 C.4 (from ISO 5725-5): eta = sqrt(chi2_0.9(nu) / nu) and
+    xi = 1 / sqrt(F_chi2(nu * eta^2; nu + 2) + 0.1 * eta^2), the 0.1 being 1 - 0.9 (the same
+    formula is in the documentation of R metRology::algS). Reproduces Table C.2, e.g. nu = 1:
+    eta = 1.645, xi = 1.097.
+    """
+    if not (nu > 0) or not math.isfinite(nu):
+        raise ValueError("nu (degrees of freedom) must be positive and finite")
+    eta = math.sqrt(chi2.ppf(0.9, nu) / nu)
+    xi = 1.0 / math.sqrt(chi2.cdf(nu * eta**2, nu + 2) + 0.1 * eta**2)
+    return eta, xi
+
+
+def algorithm_s(w: Any, nu: float, *, max_iter: int = 100, tol: float | None = None) -> AlgorithmSResult:
+    """ISO 13528:2022 C.4 Algorithm S: robust pooled standard deviation.
+
+    ``w`` holds p >= 3 standard deviations (or ranges), each with ``nu`` degrees of freedom.
+    Start w* = median(w); one iteration: psi = eta w*; w* = xi * sqrt(mean(min(w_i, psi)^2)).
+    Stops like ``algorithm_a``: tol=None compares w* rounded to 3 significant figures between
+    successive iterations (``iterations`` counts update steps); tol=float stops at a relative
+    change <= tol. If median(w) = 0 (more than half the groups show no spread) the result is 0
+    with iterations = 0: the robust pooled SD of such data is 0. Negative w raise ValueError.
+    """
+    arr = np.sort(_data(w, "w"))
+    if np.any(arr < 0):
+        raise ValueError("w are standard deviations or ranges and must be non-negative")
+    if max_iter < 1:
+        raise ValueError("max_iter must be >= 1")
+    if tol is not None and not (tol > 0):
+        raise ValueError("tol must be positive (or None)")
+    eta, xi = algorithm_s_factors(float(nu))
+    p = arr.size
+    s = float(np.median(arr))
+    if s == 0.0:
+        return AlgorithmSResult(scale=0.0, iterations=0, converged=True, p=p, nu=float(nu), eta=eta, xi=xi)
+    converged = False
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        clipped = np.minimum(arr, eta * s)
+        new_s = xi * float(np.sqrt(np.mean(clipped**2)))
+        if tol is None:
+            d = _sig3_decimals(new_s)
+            done = round(s, d) == round(new_s, d)
+        else:
+            done = abs(new_s - s) <= tol * new_s
+        s = new_s
+        if done:
+            converged = True
+            break
+    return AlgorithmSResult(scale=s, iterations=iterations, converged=converged, p=p, nu=float(nu), eta=eta, xi=xi)
+
+
+def _hampel_psi(u: np.ndarray) -> np.ndarray:
+    a, b, c = _HAMPEL
+    au = np.abs(u)
+    mag = np.where(au <= a, au, np.where(au <= b, a, np.where(au < c, a * (c - au) / (c - b), 0.0)))
+    return np.sign(u) * mag
+
+
+def hampel(x: Any, scale: float | None = None) -> float:
+    """Hampel M-estimator of location with a fixed scale (ISO 13528:2022 C.5.3).
+
+    Solves sum_i psi((x_i - m) / s) = 0 for m, where psi is Hampel's three-part redescending
+    function with knots 1.5, 3 and 4.5 (psi(u) = u for |u| <= 1.5, +-1.5 up to 3, falling
+    linearly to 0 at 4.5, 0 beyond). The left-hand side is piecewise linear in m, so every root
+    is found exactly; as in ISO 13528 C.5.3, the root closest to the median is returned (the
+    equation is 0 far away from all data, which is never the closest root when the median has
+    data within 4.5 s).
+
+    ``scale`` is the robust SD s (ISO pairs this with the Q-method scale, which needs the
+    replicate structure of a round and so is not computed here); None uses ``qn(x)``.
+    scale = 0 (more than half the values equal) returns the median.
+    """
+    arr = _data(x)
+    s = qn(arr) if scale is None else float(scale)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError("scale must be finite and non-negative")
+    med = float(np.median(arr))
+    if s == 0.0:
+        return med
+
+    def total(m: np.ndarray) -> np.ndarray:
+        return _hampel_psi((arr[None, :] - m[:, None]) / s).sum(axis=1)
+
+    knots = np.unique(np.concatenate([arr + k * s for k in (-4.5, -3.0, -1.5, 1.5, 3.0, 4.5)] + [arr]))
+    vals = total(knots)
+    roots = list(knots[vals == 0.0])
+    lo, hi = knots[:-1], knots[1:]
+    vlo, vhi = vals[:-1], vals[1:]
+    cross = (vlo * vhi) < 0
+    # Linear between knots: interpolate the zero exactly.
+    roots.extend(lo[cross] - vlo[cross] * (hi[cross] - lo[cross]) / (vhi[cross] - vlo[cross]))
+    if not roots:
+        return med
+    roots_arr = np.asarray(roots)
+    # A root where no value lies within 4.5 s is spurious (all weights zero there).
+    live = np.array([np.any(np.abs(arr - r) < 4.5 * s) for r in roots_arr])
+    if not np.any(live):
+        return med
+    roots_arr = roots_arr[live]
+    return float(roots_arr[np.argmin(np.abs(roots_arr - med))])
