@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.exceptions import NotFoundException
 
 from labeval.db.labs import get_lab, list_labs
@@ -15,12 +17,12 @@ class LabController(Controller):
     tags = ["labs"]
 
     @get("/")
-    async def list_(self, conn: asyncpg.Connection) -> list[LabSummary]:
+    async def list_(self, conn: NamedDependency[asyncpg.Connection]) -> list[LabSummary]:
         """Every lab with its class from the latest grading run."""
         return await list_labs(conn)
 
     @get("/{code:str}")
-    async def detail(self, conn: asyncpg.Connection, code: str) -> LabDetail:
+    async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
         """One lab: scopes, current class, evidence and grade history."""
         lab = await get_lab(conn, code)
         if lab is None:
