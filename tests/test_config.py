@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from labeval.config import Settings
+
+
+def test_environment_then_flags() -> None:
+    env = {"LABEVAL_PORT": "9001", "LABEVAL_HOST": "0.0.0.0", "LABEVAL_LOG_LEVEL": "debug",
+           "LABEVAL_DATABASE_URL": "postgresql://u@h/db", "LABEVAL_UNRELATED": "x", "PATH": "/bin"}
+    s = Settings.from_env(env, port=8123, data_dir=None)
+    assert (s.host, s.port, s.log_level, s.database_url, s.data_dir) == (
+        "0.0.0.0", 8123, "DEBUG", "postgresql://u@h/db", ".labeval")
+
+
+def test_empty_database_url_means_embedded() -> None:
+    assert Settings.from_env({"LABEVAL_DATABASE_URL": ""}).database_url is None
+
+
+@pytest.mark.parametrize("env", [{"LABEVAL_PORT": "0"}, {"LABEVAL_PORT": "http"}, {"LABEVAL_LOG_LEVEL": "LOUD"}])
+def test_bad_values_name_the_field(env: dict[str, str]) -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.(port|log_level)"):
+        Settings.from_env(env)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Settings().port = 1  # type: ignore[misc]
