@@ -191,7 +191,7 @@ def _default_caps() -> dict[str, str]:
 
 
 class ScorePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    base: Annotated[float, msgspec.Meta(gt=0.0)] = 100.0
+    base: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)] = 100.0
     rules: dict[ScoreRuleName, ScoreRule] = msgspec.field(default_factory=_default_score_rules)
 
 

@@ -61,6 +61,12 @@ def _radicand_check(radicand: np.ndarray, what: str) -> None:
         )
 
 
+def _weighted_sr2(sr: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    # With single results the weight is exactly 0 and sigma_r drops out; a missing (NaN) sigma_r
+    # must not turn the answer into NaN then (NaN * 0 is NaN).
+    return np.where(weight == 0.0, 0.0, sr**2 * weight)
+
+
 def _nonnegative(name: str, value: np.ndarray) -> None:
     if np.any(value < 0):
         raise ValueError(f"{name} must be non-negative")
@@ -73,7 +79,7 @@ def sigma_pt_from_precision(sigma_R: Any, sigma_r: Any, m: Any) -> float | np.nd
     of replicate measurements each participant averages. m = 1 gives sigma_R.
 
     Raises ValueError for negative SDs, m < 1, or sigma_r > sigma_R (negative radicand).
-    NaN inputs give NaN.
+    NaN inputs give NaN, except that sigma_r is not needed (and may be NaN) when m = 1.
     """
     sR = np.asarray(sigma_R, dtype=float)
     sr = np.asarray(sigma_r, dtype=float)
@@ -82,7 +88,7 @@ def sigma_pt_from_precision(sigma_R: Any, sigma_r: Any, m: Any) -> float | np.nd
     _nonnegative("sigma_r", sr)
     if np.any(mm < 1):
         raise ValueError("m (number of replicates) must be >= 1")
-    radicand = sR**2 - sr**2 * (1.0 - 1.0 / mm)
+    radicand = sR**2 - _weighted_sr2(sr, 1.0 - 1.0 / mm)
     _radicand_check(radicand, "sigma_pt_from_precision")
     return _finish(np.sqrt(radicand))
 
@@ -130,7 +136,8 @@ def critical_difference(
     towards f * sqrt(sigma_R^2 - sigma_r^2).
 
     Raises ValueError for negative SDs, n < 1, or sigma_r > sigma_R when replicates make the
-    radicand negative. NaN inputs (e.g. missing precision data) give NaN.
+    radicand negative. NaN inputs (e.g. missing precision data) give NaN, except that a NaN
+    sigma_r is harmless for n1 = n2 = 1, where it drops out of the formula.
     """
     factor = critical_difference_factor(prob)
     sR = np.asarray(sigma_R, dtype=float)
@@ -141,7 +148,7 @@ def critical_difference(
     _nonnegative("sigma_r", sr)
     if np.any(a < 1) or np.any(b < 1):
         raise ValueError("n1 and n2 (replicates) must be >= 1")
-    radicand = sR**2 - sr**2 * (1.0 - 1.0 / (2.0 * a) - 1.0 / (2.0 * b))
+    radicand = sR**2 - _weighted_sr2(sr, 1.0 - 1.0 / (2.0 * a) - 1.0 / (2.0 * b))
     _radicand_check(radicand, "critical_difference")
     return _finish(factor * np.sqrt(radicand))
 

@@ -34,8 +34,8 @@ __all__ = [
     "u_robust",
 ]
 
-MADE_FACTOR = 1.483  # ISO 13528:2022 C.2.2 (1/Phi^-1(0.75) = 1.4826, rounded)
-NIQR_FACTOR = 0.7413  # ISO 13528:2022 C.2.3 (1/(2 Phi^-1(0.75)) = 0.74130)
+MADE_FACTOR = 1.483  # ISO 13528:2022 Annex C (1/Phi^-1(0.75) = 1.4826, rounded)
+NIQR_FACTOR = 0.7413  # ISO 13528:2022 Annex C (1/(2 Phi^-1(0.75)) = 0.74130)
 # 1/(sqrt(2) Phi^-1(5/8)) = 2.21914; ISO 13528 Amd 1 prints 2.2191. (Many programs carry 2.2219,
 # a transposition in Rousseeuw & Croux 1993 that later corrections fixed.)
 QN_FACTOR = 2.2191
@@ -114,13 +114,13 @@ def u_robust(scale: Any, p: Any) -> float | np.ndarray:
 
 
 def made(x: Any) -> float:
-    """Scaled median absolute deviation MADe = 1.483 * median|x_i - median(x)| (ISO 13528 C.2.2)."""
+    """Scaled median absolute deviation MADe = 1.483 * median|x_i - median(x)| (ISO 13528 Annex C)."""
     arr = _data(x)
     return float(MADE_FACTOR * np.median(np.abs(arr - np.median(arr))))
 
 
 def niqr(x: Any, method: str = "type7") -> float:
-    """Normalised interquartile range nIQR = 0.7413 * (Q3 - Q1) (ISO 13528 C.2.3).
+    """Normalised interquartile range nIQR = 0.7413 * (Q3 - Q1) (ISO 13528 Annex C).
 
     ``method`` names the quartile definition by its Hyndman & Fan / R type: "type7" (linear
     interpolation between order statistics, numpy's and R's default, used in ISO 13528's worked
@@ -181,11 +181,15 @@ def algorithm_a(
     """ISO 13528:2022 C.3 Algorithm A: robust mean x* and robust SD s*.
 
     Start: x* = median(x), s* = MADe(x). If MADe = 0 (more than half the values equal) s* starts
-    from the sample SD instead (ISO 13528 C.3.1 note); if that is 0 too (all values equal) the
+    from the sample SD instead (as ISO 13528 C.3 directs); if that is 0 too (all values equal) the
     result is location = median, scale = 0, iterations = 0, start = "degenerate".
 
     One iteration (update step): delta = 1.5 s*; x_i* = clip(x_i, x* - delta, x* + delta);
     x* = mean(x_i*); s* = factor * sqrt(sum((x_i* - x*)^2) / (p - 1)).
+
+    If more than half of the values are equal, s* may shrink geometrically towards 0 and x*
+    towards the tied value (that is the fixed point); the ISO rule then runs to ``max_iter`` and
+    returns converged=False.
 
     Stopping:
     * tol=None (ISO rule): stop after the first update step whose x* and s* equal the previous
@@ -193,6 +197,10 @@ def algorithm_a(
       of s* ("the equivalent figure in the robust average", C.3.1);
     * tol=float: stop when |change of x*| <= tol * s* and |change of s*| <= tol * s* (relative to
       the scale, so the rule is invariant under shifting and rescaling the data).
+
+    The ISO rule stops once a step changes neither estimate in that figure; when the estimates
+    creep slowly (small p, data in the clipping zone) this can leave them a few units of the
+    third figure short of the exact fixed point. Use ``tol`` when the exact solution matters.
 
     ``iterations`` counts update steps, the initial median/MADe not included, and the step that
     showed no change included (so the step count matches an ISO iteration table whose first
@@ -212,23 +220,26 @@ def algorithm_a(
     if not (factor > 0):
         raise ValueError("factor must be positive")
     p = arr.size
+    lowest, highest = float(arr[0]), float(arr[-1])
     loc = float(np.median(arr))
+    if lowest == highest:
+        # Tested on the range, not on a computed SD that rounding can leave a hair above 0.
+        return AlgorithmAResult(
+            location=loc, scale=0.0, iterations=0, converged=True, p=p, uncertainty=0.0, start="degenerate"
+        )
     scale = MADE_FACTOR * float(np.median(np.abs(arr - loc)))
     start = "made"
     if scale == 0.0:
         scale = float(np.std(arr, ddof=1))
         start = "sd"
-        if scale == 0.0:
-            return AlgorithmAResult(
-                location=loc, scale=0.0, iterations=0, converged=True, p=p, uncertainty=0.0, start="degenerate"
-            )
 
     converged = False
     iterations = 0
     for iterations in range(1, max_iter + 1):
         delta = 1.5 * scale
         clipped = np.clip(arr, loc - delta, loc + delta)
-        new_loc = float(np.mean(clipped))
+        # The mean of values in [min, max] lies in [min, max]; clamp the last-bit rounding of the sum.
+        new_loc = min(max(float(np.mean(clipped)), lowest), highest)
         new_scale = factor * float(np.sqrt(np.sum((clipped - new_loc) ** 2) / (p - 1)))
         if new_scale == 0.0:
             # Cannot happen with scale > 0 (the clipped values straddle their mean), kept as a guard.
@@ -320,9 +331,10 @@ def hampel(x: Any, scale: float | None = None) -> float:
     Solves sum_i psi((x_i - m) / s) = 0 for m, where psi is Hampel's three-part redescending
     function with knots 1.5, 3 and 4.5 (psi(u) = u for |u| <= 1.5, +-1.5 up to 3, falling
     linearly to 0 at 4.5, 0 beyond). The left-hand side is piecewise linear in m, so every root
-    is found exactly; as in ISO 13528 C.5.3, the root closest to the median is returned (the
-    equation is 0 far away from all data, which is never the closest root when the median has
-    data within 4.5 s).
+    is found exactly; as in ISO 13528 C.5.3, the root closest to the median is returned. Roots
+    with no value within 4.5 s (where every weight is 0) are ignored; where the equation holds on
+    a whole interval (contributions cancelling exactly), the interval's point nearest the median
+    is taken.
 
     ``scale`` is the robust SD s (ISO pairs this with the Q-method scale, which needs the
     replicate structure of a round and so is not computed here); None uses ``qn(x)``.
@@ -341,17 +353,26 @@ def hampel(x: Any, scale: float | None = None) -> float:
 
     knots = np.unique(np.concatenate([arr + k * s for k in (-4.5, -3.0, -1.5, 1.5, 3.0, 4.5)] + [arr]))
     vals = total(knots)
-    roots = list(knots[vals == 0.0])
+    # psi values are O(1): anything this small is a zero blurred by rounding.
+    zero = np.abs(vals) <= 1e-10 * arr.size
+    vals = np.where(zero, 0.0, vals)
+    roots = list(knots[zero])
     lo, hi = knots[:-1], knots[1:]
     vlo, vhi = vals[:-1], vals[1:]
     cross = (vlo * vhi) < 0
     # Linear between knots: interpolate the zero exactly.
     roots.extend(lo[cross] - vlo[cross] * (hi[cross] - lo[cross]) / (vhi[cross] - vlo[cross]))
+    # Zero at both ends of a linear piece: the whole piece solves the equation, and its point
+    # closest to the median is the candidate.
+    flat = zero[:-1] & zero[1:]
+    roots.extend(np.clip(med, lo[flat], hi[flat]))
     if not roots:
         return med
     roots_arr = np.asarray(roots)
-    # A root where no value lies within 4.5 s is spurious (all weights zero there).
-    live = np.array([np.any(np.abs(arr - r) < 4.5 * s) for r in roots_arr])
+    # A root where no value lies within 4.5 s is spurious (all weights zero there); the margin
+    # keeps a value sitting on the 4.5 s knot (weight 0) from counting through rounding.
+    reach = 4.5 * s * (1.0 - 1e-9)
+    live = np.array([np.any(np.abs(arr - r) < reach) for r in roots_arr])
     if not np.any(live):
         return med
     roots_arr = roots_arr[live]

@@ -155,6 +155,10 @@ def test_cd_vectorised_and_errors():
     # hand computation: [2.8 * sqrt(1 - 0.25 * 0.25), 2.8 * sqrt(4 - 1 * 0.5)]
     np.testing.assert_allclose(out, [2.8 * math.sqrt(0.9375), 2.8 * math.sqrt(3.5)])
     assert math.isnan(critical_difference(math.nan, 0.5))
+    # single results need no sigma_r: a missing one must not poison the result
+    assert critical_difference(1.0, math.nan) == pytest.approx(2.8)
+    assert sigma_pt_from_precision(1.0, math.nan, 1) == pytest.approx(1.0)
+    assert math.isnan(critical_difference(1.0, math.nan, 2, 1))
     with pytest.raises(ValueError, match="inconsistent"):
         critical_difference(0.5, 1.0, 10, 10)
     with pytest.raises(ValueError, match=">= 1"):

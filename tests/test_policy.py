@@ -1,0 +1,108 @@
+"""Grading policy: decoding, validation and the canonical hash."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+import msgspec
+import pytest
+
+from scoring.policy import (
+    EvidencePolicy,
+    GradingPolicy,
+    PairPolicy,
+    Policy,
+    ScoreRule,
+    load_policy,
+    policy_hash,
+)
+
+SHIPPED = resources.files("scoring").joinpath("default_policy.toml").read_text("utf-8")
+
+
+def test_shipped_policy_equals_struct_defaults():
+    p = load_policy()
+    assert p == Policy()
+    assert policy_hash(p) == policy_hash(Policy())
+    assert p.pairs == PairPolicy(en_boundary="iso", cd_probability=0.95, default_coverage_k=2.0)
+    assert p.grading.labels == ("I", "II", "III", "IV")
+    assert p.caps.rules["falsified_report"] == "IV"
+    assert p.caps.rules["fdr_excess"] == "III"
+    assert p.caps.rules["cusum_signal"] == "II"
+    assert p.selection.weights["IV"] == 0.0
+
+
+def test_hash_ignores_comments_and_key_order(tmp_path):
+    reordered = tmp_path / "p.toml"
+    reordered.write_text(
+        "# a comment\nversion = \"1\"\nname = \"default\"\n"
+        + SHIPPED.split('version = "1"', 1)[1],
+        "utf-8",
+    )
+    assert policy_hash(load_policy(reordered)) == policy_hash(load_policy())
+
+
+def test_hash_changes_with_any_number(tmp_path):
+    changed = tmp_path / "p.toml"
+    changed.write_text(SHIPPED.replace("fdr_alpha = 0.05", "fdr_alpha = 0.1"), "utf-8")
+    p = load_policy(changed)
+    assert p.evidence.fdr_alpha == 0.1
+    assert policy_hash(p) != policy_hash(load_policy())
+    assert len(policy_hash(p)) == 64
+
+
+def test_partial_file_takes_defaults(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text('name = "x"\n[pairs]\nen_boundary = "inclusive"\n', "utf-8")
+    p = load_policy(f)
+    assert p.pairs.en_boundary == "inclusive"
+    assert p.grading == GradingPolicy()
+
+
+def test_removing_a_rule_table_disables_it(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text("[caps.rules]\nfalsified_report = \"IV\"\n", "utf-8")
+    p = load_policy(f)
+    assert set(p.caps.rules) == {"falsified_report"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "unknown = 1\n",
+        "[evidence]\nfdr_alpha = 1.5\n",
+        "[evidence]\nbaseline = \"lab\"\n",
+        "[grading]\ncutoffs = [60.0, 75.0, 90.0]\n",
+        "[grading]\ncutoffs = [90.0, 75.0]\n",
+        "[grading]\nnew_lab_class = \"V\"\n",
+        "[caps.rules]\nfdr_excess = \"V\"\n",
+        "[caps.rules]\nmade_up_rule = \"III\"\n",
+        "[score.rules.bias]\nper_unit = -1.0\ncap = 3.0\n",
+        "[selection.weights]\nI = 1.0\n",
+        "[cusum]\nodds_ratio = 1.0\n",
+        "[evidence]\nmin_pairs = \"30\"\n",
+    ],
+)
+def test_invalid_policies_are_rejected(tmp_path, text):
+    f = tmp_path / "p.toml"
+    f.write_text(text, "utf-8")
+    with pytest.raises(msgspec.ValidationError):
+        load_policy(f)
+
+
+def test_structs_are_frozen_and_keyword_only():
+    p = Policy()
+    with pytest.raises(AttributeError):
+        p.version = "2"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ScoreRule(0.0, 1.0, 1.0)  # type: ignore[misc]
+    assert msgspec.convert(msgspec.to_builtins(p), Policy) == p
+
+
+def test_shipped_file_is_complete():
+    # every struct field is written out in the shipped TOML, so officers see every number
+    raw = tomllib.loads(SHIPPED)
+    for section, struct in (("evidence", EvidencePolicy), ("grading", GradingPolicy)):
+        assert set(raw[section]) == set(struct.__struct_fields__)
+    assert set(raw["score"]["rules"]) == set(Policy().score.rules)
