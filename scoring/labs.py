@@ -510,7 +510,9 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         scored_pairs.with_columns(
             completed_on=pl.max_horizontal("reported_on_1", "reported_on_2"),
             discrepant=pl.col("discrepant").fill_null(False),
-            reversal=pl.col("reversal").fill_null(False),
+            # score_pairs marks every verdict disagreement as a reversal; the evidence counts only
+            # those outside measurement uncertainty (the others are reported separately).
+            reversal=pl.col("outcome").is_in(["reversal", "qualitative_reversal"]).fill_null(False),
         )
         .filter(
             pl.col("completed_on").is_null()

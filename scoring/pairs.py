@@ -19,7 +19,9 @@ Conventions (the choices the domain brief leaves open, decided here):
   (DOMAIN.md §3: 0.22c for c < 1.2e-7; 0.02c^0.8495 for c <= 0.138; 0.01c^0.5 above) and
   sigma_r = sigma_R / 2 (Horwitz gives no repeatability; r/R ≈ 1/2 to 2/3 is the usual ratio in
   collaborative studies, 1/2 is the conservative end: it makes the CD largest for n > 1).
-  Null scale, unknown model or null level -> null. ``sigma_r_at`` is capped at ``sigma_R_at``
+  An absolute sd does not depend on the level, so it is given even when the level is null; the
+  other models need a level. A Horwitz item without a positive scale, an unknown model or a
+  null sd give null. ``sigma_r_at`` is capped at ``sigma_R_at``
   (ISO 5725-2 sets a negative between-laboratory variance to zero, i.e. sigma_R >= sigma_r), and a
   null repeatability sd is taken as 0 (the CD is then the single-result one, 2.8*sigma_R).
 * **CD** (ISO 5725-6 §5.3): f * sqrt(sigma_R² - sigma_r²(1 - 1/(2n1) - 1/(2n2))), f = 2.8 at
@@ -29,6 +31,11 @@ Conventions (the choices the domain brief leaves open, decided here):
   ``policy.default_coverage_k`` (also used for non-positive k). u = U/k; U is re-expressed at
   k = 2 (U2 = 2u) for En, for ``dist_u_j`` and for the uncertainty intervals of the outcome, so a
   lab quoting k = 3 does not get a wider tolerance than one quoting k = 2.
+* **Degenerate scales.** ``d_rel`` is null when the level is 0; ``s``, ``dist_sigma_j`` and
+  ``p_disagree`` are null when sigma_R_at is not positive (the CD is then 0, so a zero difference
+  is still consistent); En/zeta need U on both sides.
+* **Verdicts** are "pass"/"fail"; any other string counts as missing. ``reversal`` is
+  verdict_1 != verdict_2 with both present, whatever the outcome.
 * **Distances to the specification.** dist = min(x - lower, upper - x) over the limits present:
   positive inside the conforming region, 0 on a limit (a result on the limit conforms), negative
   outside. ``dist_sigma_j`` divides by sigma_R_at, ``dist_u_j`` by U2_j; both null for a
@@ -39,7 +46,8 @@ Conventions (the choices the domain brief leaves open, decided here):
   a missing value on a quantitative item, a missing verdict on a qualitative item, or no CD where
   one is needed). ``discrepant`` is null exactly when ``outcome`` is null.
 
-  - qualitative item: ``qualitative_reversal`` if the two verdicts differ else ``qualitative_agree``.
+  - qualitative item: ``qualitative_reversal`` if the two verdicts differ, else
+    ``qualitative_agree``.
   - both censored: ``censored_consistent`` (DOMAIN.md §3), even if the verdicts differ (the
     ``reversal`` column still records that).
   - one censored "<L", other numeric x: ``reversal`` when the verdicts differ, or when x lies
@@ -57,7 +65,8 @@ Conventions (the choices the domain brief leaves open, decided here):
   - both numeric, same (or missing) verdicts: ``discrepant`` if |d| > CD else ``consistent``.
 
 * **Arbitration.** ``s_13``/``s_23`` and ``outcome_13``/``outcome_23`` apply the same rules to
-  (original, arbiter) and (retest, arbiter), with the level, precision and CD of that pair.
+  (original, arbiter) and (retest, arbiter), with the level, precision and CD of that pair
+  (computed on the rows with a third result only, then joined back by row index).
   ``arbiter_sides_with``: the side(s) whose outcome against the arbiter is not in
   ``DISCREPANT_OUTCOMES`` ("original", "retest", "both", "neither"); null when either outcome
   is null (no arbitration, or undecidable).
@@ -68,12 +77,13 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import numpy as np
 import polars as pl
 import polars.selectors as cs
 from scipy.special import ndtr
 
 from scoring.policy import PairPolicy, Policy
-from scoring.schema import DISCREPANT_OUTCOMES
+from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES
 
 __all__ = ["PAIR_SCORE_SCHEMA", "cd_factor", "score_pairs"]
 
@@ -107,14 +117,23 @@ PAIR_SCORE_SCHEMA: dict[str, pl.DataType] = {
 _SQRT2 = math.sqrt(2.0)
 # Temporary columns carry this prefix and are dropped before returning.
 _T = "__sp_"
+# Outcomes are computed as small integer codes (index into OUTCOMES) and turned into strings
+# once, by a gather from a constant Series: building strings inside every when/then branch is
+# what made a first version an order of magnitude slower.
+_CODE = {name: i for i, name in enumerate(OUTCOMES)}
+_BAD_CODES = [_CODE[name] for name in DISCREPANT_OUTCOMES]
+_SIDES_WITH = ("neither", "original", "retest", "both")
 
 
 def cd_factor(probability: float) -> float:
     """Multiplier f of sigma in the critical difference of two single results.
 
-    ISO 5725-6 §5.3 / ISO 5725-1 rounds 1.96·√2 = 2.77 to 2.8 at 95 %; that rounded value is used
-    at exactly 0.95 so results match the standard's tables; other levels use Phi^-1((1+p)/2)·√2.
+    ISO 5725-6 §5.3 rounds 1.96·√2 = 2.77 to 2.8 at 95 %; that value is used at exactly 0.95 so
+    results match the standard (and scoring.precision.critical_difference_factor); other levels
+    use Phi^-1((1+p)/2)·√2.
     """
+    if not 0.0 < probability < 1.0:
+        raise ValueError("cd_probability must be in (0, 1)")
     if probability == 0.95:
         return 2.8
     return NormalDist().inv_cdf((1.0 + probability) / 2.0) * _SQRT2
@@ -128,17 +147,21 @@ def _t(name: str) -> pl.Expr:
     return pl.col(_T + name)
 
 
-def _normal_cdf(x: pl.Expr) -> pl.Expr:
+def _p_disagree(delta: pl.Expr) -> pl.Expr:
+    """2·Phi(δ)(1 - Phi(δ)) with Phi = scipy.special.ndtr on whole columns (exact to double
+    precision). One UDF for the whole formula: polars does not share UDF results between
+    sub-expressions, so Phi written twice would be computed twice."""
+
     def _batch(s: pl.Series) -> pl.Series:
-        out = pl.Series(s.name, ndtr(s.to_numpy()), dtype=pl.Float64)
-        # to_numpy turns nulls into NaN; give the nulls back.
+        q = ndtr(-np.abs(s.to_numpy()))  # Phi(-|δ|) = 1 - Phi(|δ|); to_numpy maps null -> NaN
+        out = pl.Series(s.name, 2.0 * q * (1.0 - q), dtype=pl.Float64)
         return out.fill_nan(None) if s.null_count() else out
 
-    return x.map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
+    return delta.map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
 
 
 def _horwitz(c: pl.Expr) -> pl.Expr:
-    # DOMAIN.md §3 (Thompson's modification of the Horwitz function), c as a mass fraction.
+    # DOMAIN.md §3, Thompson's (2000) modification of the Horwitz function; c is a mass fraction.
     return (
         pl.when(c < 1.2e-7)
         .then(0.22 * c)
@@ -148,142 +171,179 @@ def _horwitz(c: pl.Expr) -> pl.Expr:
     )
 
 
+def _min(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+    # Elementwise min of two null-free columns; cheaper than min_horizontal's null handling.
+    return pl.when(a < b).then(a).otherwise(b)
+
+
 def _dist(x: pl.Expr) -> pl.Expr:
-    """Signed distance of x to the nearest specification limit (positive = conforming side)."""
-    # min_horizontal skips nulls: one-sided specs use the one limit, no limits -> null.
-    return pl.min_horizontal(x - _c("lower_limit"), _c("upper_limit") - x)
+    """Signed distance of x to the nearest specification limit (positive = conforming side).
+
+    Missing limits are +-inf in the stage-0 columns, so a one-sided spec uses its one limit;
+    no limits at all -> null.
+    """
+    return pl.when(_t("has_lim")).then(_min(x - _t("lo"), _t("up") - x))
 
 
-def _side_prep(j: str, default_k: float) -> list[pl.Expr]:
-    cens = _c(f"censored_{j}").fill_null(False) & ~_t("qual")
+def _stage_item() -> list[pl.Expr]:
+    model = _c("precision_model")
+    scale = _c("horwitz_scale")
+    return [
+        (_c("kind") == "qualitative").fill_null(False).alias(f"{_T}qual"),
+        (model == "absolute").fill_null(False).alias(f"{_T}abs"),
+        (model == "relative").fill_null(False).alias(f"{_T}rel"),
+        ((model == "horwitz") & (scale > 0)).fill_null(False).alias(f"{_T}hor"),
+        _c("lower_limit").fill_null(float("-inf")).alias(f"{_T}lo"),
+        _c("upper_limit").fill_null(float("inf")).alias(f"{_T}up"),
+        (_c("lower_limit").is_not_null() | _c("upper_limit").is_not_null()).alias(f"{_T}has_lim"),
+    ]
+
+
+def _stage_side(j: str, default_k: float) -> list[pl.Expr]:
+    qual = _t("qual")
+    cens = _c(f"censored_{j}").fill_null(False) & ~qual
     k = _c(f"coverage_k_{j}")
     k = pl.when(k > 0).then(k).otherwise(pl.lit(default_k))
     U = _c(f"expanded_uncertainty_{j}")
     u = pl.when(U > 0).then(U / k)
-    n = _c(f"replicates_{j}").cast(pl.Float64)
-    n = pl.when(n >= 1).then(n).otherwise(1.0)
+    n = _c(f"replicates_{j}")
+    verdict = _c(f"verdict_{j}")
     return [
-        pl.when(_c(f"value_{j}").is_not_null() & ~cens & ~_t("qual"))
+        pl.when(_c(f"value_{j}").is_not_null() & ~cens & ~qual)
         .then(_c(f"value_{j}"))
         .alias(f"{_T}x{j}"),
         cens.alias(f"{_T}c{j}"),
         pl.when(cens).then(pl.coalesce(_c(f"censor_limit_{j}"), _c("lod"))).alias(f"{_T}L{j}"),
         u.alias(f"{_T}u{j}"),
         (2.0 * u).alias(f"{_T}U{j}"),
-        (0.5 / n).alias(f"{_T}h{j}"),
-        _c(f"verdict_{j}")
-        .replace_strict({"pass": True, "fail": False}, default=None, return_dtype=pl.Boolean)
+        # 1/(2n), the replicate term of the ISO 5725-6 CD; null or n < 1 counts as one result.
+        pl.when(n > 1).then(0.5 / n.cast(pl.Float64)).otherwise(0.5).alias(f"{_T}h{j}"),
+        # pass -> True, fail -> False, anything else -> null
+        pl.when(verdict == "pass")
+        .then(True)
+        .when(verdict == "fail")
+        .then(False)
         .alias(f"{_T}v{j}"),
     ]
 
 
-def _pair_precision(a: str, b: str, p: str, f: float) -> list[pl.Expr]:
-    """Stage-2 expressions for the pair (a, b): level, sigma_R, sigma_r, d, cd (suffix p)."""
-    lvl = pl.mean_horizontal(_t(f"x{a}"), _t(f"x{b}"))
+def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+    """(level, sigma_R, raw sigma_r, d) of the pair (a, b); Horwitz sigma_r comes in _pair_cd."""
+    xa, xb = _t(f"x{a}"), _t(f"x{b}")
+    lvl = pl.coalesce((xa + xb) * 0.5, xa, xb)
     alvl = lvl.abs()
-    scale = pl.when(_c("horwitz_scale") > 0).then(_c("horwitz_scale"))
+    scale = _c("horwitz_scale")
     hor = _horwitz(alvl * scale) / scale
-    model = _t("model")
+    is_abs, is_rel = _t("abs"), _t("rel")
     sR = (
-        pl.when(model == 0)
+        pl.when(is_abs)
         .then(_c("reproducibility_sd"))
-        .when(model == 1)
+        .when(is_rel)
         .then(_c("reproducibility_sd") * alvl)
-        .when(model == 2)
+        .when(_t("hor"))
         .then(hor)
     )
     sr = (
-        pl.when(model == 0)
+        pl.when(is_abs)
         .then(_c("repeatability_sd"))
-        .when(model == 1)
+        .when(is_rel)
         .then(_c("repeatability_sd") * alvl)
-        .when(model == 2)
-        .then(hor * 0.5)
     )
-    return [
-        lvl.alias(f"{_T}lvl{p}"),
-        sR.alias(f"{_T}sR{p}"),
-        sr.alias(f"{_T}sr{p}"),
-        (_t(f"x{a}") - _t(f"x{b}")).alias(f"{_T}d{p}"),
-    ]
+    return lvl, sR, sr, xa - xb
 
 
-def _pair_cd(a: str, b: str, p: str, f: float) -> list[pl.Expr]:
-    sR = _t(f"sR{p}")
-    sr = pl.when(sR.is_not_null()).then(pl.min_horizontal(_t(f"sr{p}").fill_null(0.0), sR))
-    cd = f * (sR * sR - sr * sr * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()
-    return [sr.alias(f"{_T}sr{p}"), cd.alias(f"{_T}cd{p}")]
+def _pair_cd(a: str, b: str, sR: pl.Expr, sr: pl.Expr, f: float) -> tuple[pl.Expr, pl.Expr]:
+    """(capped sigma_r, CD) from sigma_R and the raw sigma_r of _pair_precision."""
+    sr_raw = pl.when(_t("hor")).then(0.5 * sR).otherwise(sr.fill_null(0.0))
+    # ISO 5725-2: a negative between-lab variance is set to 0, i.e. sigma_r is capped at sigma_R.
+    sr_cap = pl.when(sR.is_not_null()).then(_min(sr_raw, sR))
+    cd = f * (sR * sR - sr_cap * sr_cap * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()
+    return sr_cap, cd
 
 
-def _outcome(a: str, b: str, p: str) -> pl.Expr:
-    """Outcome of the pair (a, b) from the stage-2/3 columns with suffix p."""
+def _lit(name: str) -> pl.Expr:
+    return pl.lit(_CODE[name], dtype=pl.UInt8)
+
+
+def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Expr:
+    """Outcome code (index into OUTCOMES) of the pair (a, b); null when undecidable."""
     xa, xb = _t(f"x{a}"), _t(f"x{b}")
     ca, cb = _t(f"c{a}"), _t(f"c{b}")
     va, vb = _t(f"v{a}"), _t(f"v{b}")
-    d, cd, sR = _t(f"d{p}"), _t(f"cd{p}"), _t(f"sR{p}")
     vdiff = va != vb  # null when either verdict is missing
     vrev = vdiff.fill_null(False)
+    xa_ok, xb_ok = xa.is_not_null(), xb.is_not_null()
 
-    # One censored side: L is its limit, x the other side's number.
+    # Exactly one side censored: L is its limit, x the other side's number.
     L = pl.coalesce(_t(f"L{a}"), _t(f"L{b}"))
     x = pl.coalesce(xa, xb)
-    x_in = _dist(x) >= 0
-    lo, up = _c("lower_limit"), _c("upper_limit")
-    L_in = lo.is_null() & (up.is_null() | (L <= up))
-    L_out = L <= lo
-    pos_rev = ((~x_in) & L_in) | (x_in & L_out)
-    cens_rev = vrev | pos_rev.fill_null(False)
+    dist_x = pl.coalesce(_t(f"dist{a}"), _t(f"dist{b}"))
+    # "<L" surely conforms when no lower limit exists and L is at or below the upper limit;
+    # it surely does not when L is at or below the lower limit.
+    lower = _c("lower_limit")
+    L_in = lower.is_null() & (L <= _t("up"))
+    L_out = L <= lower
+    pos_rev = ((dist_x < 0) & L_in) | ((dist_x >= 0) & L_out)
     one_censored = (
-        pl.when(cens_rev)
-        .then(pl.lit("reversal"))
-        .when(L.is_null() | (x <= L))
-        .then(pl.lit("censored_consistent"))
-        .when(x <= L + cd)
-        .then(pl.lit("censored_consistent"))
+        pl.when(vrev | pos_rev.fill_null(False))
+        .then(_lit("reversal"))
+        .when(L.is_null() | (x <= L + cd.fill_null(0.0)))
+        .then(_lit("censored_consistent"))
         .when(cd.is_not_null())
-        .then(pl.lit("censored_discrepant"))
+        .then(_lit("censored_discrepant"))
     )
 
-    # Both numeric with differing verdicts: is the difference inside the uncertainty intervals?
+    # Both numeric, verdicts differ: do both uncertainty intervals reach the limit, with |d| <= CD?
     wa = pl.coalesce(_t(f"U{a}"), 2.0 * sR)
     wb = pl.coalesce(_t(f"U{b}"), 2.0 * sR)
-    near = (_dist(xa).abs() <= wa) & (_dist(xb).abs() <= wb) & (d.abs() <= cd).fill_null(True)
+    absd = d.abs()
+    near = (
+        (_t(f"dist{a}").abs() <= wa)
+        & (_t(f"dist{b}").abs() <= wb)
+        & (absd <= cd).fill_null(True)
+    )
     numeric = (
         pl.when(vrev)
         .then(
             pl.when(near.fill_null(False))
-            .then(pl.lit("reversal_within_uncertainty"))
-            .otherwise(pl.lit("reversal"))
+            .then(_lit("reversal_within_uncertainty"))
+            .otherwise(_lit("reversal"))
         )
-        .when(d.abs() > cd)
-        .then(pl.lit("discrepant"))
+        .when(absd > cd)
+        .then(_lit("discrepant"))
         .when(cd.is_not_null())
-        .then(pl.lit("consistent"))
+        .then(_lit("consistent"))
     )
 
     return (
         pl.when(_t("qual"))
         .then(
             pl.when(vdiff)
-            .then(pl.lit("qualitative_reversal"))
+            .then(_lit("qualitative_reversal"))
             .when(vdiff.not_())
-            .then(pl.lit("qualitative_agree"))
+            .then(_lit("qualitative_agree"))
         )
         .when(ca & cb)
-        .then(pl.lit("censored_consistent"))
-        .when((ca & xb.is_not_null()) | (cb & xa.is_not_null()))
+        .then(_lit("censored_consistent"))
+        .when((ca & xb_ok) | (cb & xa_ok))
         .then(one_censored)
-        .when(xa.is_not_null() & xb.is_not_null())
+        .when(xa_ok & xb_ok)
         .then(numeric)
     )
+
+
+def _s(d: pl.Expr, sR: pl.Expr) -> pl.Expr:
+    return d / (_SQRT2 * pl.when(sR > 0).then(sR))
 
 
 def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) -> pl.LazyFrame:
     """Add the pair scores (``PAIR_SCORE_SCHEMA``) to a LazyFrame of ``PAIR_INPUT_SCHEMA`` rows.
 
     ``policy`` is a ``Policy`` (its ``pairs`` section is used), a bare ``PairPolicy``, or None
-    for the defaults. Returns a LazyFrame; nothing is collected. Empty input gives empty output
-    with every column. See the module docstring for every convention and degenerate case.
+    for the defaults. Returns a LazyFrame (nothing is collected); input columns are kept, score
+    columns are appended in ``PAIR_SCORE_SCHEMA`` order (score columns already present in the
+    input are replaced). Empty input gives empty output with every column. See the module
+    docstring for every convention and degenerate case.
     """
     if policy is None:
         pp = PairPolicy()
@@ -292,78 +352,106 @@ def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) 
     else:
         pp = policy
     f = cd_factor(pp.cd_probability)
-    sides = ("1", "2", "3")
-    pair_defs = (("1", "2", ""), ("1", "3", "_13"), ("2", "3", "_23"))
-
-    # Stage 0: item codes, so strings are compared once per row.
-    lf = pairs.with_columns(
-        (_c("kind") == "qualitative").fill_null(False).alias(f"{_T}qual"),
-        _c("precision_model")
-        .replace_strict(
-            {"absolute": 0, "relative": 1, "horwitz": 2}, default=None, return_dtype=pl.Int8
-        )
-        .alias(f"{_T}model"),
+    idx = f"{_T}i"
+    base = pairs.drop(cs.by_name(*PAIR_SCORE_SCHEMA, require_all=False)).with_row_index(idx)
+    main = _score_main(base, pp, f)
+    # The two arbitration pairs only concern the few rows with a third result: score them on
+    # those rows and bring them back by a one-column join on the row index, concatenated
+    # horizontally (joining the whole frame would copy every column). Rows without a third
+    # result get nulls, which is what the full computation gives them.
+    side3 = (
+        _c("value_3").is_not_null()
+        | _c("censored_3").fill_null(False)
+        | _c("verdict_3").is_not_null()
     )
-    # Stage 1: per-side derived values.
+    arb = _score_arbitration(base.filter(side3), pp, f)
+    arb_full = base.select(idx).join(arb, on=idx, how="left", maintain_order="left").drop(idx)
+    lf = pl.concat([main, arb_full], how="horizontal")
+
+    names = pl.lit(pl.Series(list(OUTCOMES), dtype=pl.String))
+    o12, o13, o23 = _t("o12"), _t("o13"), _t("o23")
+    ok13 = ~o13.is_in(_BAD_CODES)
+    ok23 = ~o23.is_in(_BAD_CODES)
+    # 0 neither, 1 original, 2 retest, 3 both; null when either arbitration outcome is null.
+    sides = ok13.cast(pl.UInt8) + 2 * ok23.cast(pl.UInt8)
     lf = lf.with_columns(
-        [e for j in sides for e in _side_prep(j, pp.default_coverage_k)]
+        names.gather(o12).alias("outcome"),
+        o12.is_in(_BAD_CODES).alias("discrepant"),
+        names.gather(o13).alias("outcome_13"),
+        names.gather(o23).alias("outcome_23"),
+        pl.lit(pl.Series(list(_SIDES_WITH), dtype=pl.String))
+        .gather(sides)
+        .alias("arbiter_sides_with"),
     )
-    # Stage 2: level, precision and difference of each pair.
-    lf = lf.with_columns([e for a, b, p in pair_defs for e in _pair_precision(a, b, p, f)])
-    # Stage 3: critical differences.
-    lf = lf.with_columns([e for a, b, p in pair_defs for e in _pair_cd(a, b, p, f)])
+    return lf.select(
+        cs.exclude(cs.starts_with(_T)) - cs.by_name(*PAIR_SCORE_SCHEMA), *PAIR_SCORE_SCHEMA
+    )
 
+
+def _prepare(lf: pl.LazyFrame, pp: PairPolicy) -> pl.LazyFrame:
+    """Stages 0-1: item codes, per-side values and distances to the specification."""
+    lf = lf.with_columns(_stage_item())
+    lf = lf.with_columns(
+        [e for j in ("1", "2", "3") for e in _stage_side(j, pp.default_coverage_k)]
+    )
+    return lf.with_columns([_dist(_t(f"x{j}")).alias(f"{_T}dist{j}") for j in ("1", "2", "3")])
+
+
+def _score_main(base: pl.LazyFrame, pp: PairPolicy, f: float) -> pl.LazyFrame:
+    """Original vs retest scores on every row (temporary o12 holds the outcome code)."""
+    # Staged with_columns: each stage only reads columns of earlier stages, so nothing is
+    # computed twice.
+    lf = _prepare(base, pp)
+    lvl, sR, sr, d = _pair_precision("1", "2")
+    lf = lf.with_columns(
+        lvl.alias(f"{_T}lvl"), sR.alias(f"{_T}sR"), sr.alias(f"{_T}sr"), d.alias(f"{_T}d")
+    )
     sR, d, lvl = _t("sR"), _t("d"), _t("lvl")
+    sr, cd = _pair_cd("1", "2", sR, _t("sr"), f)
+    lf = lf.with_columns(sr.alias(f"{_T}sr"), cd.alias(f"{_T}cd"))
+
+    cd = _t("cd")
     sR_ok = pl.when(sR > 0).then(sR)
     en = d / (_t("U1").pow(2) + _t("U2").pow(2)).sqrt()
-    en_signal = en.abs() >= 1.0 if pp.en_boundary == "iso" else en.abs() > 1.0
-    delta = _dist(lvl).abs() / sR_ok
-    q = _normal_cdf(-delta)  # Phi(-δ) = 1 - Phi(δ)
     v1, v2 = _t("v1"), _t("v2")
-
-    def s_of(p: str) -> pl.Expr:
-        sRp = _t(f"sR{p}")
-        return _t(f"d{p}") / (_SQRT2 * pl.when(sRp > 0).then(sRp))
-
-    # Stage 4: all published scores.
-    lf = lf.with_columns(
+    return lf.with_columns(
         lvl.alias("level"),
         sR.alias("sigma_R_at"),
         _t("sr").alias("sigma_r_at"),
         d.alias("d"),
         (d / pl.when(lvl != 0).then(lvl)).alias("d_rel"),
-        s_of("").alias("s"),
-        _t("cd").alias("cd"),
-        (d.abs() > _t("cd")).alias("exceeds_cd"),
+        _s(d, sR).alias("s"),
+        cd.alias("cd"),
+        (d.abs() > cd).alias("exceeds_cd"),
         en.alias("en"),
         (d / (_t("u1").pow(2) + _t("u2").pow(2)).sqrt()).alias("zeta"),
-        en_signal.alias("en_signal"),
-        (_dist(_t("x1")) / sR_ok).alias("dist_sigma_1"),
-        (_dist(_t("x2")) / sR_ok).alias("dist_sigma_2"),
-        (_dist(_t("x1")) / _t("U1")).alias("dist_u_1"),
-        (_dist(_t("x2")) / _t("U2")).alias("dist_u_2"),
-        (2.0 * q * (1.0 - q)).alias("p_disagree"),
-        (v1.is_not_null() & v2.is_not_null() & (v1 != v2)).alias("reversal"),
-        _outcome("1", "2", "").alias("outcome"),
-        s_of("_13").alias("s_13"),
-        s_of("_23").alias("s_23"),
-        _outcome("1", "3", "_13").alias("outcome_13"),
-        _outcome("2", "3", "_23").alias("outcome_23"),
+        (en.abs() >= 1.0 if pp.en_boundary == "iso" else en.abs() > 1.0).alias("en_signal"),
+        (_t("dist1") / sR_ok).alias("dist_sigma_1"),
+        (_t("dist2") / sR_ok).alias("dist_sigma_2"),
+        (_t("dist1") / _t("U1")).alias("dist_u_1"),
+        (_t("dist2") / _t("U2")).alias("dist_u_2"),
+        _p_disagree(_dist(lvl) / sR_ok).alias("p_disagree"),
+        (v1 != v2).fill_null(False).alias("reversal"),
+        _outcome_code("1", "2", d, cd, sR).alias(f"{_T}o12"),
     )
-    bad = pl.lit(pl.Series(list(DISCREPANT_OUTCOMES), dtype=pl.String)).implode()
-    ok13 = ~_c("outcome_13").is_in(bad)
-    ok23 = ~_c("outcome_23").is_in(bad)
-    lf = lf.with_columns(
-        pl.when(_c("outcome").is_not_null()).then(_c("outcome").is_in(bad)).alias("discrepant"),
-        pl.when(_c("outcome_13").is_null() | _c("outcome_23").is_null())
-        .then(pl.lit(None, dtype=pl.String))
-        .when(ok13 & ok23)
-        .then(pl.lit("both"))
-        .when(ok13)
-        .then(pl.lit("original"))
-        .when(ok23)
-        .then(pl.lit("retest"))
-        .otherwise(pl.lit("neither"))
-        .alias("arbiter_sides_with"),
-    )
-    return lf.drop(cs.starts_with(_T))
+
+
+def _score_arbitration(rows: pl.LazyFrame, pp: PairPolicy, f: float) -> pl.LazyFrame:
+    """s_13, s_23 and the outcome codes o13, o23 (with the row index) on arbitration rows."""
+    lf = _prepare(rows, pp)
+    stage2 = []
+    for a in ("1", "2"):
+        _, sR, sr, d = _pair_precision(a, "3")
+        stage2 += [sR.alias(f"{_T}sR{a}3"), sr.alias(f"{_T}sr{a}3"), d.alias(f"{_T}d{a}3")]
+    lf = lf.with_columns(stage2)
+    stage3 = []
+    for a in ("1", "2"):
+        _, cd = _pair_cd(a, "3", _t(f"sR{a}3"), _t(f"sr{a}3"), f)
+        stage3.append(cd.alias(f"{_T}cd{a}3"))
+    lf = lf.with_columns(stage3)
+    out = [pl.col(f"{_T}i")]
+    for a in ("1", "2"):
+        d, sR, cd = _t(f"d{a}3"), _t(f"sR{a}3"), _t(f"cd{a}3")
+        out.append(_s(d, sR).alias(f"s_{a}3"))
+        out.append(_outcome_code(a, "3", d, cd, sR).alias(f"{_T}o{a}3"))
+    return lf.select(out)

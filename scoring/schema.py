@@ -1,7 +1,7 @@
 """Column contracts between the service and the statistics.
 
 The service (labeval) builds a LazyFrame with PAIR_INPUT_SCHEMA, one row per original/retest pair
-(one test item on one sample); scoring.pairs.score_pairs adds the PAIR_SCORE_COLUMNS. Side 1 is
+(one test item on one sample); scoring.pairs.score_pairs adds scoring.pairs.PAIR_SCORE_SCHEMA. Side 1 is
 the original lab, side 2 the retest lab, side 3 the arbitration lab (all side-3 columns null when
 there was no arbitration).
 """
