@@ -152,7 +152,9 @@ def _cap_check(
         h = _num(ev.get("cusum_limit"))
         if cmax is None or h is None:
             return "cusum_max", cmax, h, None, ""
-        return "cusum_max", cmax, h, cmax >= h, ""
+        # A chart that never rose (C = 0) has not signalled, even when h is 0 because the
+        # expected discrepancy rates are so low that the in-control chart never moves.
+        return "cusum_max", cmax, h, cmax > 0 and cmax >= h, ""
     raise ValueError(f"unknown cap rule {name}")  # pragma: no cover - Literal-checked policy
 
 

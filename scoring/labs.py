@@ -493,7 +493,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     - cusum_current, cusum_max: risk-adjusted Bernoulli CUSUM over the lab's pairs (as
       original or retest) in completion-date order (undated first, then pair_id), with y = blame share and
       p = expected probability p/2, weight y ln R - ln(1 - p + R p); cusum_limit: h (see
-      cusum_limit); cusum_signal: cusum_max >= h; cusum_signal_on: completion date of the pair
+      cusum_limit); cusum_signal: cusum_max > 0 and cusum_max >= h; cusum_signal_on: completion date of the pair
       at which it first crossed (null if never).
     - funnel_n (= pairs_compared), funnel_rate (= O/n), funnel_target (overall O/n),
       funnel_lower_95, funnel_upper_95, funnel_lower_998, funnel_upper_998 (limits with
@@ -666,7 +666,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         .agg(
             cusum_current=pl.col("c").last(),
             cusum_max=pl.col("c").max(),
-            cusum_signal_on=pl.col("completed_on").filter(pl.col("c") >= h).first(),
+            cusum_signal_on=pl.col("completed_on").filter((pl.col("c") > 0) & (pl.col("c") >= h)).first(),
         )
     )
 
@@ -768,7 +768,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         cusum_current=pl.col("cusum_current").fill_null(0.0),
         cusum_max=pl.col("cusum_max").fill_null(0.0),
         cusum_limit=pl.lit(h, dtype=pl.Float64),
-        cusum_signal=pl.col("cusum_max").fill_null(0.0) >= h,
+        cusum_signal=(pl.col("cusum_max").fill_null(0.0) > 0) & (pl.col("cusum_max").fill_null(0.0) >= h),
         funnel_n=pl.col("pairs_compared"),
         funnel_rate=col(fun["rate"]),
         funnel_target=pl.lit(fun["target"], dtype=pl.Float64).fill_nan(None),

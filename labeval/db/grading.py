@@ -58,18 +58,50 @@ async def lab_codes(conn: asyncpg.Connection) -> list[str]:
     return [r["lab_code"] for r in rows]
 
 
-async def previous_grades(conn: asyncpg.Connection, before_as_of: date) -> list[asyncpg.Record]:
-    """Each lab's latest finished grade from runs as of no later than `before_as_of`."""
+async def previous_grades(conn: asyncpg.Connection, as_of: date) -> list[asyncpg.Record]:
+    """Each lab's latest finished grade from runs as of no later than `as_of`."""
     return await conn.fetch(
         """
         SELECT DISTINCT ON (g.lab_code)
-               g.lab_code, g.class, g.score, g.evidence, g.run_id, r.as_of
+               g.lab_code, g.class, g.score, g.consecutive_qualifying
         FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
         WHERE r.finished_at IS NOT NULL AND r.as_of <= $1
         ORDER BY g.lab_code, r.as_of DESC, r.run_id DESC
         """,
-        before_as_of,
+        as_of,
     )
+
+
+# The indicator inputs, in the column names of scoring.indicators' schemas. Events after as_of
+# are left out here as well as in scoring, so a back-dated run never sees the future.
+INDICATOR_QUERIES = {
+    "pt": """
+        SELECT lab_code, scheme_code, round_code, round_date, item_code, z_score AS z
+        FROM pt_results WHERE round_date <= $1 AND z_score IS NOT NULL
+    """,
+    "timeliness": """
+        SELECT lab_code, report_no AS report_code, due_on, reported_on
+        FROM lab_reports WHERE due_on <= $1
+    """,
+    "complaints": """
+        SELECT lab_code, complaint_no AS complaint_code, received_on, upheld
+        FROM lab_complaints WHERE received_on <= $1
+    """,
+    # The policy has rules for major and minor findings; a critical finding counts as major.
+    "audits": """
+        SELECT lab_code, finding_no AS finding_code, found_on,
+               CASE severity WHEN 'critical' THEN 'major' ELSE severity END AS severity
+        FROM lab_audit_findings WHERE found_on <= $1
+    """,
+    "report_findings": """
+        SELECT lab_code, report_no AS finding_code, found_on AS decided_on, finding AS kind
+        FROM lab_report_findings WHERE found_on <= $1
+    """,
+}
+
+
+async def indicator_rows(conn: asyncpg.Connection, as_of: date) -> dict[str, list[asyncpg.Record]]:
+    return {name: await conn.fetch(sql, as_of) for name, sql in INDICATOR_QUERIES.items()}
 
 
 async def insert_run(
@@ -95,13 +127,18 @@ async def insert_run(
     )
 
 
+GRADE_COLUMNS = ("lab_code", "score", "class", "previous_class", "change", "pairs", "reasons", "evidence",
+                 "consecutive_qualifying", "sufficient_evidence", "selection_weight", "eligible")
+
+
 async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tuple]) -> None:
-    """grades: (lab_code, score, class, previous_class, change, pairs, reasons, evidence) tuples."""
+    """grades: tuples in GRADE_COLUMNS order."""
     await conn.executemany(
         """
         INSERT INTO lab_grades (run_id, lab_code, score, class, previous_class, change, pairs,
-                                reasons, evidence)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                reasons, evidence, consecutive_qualifying, sufficient_evidence,
+                                selection_weight, eligible)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         """,
         [(run_id, *g) for g in grades],
     )

@@ -1,11 +1,17 @@
-"""A grading run: pairs from PostgreSQL → scoring/ → grades stored in one transaction."""
+"""A grading run: pairs from PostgreSQL → scoring/ → grades stored in one transaction.
+
+A run is reproducible: it records the policy (and its canonical hash) and a digest of the pairs
+it scored; the same data, policy and previous grades give the same classes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import io
+import math
 from datetime import date
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -14,30 +20,59 @@ import polars as pl
 from labeval.config import Settings
 from labeval.db import grading as q
 from labeval.models import GradingRun, LabGrade
+from scoring import indicators as ind
+from scoring.grading import PREVIOUS_GRADES_SCHEMA, grade
+from scoring.labs import lab_evidence
+from scoring.pairs import score_pairs
 from scoring.policy import Policy, load_policy, policy_hash
 from scoring.schema import PAIR_INPUT_SCHEMA
 
 _BOOL_COLUMNS = [f"censored_{s}" for s in ("1", "2", "3")]
+_INDICATOR_SCHEMAS = {
+    "pt": ind.PT_RESULTS_SCHEMA,
+    "timeliness": ind.TIMELINESS_SCHEMA,
+    "complaints": ind.COMPLAINTS_SCHEMA,
+    "audits": ind.AUDIT_FINDINGS_SCHEMA,
+    "report_findings": ind.REPORT_FINDINGS_SCHEMA,
+}
 
 
 def pairs_frame(csv: bytes) -> pl.DataFrame:
     """Parse the COPY output with the pair schema (PostgreSQL writes booleans as t/f)."""
-    overrides = {**PAIR_INPUT_SCHEMA, **{c: pl.String for c in _BOOL_COLUMNS}}
-    frame = pl.read_csv(io.BytesIO(csv), schema=overrides) if csv.strip() else pl.DataFrame(schema=overrides)
-    return frame.with_columns(
-        [(pl.col(c) == "t").alias(c) for c in _BOOL_COLUMNS]
-    ).select(list(PAIR_INPUT_SCHEMA))
+    schema = {**PAIR_INPUT_SCHEMA, **{c: pl.String for c in _BOOL_COLUMNS}}
+    frame = pl.read_csv(io.BytesIO(csv), schema=schema) if csv.strip() else pl.DataFrame(schema=schema)
+    return frame.with_columns([(pl.col(c) == "t").alias(c) for c in _BOOL_COLUMNS]).select(list(PAIR_INPUT_SCHEMA))
 
 
-def _compute(pairs: pl.DataFrame, labs: list[str], previous: pl.DataFrame, indicators, policy: Policy,
-             as_of: date) -> pl.DataFrame:
-    from scoring.grading import grade
-    from scoring.labs import lab_evidence
-    from scoring.pairs import score_pairs
+def _records_frame(rows: list[asyncpg.Record], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
 
+
+def _jsonable(value: Any) -> Any:
+    # JSONB has no NaN/Infinity; a statistic that is undefined is stored as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def compute(
+    pairs: pl.DataFrame,
+    labs: list[str],
+    previous: pl.DataFrame,
+    indicator_frames: dict[str, pl.DataFrame],
+    policy: Policy,
+    as_of: date,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Pure part of a run: (grades, evidence). CPU-bound; runs in a worker thread."""
     scored = score_pairs(pairs.lazy(), policy)
     evidence = lab_evidence(scored, policy, as_of=as_of)
-    return grade(evidence, indicators, previous, policy, labs=labs)
+    indicators = ind.summarise_indicators(
+        policy=policy, as_of=as_of, **{k: v.lazy() for k, v in indicator_frames.items()}
+    )
+    grades = grade(evidence, indicators, previous, policy, labs=labs)
+    return grades, evidence
 
 
 async def run_grading(
@@ -50,8 +85,49 @@ async def run_grading(
 ) -> GradingRun:
     as_of = as_of or date.today()
     policy = policy or load_policy(settings.policy)
-    csv = await q.pairs_csv(conn, as_of)
+    p_hash = policy_hash(policy)
+
+    # Read everything in one snapshot so the run sees one consistent state of the data.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        csv = await q.pairs_csv(conn, as_of)
+        labs = await q.lab_codes(conn)
+        previous = _records_frame(await q.previous_grades(conn, as_of), PREVIOUS_GRADES_SCHEMA)
+        raw_indicators = await q.indicator_rows(conn, as_of)
+    indicator_frames = {k: _records_frame(v, _INDICATOR_SCHEMAS[k]) for k, v in raw_indicators.items()}
     pairs = pairs_frame(csv)
-    labs = await q.lab_codes(conn)
-    previous = await q.previous_grades(conn, as_of)
-    raise NotImplementedError  # wired once scoring.grading lands
+
+    grades, evidence = await asyncio.to_thread(compute, pairs, labs, previous, indicator_frames, policy, as_of)
+
+    evidence_by_lab = {
+        row["lab_code"]: {k: _jsonable(v) for k, v in row.items()} for row in evidence.iter_rows(named=True)
+    }
+    rows = []
+    for g in grades.iter_rows(named=True):
+        reasons = [{k: _jsonable(v) for k, v in r.items()} for r in (g["reasons"] or [])]
+        rows.append((
+            g["lab_code"], _jsonable(g["score"]), g["class"], g["previous_class"], g["change"],
+            int(g["pairs_compared"] or 0), reasons, evidence_by_lab.get(g["lab_code"], {}),
+            int(g["consecutive_qualifying"] or 0), bool(g["sufficient_evidence"]),
+            _jsonable(g["selection_weight"]), bool(g["eligible"]),
+        ))
+
+    async with conn.transaction():
+        run_id = await q.insert_run(
+            conn, as_of=as_of, trigger=trigger, policy_name=policy.name, policy_version=policy.version,
+            policy_hash=p_hash, policy=msgspec.to_builtins(policy), data_hash=hashlib.sha256(csv).hexdigest(),
+            n_pairs=pairs.height,
+        )
+        await q.insert_grades(conn, run_id, rows)
+        run = await q.finish_run(conn, run_id, len(rows))
+
+    return GradingRun(
+        run_id=run["run_id"], as_of=run["as_of"], policy_hash=run["policy_hash"],
+        policy_name=run["policy_name"], policy_version=run["policy_version"], trigger=run["trigger"],
+        n_pairs=run["n_pairs"], n_labs=run["n_labs"], data_hash=run["data_hash"],
+        started_at=run["started_at"], finished_at=run["finished_at"],
+        grades=[
+            LabGrade(lab_code=r[0], score=r[1], class_=r[2], previous_class=r[3], change=r[4], pairs=r[5],
+                     reasons=r[6])
+            for r in rows
+        ],
+    )

@@ -1,0 +1,134 @@
+"""A grading run end to end on a small hand-built data set, through PostgreSQL and the API."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from importlib import resources
+
+import asyncpg
+import msgspec
+from litestar.testing import AsyncTestClient
+
+from labeval.app import create_app
+from labeval.config import Settings
+from labeval.grading.run import run_grading
+from scoring.policy import Policy, policy_hash
+
+AS_OF = date(2026, 6, 30)
+
+
+def small_policy() -> Policy:
+    raw = tomllib.loads(resources.files("scoring").joinpath("default_policy.toml").read_text("utf-8"))
+    raw["grading"]["min_pairs"] = 4  # a hand-built set is small; the default asks for 30
+    raw["version"] = "test-small"
+    return msgspec.convert(raw, Policy)
+
+
+async def seed(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        """
+        INSERT INTO product_categories (category_code, name) VALUES ('TEX', '纺织服装');
+        INSERT INTO test_items (item_code, category_code, name, unit, kind, precision_model,
+                                repeatability_sd, reproducibility_sd, upper_limit)
+        VALUES ('Q', 'TEX', '甲醛含量', 'mg/kg', 'quantitative', 'absolute', 0.5, 1.0, 100);
+        INSERT INTO labs (lab_code, name) VALUES
+            ('A', 'Lab A'), ('B', 'Lab B'), ('C', 'Lab C'), ('D', 'Lab D'), ('E', 'Lab E'),
+            ('R', 'Lab R (revoked)');
+        UPDATE labs SET status = 'revoked' WHERE lab_code = 'R';
+        """
+    )
+    # Each (original, retest) couple tests n samples; both labs report 50.0 exactly, so every
+    # pair is consistent (d = 0 < CD = 2.8) and no statistical rule can deduct anything.
+    couples = [("A", "B", 6), ("B", "A", 6), ("C", "D", 6), ("D", "C", 6), ("E", "A", 2)]
+    n = 0
+    for orig, retest, count in couples:
+        for _ in range(count):
+            n += 1
+            code = f"S{n:03d}"
+            await conn.execute(
+                "INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ($1, 'TEX', $2)",
+                code, orig,
+            )
+            await conn.executemany(
+                """
+                INSERT INTO results (sample_code, item_code, lab_code, role, value, verdict, reported_on)
+                VALUES ($1, 'Q', $2, $3, 50.0, 'pass', $4)
+                """,
+                [(code, orig, "original", date(2026, 3, 1)), (code, retest, "retest", date(2026, 4, 1))],
+            )
+    await conn.execute(
+        """
+        INSERT INTO lab_complaints (lab_code, complaint_no, received_on, upheld) VALUES
+            ('B', 'C1', '2026-01-10', true), ('B', 'C2', '2026-02-10', true), ('B', 'C3', '2026-03-10', true),
+            ('B', 'C4', '2026-03-11', false),
+            ('D', 'C5', '2026-01-10', true), ('D', 'C6', '2026-01-11', true), ('D', 'C7', '2026-01-12', true),
+            ('A', 'C8', '2026-12-01', true);  -- after as_of: must not count
+        INSERT INTO lab_audit_findings (lab_code, finding_no, found_on, severity) VALUES
+            ('D', 'F1', '2026-02-01', 'major'), ('D', 'F2', '2026-02-02', 'major'),
+            ('D', 'F3', '2026-02-03', 'critical'), ('D', 'F4', '2026-02-04', 'major'),
+            ('D', 'F5', '2026-02-05', 'major');
+        INSERT INTO lab_report_findings (lab_code, report_no, found_on, finding)
+        VALUES ('C', 'R-2026-001', '2026-05-01', 'falsified');
+        """
+    )
+
+
+# Hand computation under small_policy() (default deductions: complaints 5 per upheld complaint,
+# cap 15; major audit findings 5 each, cap 20; cut-offs I ≥ 90, II ≥ 75, III ≥ 60):
+#   A: 12 pairs (6 original, 6 retest) + 2 as retest of E = 14; nothing deducted → 100 → I (new).
+#   B: 12 pairs; 3 upheld complaints (the 4th is not upheld) → 100 − 15 = 85 → II.
+#   C: 12 pairs; score 100 but a falsified report caps at IV (SAMR Order 39 art. 14).
+#   D: 12 pairs; 3 complaints −15, 5 major findings (critical counts as major) −min(20, 25) = −20
+#      → 65 → III.
+#   E: 2 pairs < 4 → too little evidence → new lab at the policy default II.
+#   R: revoked → not graded.
+EXPECTED = {
+    "A": ("I", 100.0, 14),
+    "B": ("II", 85.0, 12),
+    "C": ("IV", 100.0, 12),
+    "D": ("III", 65.0, 12),
+    "E": ("II", 100.0, 2),
+}
+
+
+async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    from labeval.db.pool import init_connection
+
+    await init_connection(conn)
+    policy = small_policy()
+    try:
+        await seed(conn)
+        run = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
+        got = {g.lab_code: (g.class_, g.score, g.pairs) for g in run.grades}
+        assert got == EXPECTED
+        assert {g.lab_code: g.change for g in run.grades} == dict.fromkeys(EXPECTED, "new")
+        assert run.policy_hash == policy_hash(policy)
+        assert run.n_pairs == 26 and run.n_labs == 5
+        c_reasons = next(g for g in run.grades if g.lab_code == "C").reasons
+        assert any(r["rule"] == "falsified_report" and r["effect"].startswith("cap IV") for r in c_reasons)
+
+        # The same data and policy again: same classes, now "held", previous class recorded.
+        again = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
+        assert {g.lab_code: g.class_ for g in again.grades} == {k: v[0] for k, v in EXPECTED.items()}
+        assert {g.lab_code: (g.previous_class, g.change) for g in again.grades} == {
+            k: (v[0], "held") for k, v in EXPECTED.items()
+        }
+        assert again.data_hash == run.data_hash
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM lab_grades WHERE run_id = $1 AND evidence ? 'bias'", run.run_id
+        )
+        assert stored == 5  # every lab with at least one pair has its evidence row stored
+    finally:
+        await conn.close()
+
+    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    async with AsyncTestClient(app) as client:
+        labs = {lab["code"]: lab for lab in (await client.get("/api/v1/labs")).json()}
+        assert {c: (labs[c]["current_class"], labs[c]["score"]) for c in EXPECTED} == {
+            c: (v[0], v[1]) for c, v in EXPECTED.items()
+        }
+        assert labs["R"]["current_class"] is None
+        d = (await client.get("/api/v1/labs/D")).json()
+        assert [h["class"] for h in d["history"]] == ["III", "III"]
