@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
+from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
 from labeval.api.system import health, ready
 from labeval.config import Settings
@@ -67,8 +68,7 @@ def create_app(settings: Settings, *, extra_handlers: list | None = None) -> Lit
         finally:
             sched.shutdown(wait=False)
 
-    handlers: list = [health, ready, LabController]
-    handlers.extend(_optional_handlers())
+    handlers: list = [health, ready, LabController, ImportController]
     handlers.extend(extra_handlers or [])
     return Litestar(
         route_handlers=handlers,
@@ -81,13 +81,3 @@ def create_app(settings: Settings, *, extra_handlers: list | None = None) -> Lit
         logging_config=None,
         debug=False,
     )
-
-
-def _optional_handlers() -> list:
-    """Route handlers from modules that other parts of the service provide."""
-    out: list = []
-    with contextlib.suppress(ImportError):
-        from labeval.api.imports import ImportController
-
-        out.append(ImportController)
-    return out

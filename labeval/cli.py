@@ -18,11 +18,10 @@ from labeval.config import Settings
 from labeval.db.migrate import MigrationError, migrate, status
 from labeval.db.pool import connect
 from labeval.db.server import database_url
+from labeval.ingest import KINDS as INGEST_KINDS
 
 T = TypeVar("T")
 
-INGEST_KINDS = ("categories", "labs", "items", "samples", "results", "pt", "timeliness",
-                "complaints", "audits", "findings")
 
 err = Console(stderr=True)
 out = Console()

@@ -168,6 +168,11 @@ def _item_results(it, sample, orig, retest, arb, d_orig, d_retest, rng, bias, no
             flip = rng.random() < (0.25 if lab in careless else 0.01)
             verdict = ("fail" if truth == "pass" else "pass") if flip else truth
             out.append(_row(sample, it["item_code"], lab, role, None, unit, None, verdict, "simple", day))
+        if out[0]["verdict"] != out[1]["verdict"] and rng.random() < 0.6:
+            flip = rng.random() < (0.25 if arb in careless else 0.01)
+            verdict = ("fail" if truth == "pass" else "pass") if flip else truth
+            out.append(_row(sample, it["item_code"], arb, "arbitration", None, unit, None, verdict, "simple",
+                            d_retest + timedelta(days=int(rng.integers(10, 30)))))
         return out
     level = _true_level(lo, hi, rng)
     sd = float(it["reproducibility_sd"])

@@ -148,13 +148,16 @@ def _cap_check(
         note = f" (|bias| {abs(b):.3f} {'>=' if big else '<'} {policy.caps.bias_min_abs:g})"
         return "bias_q", q, alpha, (q < alpha) and big, note
     if name == "cusum_signal":
-        cmax = _num(ev.get("cusum_max"))
+        # The chart's value now, not its maximum over the window: with hundreds of pairs per
+        # lab, a chart with an in-control run length of arl0 pairs crosses h at some point for
+        # many clean labs, while one that is above h now is in alarm. A chart that never rose
+        # (C = 0) has not signalled, even when h is 0 because the expected discrepancy rates are
+        # so low that the in-control chart never moves.
+        cur = _num(ev.get("cusum_current"))
         h = _num(ev.get("cusum_limit"))
-        if cmax is None or h is None:
-            return "cusum_max", cmax, h, None, ""
-        # A chart that never rose (C = 0) has not signalled, even when h is 0 because the
-        # expected discrepancy rates are so low that the in-control chart never moves.
-        return "cusum_max", cmax, h, cmax > 0 and cmax >= h, ""
+        if cur is None or h is None:
+            return "cusum_current", cur, h, None, ""
+        return "cusum_current", cur, h, cur > 0 and cur >= h, ""
     raise ValueError(f"unknown cap rule {name}")  # pragma: no cover - Literal-checked policy
 
 
@@ -171,7 +174,7 @@ def grade(
     previous_grades.
 
     evidence: scoring.labs.lab_evidence output (columns used: lab_code, pairs_compared, eb_rate,
-    bias, bias_q, excess_q, cusum_max, cusum_limit). indicators: scoring.indicators
+    bias, bias_q, excess_q, cusum_current, cusum_limit). indicators: scoring.indicators
     .summarise_indicators output, or None. previous_grades: PREVIOUS_GRADES_SCHEMA, or None (all
     labs new). Output sorted by lab_code; `reasons` is a List(Struct) of Reason fields. Every
     deduction is rounded to 2 decimals first and the score is base minus their sum (floored at

@@ -357,16 +357,26 @@ def risk_adjusted_cusum(y: np.ndarray, p: np.ndarray, odds_ratio: float) -> np.n
 def _simulate_max_paths(
     p_grid: tuple[float, ...], odds_ratio: float, n_sim: int, steps: int, seed: int
 ) -> np.ndarray:
-    """Running maximum (steps x n_sim) of in-control CUSUM paths, via the closed form."""
+    """Running maximum (n_sim x steps, float32) of in-control CUSUM paths, via the closed form.
+
+    Simulated in blocks of paths so that memory stays near n_sim x steps x 4 bytes however long
+    the runs are (arl0 of several thousand pairs is realistic for busy labs).
+    """
     rng = np.random.default_rng(seed)
     grid = np.asarray(p_grid)
-    k = rng.integers(0, len(grid), (steps, n_sim), dtype=np.int32)
-    y = rng.random((steps, n_sim), dtype=np.float32) < grid.astype(np.float32)[k]
+    grid32 = grid.astype(np.float32)
     w_fail = -np.log1p((odds_ratio - 1.0) * grid)
     w_disc = np.log(odds_ratio) + w_fail
-    cs = np.cumsum(np.where(y, w_disc[k], w_fail[k]), axis=0)
-    c = cs - np.minimum(np.minimum.accumulate(cs, axis=0), 0.0)
-    return np.maximum.accumulate(c, axis=0)
+    out = np.empty((n_sim, steps), dtype=np.float32)
+    block = max(1, min(n_sim, 4_000_000 // max(steps, 1)))
+    for start in range(0, n_sim, block):
+        m = min(block, n_sim - start)
+        k = rng.integers(0, len(grid), (m, steps), dtype=np.int32)
+        y = rng.random((m, steps), dtype=np.float32) < grid32[k]
+        cs = np.cumsum(np.where(y, w_disc[k], w_fail[k]), axis=1)
+        c = cs - np.minimum(np.minimum.accumulate(cs, axis=1), 0.0)
+        out[start : start + m] = np.maximum.accumulate(c, axis=1)
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -377,8 +387,11 @@ def _cusum_limit_cached(
     paths = _simulate_max_paths(p_grid, odds_ratio, n_sim, steps, seed)
 
     def arl(h: float) -> float:
-        # run length = first t with max-so-far >= h; truncated runs count as `steps`.
-        return float(np.mean(np.minimum((paths < h).sum(axis=0) + 1, steps)))
+        # run length = first t with max-so-far >= h (each row is non-decreasing, so a binary
+        # search finds it); truncated runs count as `steps`.
+        first = np.fromiter((np.searchsorted(row, h, side="left") for row in paths), dtype=np.int64,
+                            count=len(paths))
+        return float(np.mean(np.minimum(first + 1, steps)))
 
     lo, hi = 0.0, 1.0
     while arl(hi) < arl0 and hi < 1e3:

@@ -87,7 +87,7 @@ class CusumPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     # Odds ratio of discrepancy the chart is tuned to detect.
     odds_ratio: Annotated[float, msgspec.Meta(gt=1.0)] = 2.0
     # In-control average run length (in pairs) the limit h is set to.
-    arl0: PositiveInt = 500
+    arl0: PositiveInt = 5000
     n_sim: PositiveInt = 1000
     seed: int = 20180613
     # Simulated runs are truncated at max_steps_factor * arl0 steps.

@@ -35,7 +35,7 @@ POLICY = Policy()
 AS_OF = dt.date(2026, 1, 1)
 CLEAN = {
     "pairs_compared": 60, "eb_rate": 0.03, "bias": 0.1, "bias_q": 0.8, "excess_q": 0.9,
-    "cusum_max": 0.5, "cusum_limit": 2.0,
+    "cusum_current": 0.5, "cusum_limit": 2.0,
 }
 
 
@@ -115,8 +115,8 @@ def test_none_and_empty_indicators_agree():
         ({"excess_q": 0.05}, "fdr_excess", "I"),  # q must be < alpha
         ({"bias_q": 0.001, "bias": 0.7}, "fdr_bias", "III"),
         ({"bias_q": 0.001, "bias": 0.3}, "fdr_bias", "I"),  # significant but below bias_min_abs
-        ({"cusum_max": 2.5, "cusum_limit": 2.0}, "cusum_signal", "II"),
-        ({"cusum_max": 2.0, "cusum_limit": 2.0}, "cusum_signal", "II"),  # >= h signals
+        ({"cusum_current": 2.5, "cusum_limit": 2.0}, "cusum_signal", "II"),
+        ({"cusum_current": 2.0, "cusum_limit": 2.0}, "cusum_signal", "II"),  # >= h signals
     ],
 )
 def test_statistical_caps(vals, rule, expected):
@@ -189,7 +189,7 @@ def test_hysteresis_counter_resets_on_non_qualifying_run_and_downgrade_is_immedi
     cmax=st.floats(0, 5), prev=st.sampled_from([None, "I", "II", "III", "IV"]), count=st.integers(0, 3),
 )
 def test_grade_invariants(eb, bias, q, n, cmax, prev, count):
-    vals = {"eb_rate": eb, "bias": bias, "bias_q": q, "excess_q": q, "pairs_compared": n, "cusum_max": cmax}
+    vals = {"eb_rate": eb, "bias": bias, "bias_q": q, "excess_q": q, "pairs_compared": n, "cusum_current": cmax}
     prev_df = None if prev is None else previous(A=(prev, count))
     a = one(grade(evidence(A=vals), None, prev_df, POLICY), "A")
     labels = list(POLICY.grading.labels)

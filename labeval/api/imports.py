@@ -1,0 +1,133 @@
+"""Imports over HTTP: upload a file (multipart) or post a JSON array; read the import log,
+rejects (JSON or CSV), reference-data changes and a result's version history."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import asyncpg
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import FromPath, FromQuery
+from litestar.status_codes import HTTP_201_CREATED
+
+from labeval.ingest.errors import UnknownKind, UnreadableFile
+from labeval.ingest.pipeline import ingest_frame, ingest_path
+from labeval.ingest.queries import (
+    ChangeRecord,
+    ImportRecord,
+    RejectRecord,
+    ResultVersion,
+    get_import,
+    list_changes,
+    list_imports,
+    list_rejects,
+    rejects_csv,
+    result_history,
+)
+from labeval.ingest.report import ImportReport
+from labeval.ingest.spec import resolve_kind
+
+# Who is importing: set by the gateway in front of the service (there is no login here).
+USER_HEADER = "x-labeval-user"
+_CHUNK = 1 << 20
+
+
+class ImportController(Controller):
+    path = "/api/v1/imports"
+    tags = ["imports"]
+
+    @post("/{kind:str}", status_code=HTTP_201_CREATED)
+    async def create(
+        self, request: Request, conn: NamedDependency[asyncpg.Connection], kind: FromPath[str]
+    ) -> ImportReport:
+        """Import rows of KIND: a multipart upload (field `file`: CSV, XLSX or Parquet) or a JSON
+        array of objects whose keys are the column headers. 201 with the import report (which
+        may list rejects); 400 when the input is not a readable table; 404 for an unknown kind."""
+        try:
+            resolve_kind(kind)
+        except UnknownKind as e:
+            raise NotFoundException(str(e)) from e
+        user = request.headers.get(USER_HEADER)
+        ctype = request.headers.get("content-type", "")
+        try:
+            if ctype.startswith("multipart/form-data"):
+                form = await request.form()
+                upload = form.get("file")
+                if not isinstance(upload, UploadFile):
+                    raise ClientException("multipart upload needs a `file` field")
+                return await _ingest_upload(conn, kind, upload, user)
+            try:
+                rows = await request.json()
+            except Exception as e:
+                raise ClientException(f"body is not JSON: {e}") from e
+            if not isinstance(rows, list):
+                raise ClientException("a JSON body must be an array of objects (one per row)")
+            return await ingest_frame(conn, kind, rows, file_name=None, source="api", user=user)
+        except UnreadableFile as e:
+            raise ClientException(str(e)) from e
+
+    @get("/")
+    async def list_(
+        self, conn: NamedDependency[asyncpg.Connection], kind: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50, offset: FromQuery[int] = 0,
+    ) -> list[ImportRecord]:
+        """The import log, newest first."""
+        return await list_imports(conn, kind=kind, limit=min(max(limit, 1), 1000), offset=max(offset, 0))
+
+    @get("/{import_id:int}")
+    async def detail(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> ImportRecord:
+        rec = await get_import(conn, import_id)
+        if rec is None:
+            raise NotFoundException(f"no import {import_id}")
+        return rec
+
+    @get("/{import_id:int}/rejects")
+    async def rejects(
+        self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int],
+        format: FromQuery[str] = "json", limit: FromQuery[int | None] = None, offset: FromQuery[int] = 0,
+    ) -> Response:
+        """Every rejected row with its reasons; ?format=csv for a CSV download."""
+        if await get_import(conn, import_id) is None:
+            raise NotFoundException(f"no import {import_id}")
+        if format == "csv":
+            return Response(
+                await rejects_csv(conn, import_id),
+                media_type="text/csv; charset=utf-8",
+                headers={"content-disposition": f'attachment; filename="import-{import_id}-rejects.csv"'},
+            )
+        if format != "json":
+            raise ClientException("format must be json or csv")
+        out: list[RejectRecord] = await list_rejects(conn, import_id, limit=limit, offset=max(offset, 0))
+        return Response(out)
+
+    @get("/{import_id:int}/changes")
+    async def changes(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> list[ChangeRecord]:
+        """Reference-data rows this import changed in place (before and after)."""
+        return await list_changes(conn, import_id)
+
+    @get("/results/history")
+    async def history(
+        self, conn: NamedDependency[asyncpg.Connection], sample_code: FromQuery[str], item_code: FromQuery[str],
+        role: FromQuery[str], lab_code: FromQuery[str],
+    ) -> list[ResultVersion]:
+        """Every version of one result, oldest first."""
+        return await result_history(conn, sample_code, item_code, role, lab_code)
+
+
+async def _ingest_upload(conn: asyncpg.Connection, kind: str, upload: UploadFile, user: str | None) -> ImportReport:
+    name = upload.filename or "upload"
+    # Keep the suffix: it helps tell CSV from XLSX/Parquet (content is sniffed too).
+    fd, tmp = tempfile.mkstemp(suffix=Path(name).suffix[:16], prefix="labeval-upload-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := await upload.read(_CHUNK):
+                out.write(chunk)
+        return await ingest_path(conn, kind, tmp, source="api", user=user, file_name=name)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        await upload.close()
