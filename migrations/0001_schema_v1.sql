@@ -99,49 +99,47 @@ CREATE INDEX results_lab ON results (lab_code) WHERE superseded_at IS NULL;
 
 -- A retest or arbitration by the lab that did the original test is no retest at all
 -- (抽检分离 / independent re-examination). Enforced in the database so that no path around the
--- intake code can store one.
+-- intake code can store one. A statement-level trigger over the transition table checks a bulk
+-- load of a million rows in one set-based query instead of three index probes per row.
 CREATE FUNCTION results_check_independent_lab() RETURNS trigger
     LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
 BEGIN
-    IF NEW.superseded_at IS NOT NULL THEN
-        RETURN NEW;
-    END IF;
-    IF NEW.role IN ('retest', 'arbitration') THEN
-        IF EXISTS (SELECT 1 FROM results r
-                   WHERE r.sample_code = NEW.sample_code AND r.item_code = NEW.item_code
-                     AND r.role = 'original' AND r.superseded_at IS NULL
-                     AND r.lab_code = NEW.lab_code)
-           OR EXISTS (SELECT 1 FROM samples s
-                      WHERE s.sample_code = NEW.sample_code AND s.original_lab_code = NEW.lab_code) THEN
-            RAISE EXCEPTION 'a % of sample % item % by lab %, which did the original test',
-                NEW.role, NEW.sample_code, NEW.item_code, NEW.lab_code
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'results_retest_by_other_lab';
-        END IF;
-    ELSIF NEW.role = 'original' THEN
-        IF EXISTS (SELECT 1 FROM results r
-                   WHERE r.sample_code = NEW.sample_code AND r.item_code = NEW.item_code
-                     AND r.role IN ('retest', 'arbitration') AND r.superseded_at IS NULL
-                     AND r.lab_code = NEW.lab_code) THEN
-            RAISE EXCEPTION 'an original result of sample % item % by lab %, which also retested it',
-                NEW.sample_code, NEW.item_code, NEW.lab_code
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'results_retest_by_other_lab';
-        END IF;
-    END IF;
-    IF NEW.role = 'arbitration' AND EXISTS (
+    SELECT n.role, n.sample_code, n.item_code, n.lab_code INTO bad
+    FROM new_rows n
+    WHERE n.superseded_at IS NULL AND (
+        (n.role IN ('retest', 'arbitration') AND (
+            EXISTS (SELECT 1 FROM results r
+                    WHERE r.sample_code = n.sample_code AND r.item_code = n.item_code
+                      AND r.role = 'original' AND r.lab_code = n.lab_code AND r.superseded_at IS NULL)
+            OR EXISTS (SELECT 1 FROM samples s
+                       WHERE s.sample_code = n.sample_code AND s.original_lab_code = n.lab_code)))
+        OR (n.role = 'original' AND EXISTS (
             SELECT 1 FROM results r
-            WHERE r.sample_code = NEW.sample_code AND r.item_code = NEW.item_code
-              AND r.role = 'retest' AND r.superseded_at IS NULL AND r.lab_code = NEW.lab_code) THEN
-        RAISE EXCEPTION 'arbitration of sample % item % by lab %, which did the retest',
-            NEW.sample_code, NEW.item_code, NEW.lab_code
+            WHERE r.sample_code = n.sample_code AND r.item_code = n.item_code
+              AND r.role IN ('retest', 'arbitration') AND r.lab_code = n.lab_code
+              AND r.superseded_at IS NULL))
+        OR (n.role = 'arbitration' AND EXISTS (
+            SELECT 1 FROM results r
+            WHERE r.sample_code = n.sample_code AND r.item_code = n.item_code
+              AND r.role = 'retest' AND r.lab_code = n.lab_code AND r.superseded_at IS NULL)))
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a % result of sample % item % by lab %, which also tested it in another role',
+            bad.role, bad.sample_code, bad.item_code, bad.lab_code
             USING ERRCODE = 'check_violation', CONSTRAINT = 'results_retest_by_other_lab';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER results_independent_lab
-    BEFORE INSERT OR UPDATE OF lab_code, role, sample_code, item_code, superseded_at ON results
-    FOR EACH ROW EXECUTE FUNCTION results_check_independent_lab();
+CREATE TRIGGER results_independent_lab_insert
+    AFTER INSERT ON results REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION results_check_independent_lab();
+CREATE TRIGGER results_independent_lab_update
+    AFTER UPDATE ON results REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION results_check_independent_lab();
 
 CREATE TABLE grading_runs (
     run_id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,0 +1,78 @@
+"""Constraints that live in the database itself, whatever path the data takes."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+SEED = """
+INSERT INTO product_categories (category_code, name) VALUES ('TEX', '纺织服装');
+INSERT INTO test_items (item_code, category_code, name, kind, precision_model, repeatability_sd, reproducibility_sd)
+VALUES ('Q', 'TEX', '甲醛', 'quantitative', 'relative', 0.05, 0.12);
+INSERT INTO labs (lab_code, name) VALUES ('A', 'A'), ('B', 'B'), ('C', 'C');
+INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ('S1', 'TEX', 'A'), ('S2', 'TEX', NULL);
+"""
+
+INSERT = "INSERT INTO results (sample_code, item_code, lab_code, role, value) VALUES ($1, 'Q', $2, $3, $4)"
+
+
+async def test_retest_by_the_original_lab_is_rejected(conn: asyncpg.Connection) -> None:
+    await conn.execute(SEED)
+    await conn.execute(INSERT, "S1", "A", "original", 10.0)
+    with pytest.raises(asyncpg.CheckViolationError) as err:
+        await conn.execute(INSERT, "S1", "A", "retest", 11.0)
+    assert err.value.constraint_name == "results_retest_by_other_lab"
+    # The sample names its original lab: a retest by it fails even before the original result exists.
+    await conn.execute("DELETE FROM results")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(INSERT, "S1", "A", "retest", 11.0)
+    # Without samples.original_lab_code the original result decides, in either order.
+    await conn.execute(INSERT, "S2", "B", "retest", 11.0)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(INSERT, "S2", "B", "original", 10.0)
+    await conn.execute(INSERT, "S2", "A", "original", 10.0)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(INSERT, "S2", "B", "arbitration", 10.5)  # B did the retest
+    await conn.execute(INSERT, "S2", "C", "arbitration", 10.5)
+    assert await conn.fetchval("SELECT count(*) FROM results") == 3
+
+
+async def test_bulk_insert_with_one_offending_row_is_rejected_whole(conn: asyncpg.Connection) -> None:
+    await conn.execute(SEED)
+    await conn.execute(INSERT, "S2", "A", "original", 10.0)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            """
+            INSERT INTO results (sample_code, item_code, lab_code, role, value)
+            SELECT 'S2', 'Q', lab, 'retest', 10.0 FROM unnest(ARRAY['B', 'C', 'A']) AS lab
+            """
+        )
+    assert await conn.fetchval("SELECT count(*) FROM results WHERE role = 'retest'") == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("value", float("nan")), ("value", float("inf")), ("expanded_uncertainty", -0.1),
+     ("expanded_uncertainty", float("inf")), ("coverage_k", 0.0)],
+)
+async def test_values_are_finite_and_uncertainty_non_negative(conn: asyncpg.Connection, column: str, value: float) -> None:
+    await conn.execute(SEED)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            f"INSERT INTO results (sample_code, item_code, lab_code, role, {column}) VALUES ('S2', 'Q', 'A', 'original', $1)",
+            value,
+        )
+
+
+async def test_one_current_version_per_natural_key(conn: asyncpg.Connection) -> None:
+    await conn.execute(SEED)
+    await conn.execute(INSERT, "S2", "A", "original", 10.0)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute(INSERT, "S2", "A", "original", 10.2)
+    # A correction: supersede the old version, insert the next one; both stay.
+    await conn.execute("UPDATE results SET superseded_at = now() WHERE sample_code = 'S2'")
+    await conn.execute(
+        "INSERT INTO results (sample_code, item_code, lab_code, role, value, version) VALUES ('S2', 'Q', 'A', 'original', 10.2, 2)"
+    )
+    rows = await conn.fetch("SELECT version, value, superseded_at IS NULL AS current FROM results ORDER BY version")
+    assert [tuple(r) for r in rows] == [(1, 10.0, False), (2, 10.2, True)]
