@@ -405,6 +405,11 @@ async def _run(
                             ["import_id", "row_number", "column_name", "value", "reason", "raw"],
                         )
                     advance(batch.height)
+            if spec.kind == "results":
+                # The cross-row rules look up other rows of the same sample and item in the file
+                # (EXISTS … OR EXISTS … cannot become a hash join): without an index each lookup
+                # scans the whole stage and a million-row file takes hours.
+                await conn.execute(f"CREATE INDEX ON {stage} (sample_code, item_code, role, lab_code)")
             # Temporary tables are never auto-analysed; the planner needs the row count to hash-join.
             await conn.execute(f"ANALYZE {stage}")
             await _file_duplicates(conn, spec, stage, import_id, cols)
