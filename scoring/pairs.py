@@ -84,7 +84,7 @@ import polars.selectors as cs
 from scipy.special import ndtr
 
 from scoring.policy import PairPolicy, Policy
-from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES
+from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES, PAIR_INPUT_SCHEMA
 
 __all__ = ["PAIR_SCORE_SCHEMA", "cd_factor", "score_pairs"]
 
@@ -357,6 +357,12 @@ def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) 
         pp = policy
     f = cd_factor(pp.cd_probability)
     idx = f"{_T}i"
+    # Optional inputs (the arbitration side, horwitz_scale, uncertainties, …) may be left out by
+    # a caller; they are then null, exactly as if given empty.
+    present = set(pairs.collect_schema().names())
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in PAIR_INPUT_SCHEMA.items() if c not in present]
+    if missing:
+        pairs = pairs.with_columns(missing)
     base = pairs.drop(cs.by_name(*PAIR_SCORE_SCHEMA, require_all=False)).with_row_index(idx)
     main = _score_main(base, pp, f)
     # The two arbitration pairs only concern the few rows with a third result: score them on

@@ -707,3 +707,18 @@ def test_bench_runs_small():
     assert res["seconds"] > 0 and res["floor_seconds"] > 0
     assert res["ratio"] == pytest.approx(res["seconds"] / res["floor_seconds"])
     assert "2,000 pairs" in render(res)
+
+
+def test_optional_columns_may_be_left_out():
+    # Only the item, the two values and their verdicts: side 3, uncertainties, replicates and
+    # dates default to null. hand computation as in test_consistent_pair_all_scores: d = -0.3,
+    # CD = 2.8·0.2 = 0.56 -> consistent.
+    frame = pl.DataFrame({
+        "pair_id": [1], "kind": ["quantitative"], "precision_model": ["absolute"],
+        "repeatability_sd": [0.1], "reproducibility_sd": [0.2], "upper_limit": [10.0],
+        "lab_1": ["A"], "value_1": [5.0], "verdict_1": ["pass"],
+        "lab_2": ["B"], "value_2": [5.3], "verdict_2": ["pass"],
+    })
+    r = score_pairs(frame.lazy()).collect().row(0, named=True)
+    assert r["d"] == pytest.approx(-0.3) and r["cd"] == pytest.approx(0.56)
+    assert r["outcome"] == "consistent" and r["arbiter_sides_with"] is None and r["en"] is None
