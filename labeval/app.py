@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTI
 
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
+from labeval.api.runs import RunController
 from labeval.api.system import health, ready
 from labeval.config import Settings
 from labeval.db.migrate import migrate
@@ -67,7 +68,7 @@ def create_app(settings: Settings, *, extra_handlers: list | None = None) -> Lit
         finally:
             sched.shutdown(wait=False)
 
-    handlers: list = [health, ready, LabController, ImportController]
+    handlers: list = [health, ready, LabController, ImportController, RunController]
     handlers.extend(extra_handlers or [])
     return Litestar(
         route_handlers=handlers,

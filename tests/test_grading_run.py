@@ -132,3 +132,30 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
         assert labs["R"]["current_class"] is None
         d = (await client.get("/api/v1/labs/D")).json()
         assert [h["class"] for h in d["history"]] == ["III", "III"]
+
+
+async def test_runs_api_starts_lists_and_reads(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await seed(conn)
+    finally:
+        await conn.close()
+    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    async with AsyncTestClient(app) as client:
+        created = await client.post("/api/v1/runs", json={"as_of": "2026-06-30"})
+        assert created.status_code == 201, created.text
+        run = created.json()
+        assert run["trigger"] == "api" and run["as_of"] == "2026-06-30" and run["n_pairs"] == 26
+        # Default policy (30 pairs minimum): every lab has too little evidence, so it is held at
+        # the new-lab default Ⅱ unless the non-statistical rules give worse: C's falsified
+        # report caps it at Ⅳ, D's 65 points (complaints and audit findings) give Ⅲ; B's 85 is
+        # Ⅱ anyway.
+        classes = {g["lab_code"]: g["class"] for g in run["grades"]}
+        assert classes == {"A": "II", "B": "II", "C": "IV", "D": "III", "E": "II"}
+        listed = (await client.get("/api/v1/runs")).json()
+        assert [r["run_id"] for r in listed] == [run["run_id"]] and listed[0]["grades"] == []
+        again = (await client.get(f"/api/v1/runs/{run['run_id']}")).json()
+        assert again["grades"] == run["grades"]
+        assert (await client.get("/api/v1/runs/999")).status_code == 404
+        bad = await client.post("/api/v1/runs", json={"as_of": "2026-06-30", "policy": "mine"})
+        assert bad.status_code == 400

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from labeval.models import GradingRun, LabGrade
+
 # Side columns in the order of scoring.schema._SIDE; `{a}` is the table alias of that side.
 _SIDE_COLUMNS = (
     "{a}.lab_code AS lab_{n}, {a}.value AS value_{n}, {a}.censored AS censored_{n}, "
@@ -154,3 +156,38 @@ async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> asyn
         """,
         run_id, n_labs,
     )
+
+
+_RUN_COLUMNS = """run_id, as_of, policy_hash, policy_name, policy_version, trigger, n_pairs, n_labs,
+                  data_hash, started_at, finished_at"""
+
+
+def _run(row: asyncpg.Record, grades: list | None = None) -> GradingRun:
+    return GradingRun(**dict(row), grades=grades or [])
+
+
+async def list_runs(conn: asyncpg.Connection, *, limit: int = 50, offset: int = 0) -> list[GradingRun]:
+    rows = await conn.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM grading_runs WHERE finished_at IS NOT NULL
+            ORDER BY as_of DESC, run_id DESC LIMIT $1 OFFSET $2""",
+        limit, offset,
+    )
+    return [_run(r) for r in rows]
+
+
+async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun | None:
+    row = await conn.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM grading_runs WHERE run_id = $1 AND finished_at IS NOT NULL", run_id
+    )
+    if row is None:
+        return None
+    grades = await conn.fetch(
+        """SELECT lab_code, class, score, previous_class, change, pairs, reasons
+           FROM lab_grades WHERE run_id = $1 ORDER BY lab_code""",
+        run_id,
+    )
+    return _run(row, [
+        LabGrade(lab_code=g["lab_code"], class_=g["class"], score=g["score"], previous_class=g["previous_class"],
+                 change=g["change"], pairs=g["pairs"], reasons=g["reasons"])
+        for g in grades
+    ])
