@@ -32,15 +32,20 @@ class LabSummary(msgspec.Struct, kw_only=True, frozen=True):
     last_run_as_of: date | None
 
 
-class GradeRow(msgspec.Struct, kw_only=True, frozen=True):
-    run_id: int
-    as_of: date
+class _Grade(msgspec.Struct, kw_only=True, frozen=True):
     class_: ClassCode = msgspec.field(name="class")
     score: float | None
     previous_class: ClassCode | None
     change: Change
     pairs: int
     reasons: list[dict[str, Any]]
+
+
+class GradeRow(_Grade, kw_only=True, frozen=True):
+    """A lab's grade in one run (a lab's history)."""
+
+    run_id: int
+    as_of: date
 
 
 class LabDetail(msgspec.Struct, kw_only=True, frozen=True):
@@ -57,14 +62,10 @@ class LabDetail(msgspec.Struct, kw_only=True, frozen=True):
     history: list[GradeRow]
 
 
-class LabGrade(msgspec.Struct, kw_only=True, frozen=True):
+class LabGrade(_Grade, kw_only=True, frozen=True):
+    """One lab's grade (a run's grades)."""
+
     lab_code: str
-    class_: ClassCode = msgspec.field(name="class")
-    score: float | None
-    previous_class: ClassCode | None
-    change: Change
-    pairs: int
-    reasons: list[dict[str, Any]]
 
 
 class GradingRun(msgspec.Struct, kw_only=True, frozen=True):

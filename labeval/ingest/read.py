@@ -217,6 +217,24 @@ def _make_source(
     )
 
 
+def _in_memory_source(
+    df: pl.DataFrame, *, name: str, fmt: str, checksum: str | None, spec: Spec, batch_size: int, first_row: int
+) -> Source:
+    """A source over a table already in memory (a workbook sheet, a posted frame or JSON array)."""
+    headers = list(df.columns)
+    df = df.with_row_index(ROW, offset=first_row).with_columns(pl.col(ROW).cast(pl.Int64))
+    df = _as_strings(df.lazy(), df.schema).collect()
+
+    def batches() -> Iterator[pl.DataFrame]:
+        for start in range(0, df.height, batch_size):
+            yield df.slice(start, batch_size)
+
+    return _make_source(
+        name=name, fmt=fmt, encoding=None, checksum=checksum, headers=headers, spec=spec,
+        estimated=df.height, batches=batches,
+    )
+
+
 def open_path(path: str | Path, spec: Spec, *, batch_size: int = 100_000, file_name: str | None = None) -> Source:
     """Open a file for reading; raises UnreadableFile (naming the file) when it is not a table."""
     path = Path(path)
@@ -301,18 +319,8 @@ def _open_xlsx(path: Path, name: str, spec: Spec, batch_size: int) -> Source:
         )
     except Exception as e:  # fastexcel raises its own exception types
         raise UnreadableFile(name, f"not a readable XLSX workbook: {e}") from e
-    headers = list(df.columns)
-    df = df.with_row_index(ROW, offset=FIRST_DATA_ROW).with_columns(pl.col(ROW).cast(pl.Int64))
-    df = _as_strings(df.lazy(), df.schema).collect()
-
-    def batches() -> Iterator[pl.DataFrame]:
-        for start in range(0, df.height, batch_size):
-            yield df.slice(start, batch_size)
-
-    return _make_source(
-        name=name, fmt="xlsx", encoding=None, checksum=_file_sha256(path), headers=headers, spec=spec,
-        estimated=df.height, batches=batches,
-    )
+    return _in_memory_source(df, name=name, fmt="xlsx", checksum=_file_sha256(path), spec=spec,
+                             batch_size=batch_size, first_row=FIRST_DATA_ROW)
 
 
 def _open_parquet(path: Path, name: str, spec: Spec, batch_size: int) -> Source:
@@ -361,17 +369,6 @@ def open_frame(
                 raise UnreadableFile(name, f"rows cannot be read as a table: {e}") from e
     else:
         raise UnreadableFile(name, f"expected a table or a list of rows, got {type(frame_or_rows).__name__}")
-    headers = list(df.columns)
     # A JSON array has no header line: its rows are numbered from 1 (the object's position).
-    offset = 1 if fmt == "json" else FIRST_DATA_ROW
-    df = df.with_row_index(ROW, offset=offset).with_columns(pl.col(ROW).cast(pl.Int64))
-    df = _as_strings(df.lazy(), df.schema).collect()
-
-    def batches() -> Iterator[pl.DataFrame]:
-        for start in range(0, df.height, batch_size):
-            yield df.slice(start, batch_size)
-
-    return _make_source(
-        name=name, fmt=fmt, encoding=None, checksum=checksum, headers=headers, spec=spec,
-        estimated=df.height, batches=batches,
-    )
+    return _in_memory_source(df, name=name, fmt=fmt, checksum=checksum, spec=spec, batch_size=batch_size,
+                             first_row=1 if fmt == "json" else FIRST_DATA_ROW)
