@@ -95,7 +95,6 @@ CREATE TABLE results (
 -- One current version per natural key.
 CREATE UNIQUE INDEX results_current_key ON results (sample_code, item_code, role, lab_code)
     WHERE superseded_at IS NULL;
-CREATE INDEX results_lab ON results (lab_code) WHERE superseded_at IS NULL;
 
 -- A retest or arbitration by the lab that did the original test is no retest at all
 -- (抽检分离 / independent re-examination). Enforced in the database so that no path around the

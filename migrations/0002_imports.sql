@@ -49,8 +49,6 @@ CREATE TABLE import_changes (
 CREATE INDEX import_changes_import ON import_changes (import_id);
 CREATE INDEX import_changes_key ON import_changes (kind, key);
 
-CREATE INDEX results_import ON results (import_id);
-
 -- Proficiency testing (能力验证): one line per lab, scheme round and (optionally) item.
 CREATE TABLE pt_results (
     pt_result_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
