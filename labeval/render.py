@@ -15,6 +15,32 @@ def run_json(run: GradingRun) -> bytes:
     return _encoder.encode(run)
 
 
+def _deduction(effect: str) -> float:
+    try:
+        return float(effect.removeprefix("deduct "))
+    except ValueError:
+        return 0.0
+
+
+def _main_reason(reasons: list[dict]) -> str:
+    """The reason that weighed most: a cap that fired, else the largest deduction, else a hold."""
+    def text(r: dict) -> str:
+        value = r.get("value")
+        shown = f" ({value:.3g})" if isinstance(value, float) else ""
+        return f"{r.get('rule')}{shown}: {r.get('effect')}"
+
+    effects = [(r, str(r.get("effect") or "")) for r in reasons]
+    caps = [r for r, e in effects if e.startswith("cap ")]
+    if caps:
+        return "; ".join(text(r) for r in caps)
+    deductions = [(r, _deduction(e)) for r, e in effects if e.startswith("deduct ")]
+    deductions = [(r, d) for r, d in deductions if d > 0]
+    if deductions:
+        return text(max(deductions, key=lambda x: x[1])[0])
+    held = [r for r, e in effects if r.get("rule") in ("insufficient_evidence", "hysteresis")]
+    return text(held[0]) if held else "—"
+
+
 def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Table:
     planted = planted or {}
     table = Table(
@@ -27,12 +53,12 @@ def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Ta
         table.add_column("planted")
     order = {"IV": 0, "III": 1, "II": 2, "I": 3}
     for g in sorted(run.grades, key=lambda g: (order[g.class_], g.score if g.score is not None else 0, g.lab_code)):
-        main = next((r for r in g.reasons if r.get("effect") not in (None, "", "none")), g.reasons[0] if g.reasons else {})
+        main = _main_reason(g.reasons)
         style = {"IV": "bold red", "III": "red", "II": "", "I": "green"}[g.class_]
         row = [
             g.lab_code, f"[{style}]{ROMAN[g.class_]}[/]" if style else ROMAN[g.class_],
             "" if g.score is None else f"{g.score:.1f}", ROMAN.get(g.previous_class or "", "—"), g.change,
-            str(g.pairs), str(main.get("rule", "")) + (f": {main.get('effect')}" if main.get("effect") else ""),
+            str(g.pairs), main,
         ]
         if planted:
             row.append(planted.get(g.lab_code, ""))
