@@ -433,6 +433,59 @@ def cusum_limit(p: np.ndarray, cp: CusumPolicy) -> float:
     )
 
 
+def qualitative_shares(
+    i1: np.ndarray,
+    i2: np.ndarray,
+    discrepant: np.ndarray,
+    qualitative: np.ndarray,
+    sides: np.ndarray | None,
+    n_labs: int,
+    *,
+    prior_pairs: float = 20.0,
+    iterations: int = 50,
+) -> np.ndarray:
+    """Share of each qualitative pair's disagreement that falls on the original lab (side 1).
+
+    A qualitative item has no standardised difference to fit a bias from, so the quantitative
+    fit says nothing about who read a label or a flame test wrong. Model: lab i gives a wrong
+    verdict with probability q_i, independently; two labs disagree when exactly one errs, and
+    the original erred with probability q1(1 − q2) / (q1(1 − q2) + q2(1 − q1)). The q_i are
+    estimated by EM from all qualitative pairs, shrunk towards the pooled rate with
+    `prior_pairs` pseudo-pairs; pairs settled by arbitration enter with their known blame.
+    Returns an array over all rows (0.5 where not qualitative or not discrepant).
+    """
+    rows = qualitative
+    rev = discrepant & rows
+    share = np.full(len(i1), 0.5)
+    if not rev.any():
+        return share
+    known = np.full(len(i1), np.nan)
+    if sides is not None:
+        sides = np.asarray(sides, dtype=object)
+        known = np.where(sides == "original", 0.0, np.where(sides == "retest", 1.0, known))
+        known = np.where(sides == "neither", 0.5, known)  # both wrong: one error each, halved
+    n = np.bincount(i1[rows], minlength=n_labs) + np.bincount(i2[rows], minlength=n_labs)
+    # Each disagreement is one error among two verdicts.
+    pooled = rev.sum() / max(2.0 * rows.sum(), 1.0)
+    pooled = min(max(pooled, 1e-4), 0.5)
+    q = np.full(n_labs, pooled)
+    for _ in range(iterations):
+        a = q[i1] * (1.0 - q[i2])
+        b = q[i2] * (1.0 - q[i1])
+        share = np.where(np.isfinite(known), known, a / np.maximum(a + b, 1e-300))
+        w1 = np.where(rev, share, 0.0)
+        w2 = np.where(rev, 1.0 - share, 0.0)
+        errors = np.bincount(i1[rows], weights=w1[rows], minlength=n_labs) + np.bincount(
+            i2[rows], weights=w2[rows], minlength=n_labs
+        )
+        new_q = np.clip((errors + prior_pairs * pooled) / (n + prior_pairs), 1e-6, 0.5)
+        if np.max(np.abs(new_q - q)) < 1e-9:
+            q = new_q
+            break
+        q = new_q
+    return np.where(rev, share, 0.5)
+
+
 # ---------------------------------------------------------------------------------------------
 # The lab evidence frame
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +539,8 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
       sigma_R^2; 0 = as noisy as the method's reproducibility).
     - attributed_discrepancies (O): sum over the lab's discrepant pairs of its blame share.
       Share = m_lab / (m_lab + m_partner), m = max(bias^2 - se^2, 0) + max(excess_variance, 0)/2
-      + blame_floor (the lab's part of the pair's excess mean square). An arbitration overrides
+      + blame_floor (the lab's part of the pair's excess mean square); for qualitative pairs, the
+      EM error-rate model of qualitative_shares. An arbitration overrides
       the split: arbiter sides with original -> retest lab 1, original 0 (and vice versa);
       "neither" -> both 1; "both"/null -> fitted split.
     - expected_discrepancies (E): sum over the lab's pairs of p/2, p the pair's baseline
@@ -580,6 +634,18 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     excess_sq = np.maximum(b**2 - np.nan_to_num(se, nan=0.0) ** 2, 0.0)
     m = excess_sq + np.maximum(u, 0.0) / 2 + ep.blame_floor
     share1 = m[i1] / (m[i1] + m[i2])
+    if "kind" in df.columns:
+        qual = (df.get_column("kind") == "qualitative").fill_null(False).to_numpy()
+        if qual.any():
+            share1 = np.where(
+                qual,
+                qualitative_shares(
+                    i1, i2, df.get_column("discrepant").fill_null(False).to_numpy().astype(bool), qual,
+                    df.get_column("arbiter_sides_with").to_numpy() if "arbiter_sides_with" in df.columns else None,
+                    n_labs, prior_pairs=ep.baseline_prior_pairs,
+                ),
+                share1,
+            )
     side = (
         df.get_column("arbiter_sides_with").to_numpy()
         if "arbiter_sides_with" in df.columns

@@ -415,3 +415,38 @@ def test_attribution_conserves_counts(data):
     assert (ev.get_column("attributed_discrepancies") <= ev.get_column("discrepancies") + 1e-9).all()
     b = ev.get_column("bias").drop_nulls()
     assert abs(b.sum()) < 1e-6 * max(1, len(b))  # one component or several, each sums to 0
+
+
+def test_qualitative_disagreements_fall_on_the_careless_lab():
+    # Qualitative items only, no arbitration: lab 0 gives a wrong verdict 25 % of the time,
+    # the others 1 %. Random partners; the EM error-rate model must put most of each of lab 0's
+    # disagreements on lab 0, and clean partners of lab 0 must not look worse than other
+    # clean labs.
+    from scoring.labs import qualitative_shares
+
+    rng = np.random.default_rng(5)
+    n_labs, n = 20, 6000
+    i1 = rng.integers(0, n_labs, n)
+    i2 = (i1 + rng.integers(1, n_labs, n)) % n_labs
+    q_true = np.full(n_labs, 0.01)
+    q_true[0] = 0.25
+    wrong1 = rng.random(n) < q_true[i1]
+    wrong2 = rng.random(n) < q_true[i2]
+    disc = wrong1 != wrong2
+    share = qualitative_shares(i1, i2, disc, np.ones(n, bool), None, n_labs)
+    blame = np.bincount(i1, weights=np.where(disc, share, 0), minlength=n_labs) + np.bincount(
+        i2, weights=np.where(disc, 1 - share, 0), minlength=n_labs)
+    pairs = np.bincount(i1, minlength=n_labs) + np.bincount(i2, minlength=n_labs)
+    rate = blame / pairs
+    assert rate[0] > 0.2  # close to its true 0.25
+    assert np.all(rate[1:] < 0.03)  # close to 0.01, whoever their partners were
+    assert abs(rate[1:].mean() - 0.01) < 0.003
+    # A 50/50 split charges every clean lab half of lab 0's errors made with it: about
+    # (18·0.01 + 0.5·0.25)/19 ≈ 0.016 on average (pairs with lab 0 are 1 in 19), above the truth.
+    naive = (np.bincount(i1, weights=disc * 0.5, minlength=n_labs)
+             + np.bincount(i2, weights=disc * 0.5, minlength=n_labs)) / pairs
+    assert naive[1:].mean() > 0.015
+    # Arbitration, where present, decides.
+    sides = np.where(np.arange(n) % 2 == 0, "retest", None).astype(object)
+    settled = qualitative_shares(i1, i2, disc, np.ones(n, bool), sides, n_labs)
+    assert np.all(settled[disc & (sides == "retest")] == 1.0)
