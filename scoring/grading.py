@@ -98,6 +98,7 @@ GRADE_SCHEMA: dict[str, pl.DataType] = {
 _SCORE_METRICS: dict[str, tuple[str, bool]] = {
     "discrepancy_rate": ("eb_rate", True),
     "bias": ("abs_bias", True),
+    "qualitative_rate": ("qualitative_rate", True),
     "pt_unsatisfactory": ("pt_unsatisfactory_results", False),
     "pt_questionable": ("pt_questionable_results", False),
     "late_reports": ("late_share", False),
@@ -216,7 +217,7 @@ def grade(
             rule = policy.score.rules.get(name)  # type: ignore[call-overload]
             if rule is None:
                 continue
-            src = ev if metric in ("eb_rate", "abs_bias") else ind
+            src = ev if metric in ("eb_rate", "abs_bias", "qualitative_rate") else ind
             value = _num(src.get(metric))
             if statistical and not sufficient:
                 effect = "skipped"

@@ -73,6 +73,9 @@ EVIDENCE_SCHEMA: dict[str, pl.DataType] = {
     "excess_p": pl.Float64(),
     "excess_q": pl.Float64(),
     "eb_rate": pl.Float64(),
+    "pairs_qualitative": pl.Int64(),
+    "qualitative_errors": pl.Float64(),
+    "qualitative_rate": pl.Float64(),
     "eb_lower": pl.Float64(),
     "eb_upper": pl.Float64(),
     "eb_p_above_target": pl.Float64(),
@@ -548,6 +551,10 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
       overall rate with baseline_prior_pairs pseudo-pairs) — indirect standardisation.
       oe_ratio = O/E; oe_lower, oe_upper: Garwood interval of O divided by E at credible_level;
       excess_p = P(Poisson(E) >= O) (one-sided), excess_q: BH over labs.
+    - pairs_qualitative, qualitative_errors, qualitative_rate: the lab's qualitative pairs (as
+      original or retest), its attributed wrong verdicts among them, and (errors + k·pooled) /
+      (pairs + k) with k = baseline_prior_pairs and pooled = all attributed errors / all
+      qualitative pair-sides (null without qualitative pairs).
     - eb_rate = (O + alpha)/(n + alpha + beta), n = pairs_compared, with the beta-binomial prior
       fitted by moments over all labs (beta_binomial_moments; eb_alpha, eb_beta); eb_lower,
       eb_upper: equal-tailed credible interval of Beta(O + alpha, n - O + beta);
@@ -668,7 +675,13 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     blame2 = np.where(disc, blame2, 0.0)
 
     outcome = df.get_column("outcome")
+    is_qual = (
+        (df.get_column("kind") == "qualitative").fill_null(False).to_numpy()
+        if "kind" in df.columns
+        else np.zeros(df.height, dtype=bool)
+    )
     common = {
+        "qual": is_qual,
         "pair_id": df.get_column("pair_id"),
         "completed_on": df.get_column("completed_on"),
         "discrepant": df.get_column("discrepant"),
@@ -699,6 +712,8 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         arbitrations_lost=pl.col("lost").sum().cast(pl.Int64),
         attributed_discrepancies=pl.col("blame").sum(),
         expected_discrepancies=pl.col("p_lab").sum(),
+        pairs_qualitative=pl.col("qual").sum().cast(pl.Int64),
+        qualitative_errors=(pl.col("blame") * pl.col("qual")).sum(),
     )
     all_pairs = (
         pl.concat([roles.select("pair_id", "idx"), arb])
@@ -763,8 +778,9 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
                 "pairs", "pairs_original", "pairs_retest", "pairs_arbitration", "pairs_compared",
                 "pairs_quantitative", "discrepancies", "reversals", "reversals_within_uncertainty",
                 "censored_disagreements", "arbitrations_lost", "sign_n", "sign_positive",
+                "pairs_qualitative",
             ).fill_null(0),
-            pl.col("attributed_discrepancies", "expected_discrepancies").fill_null(0.0),
+            pl.col("attributed_discrepancies", "expected_discrepancies", "qualitative_errors").fill_null(0.0),
         )
     )
 
@@ -787,6 +803,16 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     eb_lo = np.where(has_n, stats.beta.ppf(tail, a_post, b_post), np.nan)
     eb_hi = np.where(has_n, stats.beta.ppf(1 - tail, a_post, b_post), np.nan)
     eb_above = np.where(has_n, stats.beta.sf(ep.target_rate, a_post, b_post), np.nan)
+
+    # Wrong qualitative verdicts: the lab's attributed errors over its qualitative pairs, shrunk
+    # towards the pooled rate with baseline_prior_pairs pseudo-pairs (a lab with 5 such pairs
+    # and one error is not a 20 % lab).
+    nq = out.get_column("pairs_qualitative").to_numpy().astype(float)
+    oq = out.get_column("qualitative_errors").to_numpy()
+    pooled_q = oq.sum() / nq.sum() if nq.sum() > 0 else 0.0
+    k = ep.baseline_prior_pairs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qual_rate = np.where(nq > 0, (oq + k * pooled_q) / (nq + k), np.nan)
 
     involved = np.isfinite(se)
     bias = np.where(involved, b, np.nan)
@@ -830,6 +856,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         excess_p=col(excess_p),
         excess_q=col(benjamini_hochberg(excess_p)),
         eb_rate=col(eb_rate),
+        qualitative_rate=col(qual_rate),
         eb_lower=col(eb_lo),
         eb_upper=col(eb_hi),
         eb_p_above_target=col(eb_above),

@@ -147,6 +147,7 @@ ScoreRuleName = Literal[
     # evidence (statistical: apply only with min_pairs)
     "discrepancy_rate",  # metric eb_rate
     "bias",  # metric |bias|
+    "qualitative_rate",  # metric qualitative_rate (shrunk wrong-verdict rate on qualitative items)
     # indicators
     "pt_unsatisfactory",  # metric pt_unsatisfactory_results
     "pt_questionable",  # metric pt_questionable_results
@@ -170,6 +171,7 @@ def _default_score_rules() -> dict[str, ScoreRule]:
     return {
         "discrepancy_rate": ScoreRule(threshold=0.05, per_unit=400.0, cap=40.0),
         "bias": ScoreRule(threshold=0.5, per_unit=40.0, cap=30.0),
+        "qualitative_rate": ScoreRule(threshold=0.05, per_unit=200.0, cap=30.0),
         "pt_unsatisfactory": ScoreRule(threshold=0.0, per_unit=5.0, cap=20.0),
         "pt_questionable": ScoreRule(threshold=0.0, per_unit=1.0, cap=5.0),
         "late_reports": ScoreRule(threshold=0.05, per_unit=50.0, cap=10.0),

@@ -311,3 +311,15 @@ def test_labs_argument_selects_exactly_the_graded_labs():
 def test_previous_class_outside_policy_labels_is_rejected():
     with pytest.raises(ValueError, match="not a policy label"):
         grade(evidence(A={}), None, previous(A=("V", 0)), POLICY)
+
+
+def test_qualitative_rate_rule_deducts_with_enough_evidence_only():
+    # hand computation: qualitative_rate 0.20 -> min(30, 200 * (0.20 - 0.05)) = 30.00 -> 70 -> III;
+    # 0.06 -> 200 * 0.01 = 2.00 -> 98 -> I; no qualitative pairs -> "no data".
+    g = grade(evidence(A={"qualitative_rate": 0.20}, B={"qualitative_rate": 0.06}, C={},
+                       D={"qualitative_rate": 0.20, "pairs_compared": 10}), None, None, POLICY)
+    a, b, c, d = (one(g, x) for x in "ABCD")
+    assert (a["score"], a["class"], effects(a)["qualitative_rate"]) == (70.0, "III", "deduct 30.00")
+    assert (b["score"], b["class"], effects(b)["qualitative_rate"]) == (98.0, "I", "deduct 2.00")
+    assert effects(c)["qualitative_rate"] == "no data"
+    assert effects(d)["qualitative_rate"] == "skipped"  # 10 pairs < min_pairs 30

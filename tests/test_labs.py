@@ -450,3 +450,27 @@ def test_qualitative_disagreements_fall_on_the_careless_lab():
     sides = np.where(np.arange(n) % 2 == 0, "retest", None).astype(object)
     settled = qualitative_shares(i1, i2, disc, np.ones(n, bool), sides, n_labs)
     assert np.all(settled[disc & (sides == "retest")] == 1.0)
+
+
+def test_qualitative_rate_hand():
+    # A–B: 10 qualitative pairs, 2 reversals, both arbitrated by C, which sides with the retest
+    # (B): A carries both errors. B–C: 10 qualitative pairs, all agree.
+    # Qualitative pair-sides: A 10, B 20, C 10 (arbitration is not a compared side) = 40;
+    # attributed errors: A 2, B 0, C 0; pooled = 2/40 = 0.05; k = baseline_prior_pairs = 20.
+    # hand computation: A (2 + 20·0.05)/(10 + 20) = 0.1; B (0 + 1)/(20 + 20) = 0.025;
+    # C 1/(10 + 20) = 0.0333…
+    rows = [
+        {"lab_1": "A", "lab_2": "B", "kind": "qualitative", "s": None,
+         "outcome": "qualitative_reversal" if i < 2 else "qualitative_agree",
+         "lab_3": "C" if i < 2 else None, "arbiter_sides_with": "retest" if i < 2 else None}
+        for i in range(10)
+    ] + [
+        {"lab_1": "B", "lab_2": "C", "kind": "qualitative", "s": None, "outcome": "qualitative_agree"}
+        for _ in range(10)
+    ]
+    ev = lab_evidence(scored(rows), overall_policy(), as_of=DAY)
+    got = {r["lab_code"]: (r["pairs_qualitative"], r["qualitative_errors"], r["qualitative_rate"])
+           for r in ev.iter_rows(named=True)}
+    assert got["A"] == (10, pytest.approx(2.0), pytest.approx(0.1))
+    assert got["B"] == (20, pytest.approx(0.0), pytest.approx(0.025))
+    assert got["C"] == (10, pytest.approx(0.0), pytest.approx(1 / 30))
