@@ -52,3 +52,48 @@ async def test_errors(client):
     r = await client.post("/api/v1/imports/labs", json=[{"name": "no code"}])
     assert r.status_code == 400 and "lab_code" in r.text
     assert (await client.get("/api/v1/imports/999")).status_code == 404
+
+
+async def test_results_as_a_json_array_with_a_correction_and_history(client):
+    setup = [
+        ("categories", [{"category_code": "TEX", "name": "纺织服装"}]),
+        ("labs", [{"lab_code": "A", "name": "A", "scopes": "TEX"}, {"lab_code": "B", "name": "B", "scopes": "TEX"}]),
+        ("items", [{"item_code": "Q", "category_code": "TEX", "name": "甲醛", "unit": "mg/kg",
+                    "kind": "quantitative", "precision_model": "relative", "repeatability_sd": 0.05,
+                    "reproducibility_sd": 0.12, "upper_limit": 75, "lod": 20}]),
+        ("samples", [{"sample_code": "S1", "category_code": "TEX", "sampled_on": "2026-01-05"}]),
+    ]
+    for kind, rows in setup:
+        r = await client.post(f"/api/v1/imports/{kind}", json=rows)
+        assert r.status_code == 201 and r.json()["rejected"] == 0, r.text
+    results = [
+        {"sample_code": "S1", "item_code": "Q", "lab_code": "A", "role": "original", "value": "60",
+         "unit": "mg/kg", "verdict": "合格", "reported_on": "2026-02-01"},
+        # Numbers may arrive as JSON numbers; "未检出" is censored at the item's LOD (20).
+        {"sample_code": "S1", "item_code": "Q", "lab_code": "B", "role": "retest", "value": "未检出",
+         "unit": "mg/kg", "verdict": "pass", "reported_on": "2026-03-01"},
+        {"sample_code": "S1", "item_code": "Q", "lab_code": "A", "role": "retest", "value": 61,
+         "unit": "mg/kg", "verdict": "pass", "reported_on": "2026-03-01"},
+    ]
+    r = await client.post("/api/v1/imports/results", json=results)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["rows"], body["accepted"], body["rejected"]) == (3, 2, 1)
+    assert (body["rejects"][0]["row"], body["rejects"][0]["column"]) == (3, "lab_code")
+
+    # The original is corrected: a new version, the old one kept.
+    fixed = [{**results[0], "value": "62"}]
+    body = (await client.post("/api/v1/imports/results", json=fixed)).json()
+    assert (body["accepted"], body["corrections"]) == (1, 1)
+    history = (await client.get(
+        "/api/v1/imports/results/history",
+        params={"sample_code": "S1", "item_code": "Q", "role": "original", "lab_code": "A"},
+    )).json()
+    assert [(h["version"], h["value"], h["superseded_at"] is None) for h in history] == [
+        (1, 60.0, False), (2, 62.0, True)
+    ]
+    censored = (await client.get(
+        "/api/v1/imports/results/history",
+        params={"sample_code": "S1", "item_code": "Q", "role": "retest", "lab_code": "B"},
+    )).json()[0]
+    assert (censored["value"], censored["censored"], censored["censor_limit"]) == (None, True, 20.0)
