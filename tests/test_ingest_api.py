@@ -69,9 +69,10 @@ async def test_results_as_a_json_array_with_a_correction_and_history(client):
     results = [
         {"sample_code": "S1", "item_code": "Q", "lab_code": "A", "role": "original", "value": "60",
          "unit": "mg/kg", "verdict": "合格", "reported_on": "2026-02-01"},
-        # Numbers may arrive as JSON numbers; "未检出" is censored at the item's LOD (20).
+        # "未检出" is censored at the item's LOD (20).
         {"sample_code": "S1", "item_code": "Q", "lab_code": "B", "role": "retest", "value": "未检出",
          "unit": "mg/kg", "verdict": "pass", "reported_on": "2026-03-01"},
+        # A JSON number is read like its text; this row is rejected: A did the original test.
         {"sample_code": "S1", "item_code": "Q", "lab_code": "A", "role": "retest", "value": 61,
          "unit": "mg/kg", "verdict": "pass", "reported_on": "2026-03-01"},
     ]
