@@ -303,29 +303,19 @@ def grade(
             final = candidate
         else:
             count = prev_count + 1
-            if count >= gp.upgrade_after_runs:
-                final = labels[max(rank[candidate], rank[prev_class] - gp.max_classes_up)]
-                reasons.append(
-                    Reason(
-                        rule="hysteresis",
-                        metric="consecutive_qualifying",
-                        value=float(count),
-                        threshold=float(gp.upgrade_after_runs),
-                        effect=f"up {final}",
-                    )
+            upgrade = count >= gp.upgrade_after_runs
+            final = labels[max(rank[candidate], rank[prev_class] - gp.max_classes_up)] if upgrade else prev_class
+            reasons.append(
+                Reason(
+                    rule="hysteresis",
+                    metric="consecutive_qualifying",
+                    value=float(count),
+                    threshold=float(gp.upgrade_after_runs),
+                    effect=f"up {final}" if upgrade else f"hold {prev_class}",
                 )
+            )
+            if upgrade:
                 count = 0
-            else:
-                final = prev_class
-                reasons.append(
-                    Reason(
-                        rule="hysteresis",
-                        metric="consecutive_qualifying",
-                        value=float(count),
-                        threshold=float(gp.upgrade_after_runs),
-                        effect=f"hold {prev_class}",
-                    )
-                )
         if prev_class is None:
             change = "new"
         elif rank[final] < rank[prev_class]:
