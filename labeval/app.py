@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -23,9 +22,6 @@ from labeval.db.pool import create_pool
 from labeval.db.server import database_url
 from labeval.scheduler import build_scheduler
 
-log = logging.getLogger(__name__)
-
-
 async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
     """One connection and one transaction per request; an exception in the handler rolls back."""
     pool: asyncpg.Pool = state.pool
@@ -41,7 +37,7 @@ def _constraint_violation(request: Request, exc: asyncpg.IntegrityConstraintViol
     )
 
 
-def create_app(settings: Settings, *, extra_handlers: list | None = None) -> Litestar:
+def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
         async with database_url(settings) as url:
@@ -68,10 +64,8 @@ def create_app(settings: Settings, *, extra_handlers: list | None = None) -> Lit
         finally:
             sched.shutdown(wait=False)
 
-    handlers: list = [health, ready, LabController, ImportController, RunController]
-    handlers.extend(extra_handlers or [])
     return Litestar(
-        route_handlers=handlers,
+        route_handlers=[health, ready, LabController, ImportController, RunController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},

@@ -29,46 +29,45 @@ async def test_migrate_from_zero_then_rerun_is_noop(empty_db_url: str) -> None:
         await conn.close()
 
 
-async def test_changed_checksum_is_refused(empty_db_url: str, tmp_path: Path) -> None:
-    mdir = tmp_path / "migrations"
-    shutil.copytree(default_migrations_dir(), mdir)
+@pytest.fixture
+def mdir(tmp_path: Path) -> Path:
+    """A private copy of the migrations, free to edit."""
+    target = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), target)
+    return target
+
+
+@pytest.fixture
+async def empty_conn(empty_db_url: str):
     conn = await asyncpg.connect(empty_db_url)
     try:
-        await migrate(conn, mdir)
-        first = sorted(mdir.glob("*.sql"))[0]
-        first.write_text(first.read_text() + "\n-- edited after release\n")
-        with pytest.raises(MigrationError, match="changed after it was applied"):
-            await migrate(conn, mdir)
-        assert [s.state for s in await status(conn, mdir)][0] == "changed"
+        yield conn
     finally:
         await conn.close()
 
 
-async def test_database_ahead_of_code_is_refused(empty_db_url: str, tmp_path: Path) -> None:
-    mdir = tmp_path / "migrations"
-    shutil.copytree(default_migrations_dir(), mdir)
+async def test_changed_checksum_is_refused(empty_conn: asyncpg.Connection, mdir: Path) -> None:
+    await migrate(empty_conn, mdir)
+    first = sorted(mdir.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited after release\n")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await migrate(empty_conn, mdir)
+    assert [s.state for s in await status(empty_conn, mdir)][0] == "changed"
+
+
+async def test_database_ahead_of_code_is_refused(empty_conn: asyncpg.Connection, mdir: Path) -> None:
     (mdir / "9999_future.sql").write_text("CREATE TABLE future_thing (id int);\n")
-    conn = await asyncpg.connect(empty_db_url)
-    try:
-        await migrate(conn, mdir)
-        (mdir / "9999_future.sql").unlink()
-        with pytest.raises(MigrationError, match="ahead of the code"):
-            await migrate(conn, mdir)
-        assert (await status(conn, mdir))[-1].state == "missing_file"
-    finally:
-        await conn.close()
+    await migrate(empty_conn, mdir)
+    (mdir / "9999_future.sql").unlink()
+    with pytest.raises(MigrationError, match="ahead of the code"):
+        await migrate(empty_conn, mdir)
+    assert (await status(empty_conn, mdir))[-1].state == "missing_file"
 
 
-async def test_failed_migration_rolls_back_alone(empty_db_url: str, tmp_path: Path) -> None:
-    mdir = tmp_path / "migrations"
-    shutil.copytree(default_migrations_dir(), mdir)
+async def test_failed_migration_rolls_back_alone(empty_conn: asyncpg.Connection, mdir: Path) -> None:
     (mdir / "9998_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1/0;\n")
-    conn = await asyncpg.connect(empty_db_url)
-    try:
-        with pytest.raises(asyncpg.DivisionByZeroError):
-            await migrate(conn, mdir)
-        # Earlier files stay applied; the broken one left nothing behind.
-        assert await conn.fetchval("SELECT to_regclass('half_done')") is None
-        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == discover()[-1].version
-    finally:
-        await conn.close()
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await migrate(empty_conn, mdir)
+    # Earlier files stay applied; the broken one left nothing behind.
+    assert await empty_conn.fetchval("SELECT to_regclass('half_done')") is None
+    assert await empty_conn.fetchval("SELECT max(version) FROM schema_migrations") == discover()[-1].version
