@@ -1,13 +1,19 @@
-"""Turn lab evidence and other indicators into a score, a class and reasons (DOMAIN.md §6).
+"""Turn lab evidence and other indicators into a score, a class and reasons.
 
 Procedure for one lab (every step leaves a :class:`Reason`, in this order, so an officer can
 recompute the class by hand from the reasons alone):
 
 1. ``evidence``: pairs_compared against grading.min_pairs. Below it, statistical rules (those
    marked statistical below) are skipped.
+   ``identifiability`` (only for a lab that is not identifiable): rules that blame one side of a
+   pair (the bias, rate and qualitative rules, the FDR and CUSUM caps, shading and not-detected
+   patterns) are skipped and the lab is sent to arbitration.
 2. ``base``: the score starts at score.base.
 3. One reason per score rule in the policy (``score.rules``, fixed order below): deduction =
-   min(cap, per_unit * max(0, metric - threshold)); effect "deduct X". Missing metric: "no data".
+   min(cap, per_unit * max(0, metric - threshold)); effect "deduct X". The statistical rules
+   deduct only when their Benjamini–Hochberg q-value is below evidence.fdr_alpha (otherwise
+   "deduct 0.00 (not significant …)"), and their metrics already measure only what lies beyond
+   the spread of normal labs. Missing metric: "no data".
 4. ``score``: base minus deductions, floored at 0 (value = final score).
 5. ``class_from_score``: the first label whose cut-off the score reaches (grading.cutoffs).
 6. One reason per hard cap in the policy (``caps.rules``): effect "cap L" when it fires (the
@@ -30,11 +36,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import polars as pl
 
+from scoring.classes import CLASSES, rank
 from scoring.policy import Policy, policy_hash
 
 __all__ = [
@@ -94,22 +101,58 @@ GRADE_SCHEMA: dict[str, pl.DataType] = {
     "reasons": pl.List(REASON_DTYPE),
 }
 
-# score rule -> (metric column, statistical?)
-_SCORE_METRICS: dict[str, tuple[str, bool]] = {
-    "discrepancy_rate": ("eb_rate", True),
-    "bias": ("abs_bias", True),
-    "qualitative_rate": ("qualitative_rate", True),
-    "pt_unsatisfactory": ("pt_unsatisfactory_results", False),
-    "pt_questionable": ("pt_questionable_results", False),
-    "late_reports": ("late_share", False),
-    "complaints": ("upheld_complaints", False),
-    "audit_major": ("audit_major", False),
-    "audit_minor": ("audit_minor", False),
-    "inaccurate_reports": ("inaccurate_reports", False),
+class _Rule(NamedTuple):
+    metric: str
+    from_evidence: bool
+    # BH q-value column that must be below fdr_alpha before the rule deducts (None: no gate)
+    gate: str | None
+    statistical: bool
+    # needs the lab's attribution to be identifiable (its partners' share is known)
+    attributed: bool
+    # evidence column that must be true as well (None: none): a high discrepancy rate counts
+    # only against a lab whose bias or precision lies outside its peers' spread, since a normal
+    # lab's bias, however well measured, raises its rate too
+    requires: str | None = None
+
+
+_SCORE_RULES: dict[str, _Rule] = {
+    "discrepancy_rate": _Rule("rate_beyond_peers", True, "excess_q", True, True, "outside_peers"),
+    "bias": _Rule("bias_beyond_peers", True, "bias_q", True, True),
+    "precision": _Rule("precision_beyond_peers", True, "precision_q", True, True),
+    "qualitative_rate": _Rule("qualitative_rate", True, "qualitative_q", True, True),
+    "pt_unsatisfactory": _Rule("pt_unsatisfactory_results", False, None, False, False),
+    "pt_questionable": _Rule("pt_questionable_results", False, None, False, False),
+    "late_reports": _Rule("late_share", False, None, False, False),
+    "complaints": _Rule("upheld_complaints", False, None, False, False),
+    "audit_major": _Rule("audit_major", False, None, False, False),
+    "audit_minor": _Rule("audit_minor", False, None, False, False),
+    "inaccurate_reports": _Rule("inaccurate_reports", False, None, False, False),
 }
-STATISTICAL_RULES = frozenset(k for k, (_, stat) in _SCORE_METRICS.items() if stat)
-STATISTICAL_CAPS = frozenset({"fdr_excess", "fdr_bias", "cusum_signal"})
-_CAP_ORDER = ("falsified_report", "pt_unsuccessful", "fdr_excess", "fdr_bias", "cusum_signal")
+STATISTICAL_RULES = frozenset(k for k, r in _SCORE_RULES.items() if r.statistical)
+STATISTICAL_CAPS = frozenset(
+    {"fdr_excess", "fdr_bias", "fdr_precision", "fdr_qualitative", "cusum_signal",
+     "data_shading", "data_nd_hiding", "data_verdict_contradiction"}
+)
+# Caps that rest on who is wrong in a pair: they need an identifiable lab.
+_ATTRIBUTED_CAPS = frozenset(
+    {"fdr_excess", "fdr_bias", "fdr_precision", "fdr_qualitative", "cusum_signal",
+     "data_shading", "data_nd_hiding"}
+)
+_CAP_ORDER = (
+    "falsified_report", "pt_unsuccessful", "fdr_excess", "fdr_bias", "fdr_precision",
+    "fdr_qualitative", "cusum_signal",
+    "data_shading", "data_nd_hiding", "data_verdict_contradiction",
+)
+_PEER_CAPS = {
+    "fdr_excess": ("excess_q", "rate_beyond_peers", "rate"),
+    "fdr_bias": ("bias_q", "bias_beyond_peers", "bias"),
+    "fdr_precision": ("precision_q", "precision_beyond_peers", "excess variance"),
+}
+_PATTERN_CAPS = {
+    "data_shading": "shading",
+    "data_nd_hiding": "nd_hiding",
+    "data_verdict_contradiction": "verdict_contradiction",
+}
 
 
 def _num(v: Any) -> float | None:
@@ -137,28 +180,51 @@ def _cap_check(
         flag = ind.get("pt_unsuccessful")
         v = None if flag is None else float(bool(flag))
         return "pt_unsuccessful", v, 1.0, None if flag is None else bool(flag), ""
-    if name == "fdr_excess":
-        q = _num(ev.get("excess_q"))
-        return "excess_q", q, alpha, None if q is None else q < alpha, ""
-    if name == "fdr_bias":
-        q = _num(ev.get("bias_q"))
-        b = _num(ev.get("bias"))
-        if q is None or b is None:
-            return "bias_q", q, alpha, None, ""
-        big = abs(b) >= policy.caps.bias_min_abs
-        note = f" (|bias| {abs(b):.3f} {'>=' if big else '<'} {policy.caps.bias_min_abs:g})"
-        return "bias_q", q, alpha, (q < alpha) and big, note
+    if name in _PEER_CAPS:
+        q_col, beyond_col, what = _PEER_CAPS[name]
+        q, beyond = _num(ev.get(q_col)), _num(ev.get(beyond_col))
+        if q is None or beyond is None:
+            return q_col, q, alpha, None, ""
+        note = f" ({what} beyond the peers' spread by {beyond:.3g})" if beyond > 0 else (
+            f" ({what} within the peers' spread)"
+        )
+        fired = q < alpha and beyond > 0
+        if name == "fdr_excess" and fired and not ev.get("outside_peers"):
+            fired = False
+            note = f" ({what} high, but explained by a bias and precision within the peers' spread)"
+        return q_col, q, alpha, fired, note
+    if name == "fdr_qualitative":
+        q, rate = _num(ev.get("qualitative_q")), _num(ev.get("qualitative_rate"))
+        rule = policy.score.rules.get("qualitative_rate")  # type: ignore[call-overload]
+        limit = rule.threshold if rule is not None else 0.0
+        if q is None or rate is None:
+            return "qualitative_q", q, alpha, None, ""
+        note = f" (shrunk wrong-verdict rate {rate:.3g} vs {limit:g})"
+        return "qualitative_q", q, alpha, q < alpha and rate > limit, note
     if name == "cusum_signal":
         # The chart's value now, not its maximum over the window: with hundreds of pairs per
         # lab, a chart with an in-control run length of arl0 pairs crosses h at some point for
         # many clean labs, while one that is above h now is in alarm. A chart that never rose
-        # (C = 0) has not signalled, even when h is 0 because the expected discrepancy rates are
-        # so low that the in-control chart never moves.
+        # (C = 0) has not signalled, even when h is 0.
         cur = _num(ev.get("cusum_current"))
         h = _num(ev.get("cusum_limit"))
         if cur is None or h is None:
             return "cusum_current", cur, h, None, ""
-        return "cusum_current", cur, h, cur > 0 and cur >= h, ""
+        alarm = cur > 0 and cur >= h
+        if alarm and not ev.get("outside_peers"):
+            # In control is a normal lab's rate; a lab whose bias and precision are within the
+            # peers' spread runs above the average rate for ever without being worse than normal.
+            return "cusum_current", cur, h, False, " (alarm, but bias and precision within the peers' spread)"
+        return "cusum_current", cur, h, alarm, ""
+    if name in _PATTERN_CAPS:
+        pat = _PATTERN_CAPS[name]
+        q, obs = _num(ev.get(f"{pat}_q")), _num(ev.get(f"{pat}_observed"))
+        exp = _num(ev.get(f"{pat}_expected"))
+        if q is None or obs is None:
+            return f"{pat}_q", q, alpha, None, ""
+        enough = obs >= policy.evidence.pattern_min_observed
+        note = f" (observed {obs:.0f}, expected {exp or 0.0:.2f})"
+        return f"{pat}_q", q, alpha, q < alpha and enough, note
     raise ValueError(f"unknown cap rule {name}")  # pragma: no cover - Literal-checked policy
 
 
@@ -174,8 +240,7 @@ def grade(
     of other labs in the inputs are ignored), else every lab found in evidence, indicators or
     previous_grades.
 
-    evidence: scoring.labs.lab_evidence output (columns used: lab_code, pairs_compared, eb_rate,
-    bias, bias_q, excess_q, cusum_current, cusum_limit). indicators: scoring.indicators
+    evidence: scoring.evidence.lab_evidence output. indicators: scoring.indicators
     .summarise_indicators output, or None. previous_grades: PREVIOUS_GRADES_SCHEMA, or None (all
     labs new). Output sorted by lab_code; `reasons` is a List(Struct) of Reason fields. Every
     deduction is rounded to 2 decimals first and the score is base minus their sum (floored at
@@ -183,8 +248,8 @@ def grade(
     A lab absent from evidence has pairs_compared 0 (too little evidence).
     """
     gp = policy.grading
-    labels = list(gp.labels)
-    rank = {lab: i for i, lab in enumerate(labels)}
+    alpha = policy.evidence.fdr_alpha
+    labels = list(CLASSES)
     ev_rows = _rows(evidence)
     ind_rows = _rows(indicators)
     prev_rows = _rows(previous_grades)
@@ -195,13 +260,13 @@ def grade(
 
     out: dict[str, list[Any]] = {k: [] for k in GRADE_SCHEMA}
     for lab in labs:
-        ev = dict(ev_rows.get(lab, {}))
+        ev = ev_rows.get(lab, {})
         ind = ind_rows.get(lab, {})
         prev = prev_rows.get(lab)
-        if ev.get("bias") is not None:
-            ev["abs_bias"] = abs(ev["bias"])
         n = int(ev.get("pairs_compared") or 0)
         sufficient = n >= gp.min_pairs
+        # A lab without evidence is not "not identifiable": it simply has no pairs.
+        identifiable = bool(ev.get("identifiable", True)) if ev else True
         reasons: list[Reason] = [
             Reason(
                 rule="evidence",
@@ -210,26 +275,51 @@ def grade(
                 threshold=float(gp.min_pairs),
                 effect="sufficient" if sufficient else "insufficient: statistical rules skipped",
             ),
-            Reason(rule="base", metric="score", value=policy.score.base, effect="start"),
         ]
+        if ev and not identifiable:
+            reasons.append(
+                Reason(
+                    rule="identifiability",
+                    metric="component_size",
+                    value=_num(ev.get("component_size")),
+                    threshold=float(policy.evidence.min_component_labs),
+                    effect=(
+                        f"not identifiable ({_num(ev.get('partners')) or 0:.0f} distinct partners, "
+                        f"at least {policy.evidence.min_partners} needed in a group of at least "
+                        f"{policy.evidence.min_component_labs} labs): rules that blame one side "
+                        "of a pair are skipped; send to arbitration"
+                    ),
+                )
+            )
+        reasons.append(Reason(rule="base", metric="score", value=policy.score.base, effect="start"))
         total = 0.0
-        for name, (metric, statistical) in _SCORE_METRICS.items():
+        for name, rule_def in _SCORE_RULES.items():
             rule = policy.score.rules.get(name)  # type: ignore[call-overload]
             if rule is None:
                 continue
-            src = ev if metric in ("eb_rate", "abs_bias", "qualitative_rate") else ind
-            value = _num(src.get(metric))
-            if statistical and not sufficient:
+            value = _num((ev if rule_def.from_evidence else ind).get(rule_def.metric))
+            gate = _num(ev.get(rule_def.gate)) if rule_def.gate else None
+            if rule_def.statistical and not sufficient:
                 effect = "skipped"
+            elif rule_def.attributed and not identifiable:
+                effect = "skipped: not identifiable"
             elif value is None:
                 effect = "no data"
+            elif rule_def.gate and (gate is None or gate >= alpha):
+                shown = "no test" if gate is None else f"q {gate:.3g} >= {alpha:g}"
+                effect = f"deduct 0.00 (not significant: {shown})"
+            elif rule_def.requires and not ev.get(rule_def.requires):
+                effect = "deduct 0.00 (explained by a bias and precision within the peers' spread)"
             else:
                 d = round(min(rule.cap, rule.per_unit * max(0.0, value - rule.threshold)), 2)
                 total += d
                 effect = f"deduct {d:.2f}"
+                if rule_def.gate:
+                    effect += f" (q {gate:.3g} < {alpha:g})"
             reasons.append(
                 Reason(
-                    rule=name, metric=metric, value=value, threshold=rule.threshold, effect=effect
+                    rule=name, metric=rule_def.metric, value=value, threshold=rule.threshold,
+                    effect=effect,
                 )
             )
         score = round(max(0.0, policy.score.base - total), 2)
@@ -259,11 +349,13 @@ def grade(
             metric, value, threshold, fired, note = _cap_check(name, ev, ind, policy)
             if name in STATISTICAL_CAPS and not sufficient:
                 effect = "skipped"
+            elif name in _ATTRIBUTED_CAPS and not identifiable:
+                effect = "skipped: not identifiable"
             elif fired is None:
                 effect = "no data"
             elif fired:
                 effect = f"cap {cap}{note}"
-                if rank[cap] > rank[candidate]:
+                if rank(cap) > rank(candidate):
                     candidate = cap
             else:
                 effect = f"no cap{note}"
@@ -275,13 +367,13 @@ def grade(
         )
 
         prev_class = prev.get("class") if prev else None
-        if prev_class is not None and prev_class not in rank:
-            raise ValueError(f"previous class {prev_class!r} of {lab} is not a policy label")
+        if prev_class is not None and prev_class not in CLASSES:
+            raise ValueError(f"previous class {prev_class!r} of {lab} is not a class")
         prev_count = int((prev or {}).get("consecutive_qualifying") or 0)
         count = 0
         if not sufficient:
             held = prev_class if prev_class is not None else gp.new_lab_class
-            final = candidate if rank[candidate] > rank[held] else held
+            final = candidate if rank(candidate) > rank(held) else held
             verb = "hold" if prev_class is not None else "default"
             reasons.append(
                 Reason(
@@ -299,12 +391,12 @@ def grade(
         elif prev_class is None:
             final = candidate
             reasons.append(Reason(rule="new", metric="class", effect=f"class {final}"))
-        elif rank[candidate] >= rank[prev_class]:
+        elif rank(candidate) >= rank(prev_class):
             final = candidate
         else:
             count = prev_count + 1
             upgrade = count >= gp.upgrade_after_runs
-            final = labels[max(rank[candidate], rank[prev_class] - gp.max_classes_up)] if upgrade else prev_class
+            final = labels[max(rank(candidate), rank(prev_class) - gp.max_classes_up)] if upgrade else prev_class
             reasons.append(
                 Reason(
                     rule="hysteresis",
@@ -318,9 +410,9 @@ def grade(
                 count = 0
         if prev_class is None:
             change = "new"
-        elif rank[final] < rank[prev_class]:
+        elif rank(final) < rank(prev_class):
             change = "up"
-        elif rank[final] > rank[prev_class]:
+        elif rank(final) > rank(prev_class):
             change = "down"
         else:
             change = "held"

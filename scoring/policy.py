@@ -8,11 +8,11 @@ Sections (all optional in the TOML; defaults below are the shipped policy, see
 default_policy.toml):
 
 - ``pairs``: conventions for one pair (DOMAIN.md §3).
-- ``evidence``: how pairs become lab evidence (scoring.labs): look-back window, baseline rates,
+- ``evidence``: how pairs become lab evidence (scoring.evidence): look-back window, baseline rates,
   robust attribution fit, empirical-Bayes target, FDR level, funnel winsorisation.
 - ``cusum``: risk-adjusted Bernoulli CUSUM (Steiner et al. 2000) and its simulated limit.
 - ``indicators``: PT round rules (CLIA-style), look-back for other indicators.
-- ``grading``: class labels and score cut-offs, minimum evidence, hysteresis.
+- ``grading``: score cut-offs, minimum evidence, hysteresis.
 - ``score``: point deductions, chosen by rule name (only rules present in the table apply).
 - ``caps``: hard caps, chosen by rule name -> worst-allowed class.
 - ``selection``: tender/双随机 selection weight per class (0 = excluded).
@@ -28,11 +28,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from scoring.classes import CLASSES, ClassLabel
+
 Probability = Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
 Positive = Annotated[float, msgspec.Meta(gt=0.0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-Label = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -48,7 +49,7 @@ class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
 
 
 class EvidencePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """How scored pairs become lab-level evidence (scoring.labs, DOMAIN.md §5)."""
+    """How scored pairs become lab-level evidence (scoring.evidence)."""
 
     # Pairs completed within this many days before as_of are evidence.
     window_days: PositiveInt = 1095
@@ -79,6 +80,34 @@ class EvidencePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     fdr_alpha: Probability = 0.05
     # Two-sided winsorisation fraction of funnel z-scores for overdispersion (Spiegelhalter 2005).
     funnel_winsor: Annotated[float, msgspec.Meta(ge=0.0, lt=0.5)] = 0.1
+    # Identifiability: a lab's attribution counts only when its component of the comparison
+    # graph has at least this many labs (two labs that only retest each other cannot tell who
+    # is wrong; three can, by the median) ...
+    min_component_labs: Annotated[int, msgspec.Meta(ge=2)] = 3
+    # ... and it was compared with at least this many distinct labs.
+    min_partners: PositiveInt = 2
+    # Relevance of a bias: normal labs differ by the method's between-lab spread, estimated as
+    # tau from all identifiable labs. A bias counts only beyond peer_z * tau (after taking off
+    # two standard errors); 2.0 is set by simulation of realistic worlds (see docs/methods.md).
+    peer_z: Positive = 2.0
+    # Lower bound of tau (units of sigma_R; also of the peers' spread of excess variance), so
+    # that a handful of labs cannot claim that normal labs do not differ at all.
+    tau_floor: NonNegative = 0.1
+    # Relevance of a discrepancy rate: the lab's rate must lie above the overdispersed funnel at
+    # this z (3.09 = the 99.8 % limit of Spiegelhalter 2005).
+    rate_peer_z: Positive = 3.09
+    # Quantitative pairs a lab needs (as original or retest, both numbers present) before its
+    # bias or its discrepancy rate is judged.
+    min_quantitative_pairs: PositiveInt = 20
+    # Data-problem patterns (scoring.patterns): the band just inside a limit, in sigma_R, where
+    # shaded values land; how far above the detection limit (in sigma_R) a partner's number is a
+    # clear amount; the least rate of verdicts contradicting their own number expected of an
+    # honest lab (clerical slips); and the least number of observed cases before a pattern
+    # counts at all.
+    shading_band: Positive = 0.5
+    nd_clear: Positive = 2.0
+    contradiction_floor: Probability = 0.002
+    pattern_min_observed: PositiveInt = 3
 
 
 class CusumPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -92,6 +121,10 @@ class CusumPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     seed: int = 20180613
     # Simulated runs are truncated at max_steps_factor * arl0 steps.
     max_steps_factor: PositiveInt = 4
+    # The chart's in-control rate is that of a lab at the edge of its peers' normal spread: the
+    # expected rate raised by peer_z times the funnel's between-lab sd (0 = the plain expected
+    # rate). A lab whose discrepancy rate is high but normal must not be in alarm for ever.
+    peer_z: NonNegative = 1.96
 
 
 class IndicatorPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -111,12 +144,11 @@ class IndicatorPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
 
 
 class GradingPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    # Class labels, best first.
-    labels: tuple[Label, ...] = ("I", "II", "III", "IV")
-    # Minimum score of each class but the last, descending (score >= cutoffs[i] -> labels[i]).
-    cutoffs: tuple[float, ...] = (90.0, 75.0, 60.0)
+    # Minimum score of classes I, II and III, descending (score >= cutoffs[i] -> CLASSES[i];
+    # below the last -> IV). The classes themselves are fixed in scoring.classes.
+    cutoffs: tuple[float, float, float] = (90.0, 75.0, 60.0)
     # Class given to a lab with no previous grade and too little evidence.
-    new_lab_class: Label = "II"
+    new_lab_class: ClassLabel = "II"
     # Pairs (as original or retest) needed before any statistical rule may act.
     min_pairs: PositiveInt = 30
     # An upgrade needs this many consecutive qualifying runs (this run included) ...
@@ -125,14 +157,8 @@ class GradingPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     max_classes_up: PositiveInt = 1
 
     def __post_init__(self) -> None:
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ValueError("grading.labels must be at least two distinct labels")
-        if len(self.cutoffs) != len(self.labels) - 1:
-            raise ValueError("grading.cutoffs must have one entry per label but the last")
         if any(a <= b for a, b in zip(self.cutoffs, self.cutoffs[1:])):
             raise ValueError("grading.cutoffs must be strictly descending")
-        if self.new_lab_class not in self.labels:
-            raise ValueError("grading.new_lab_class is not a label")
 
 
 class ScoreRule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -145,9 +171,10 @@ class ScoreRule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
 
 ScoreRuleName = Literal[
     # evidence (statistical: apply only with min_pairs)
-    "discrepancy_rate",  # metric eb_rate
-    "bias",  # metric |bias|
+    "discrepancy_rate",  # metric rate_beyond_peers (shrunk rate above the peers' funnel)
+    "bias",  # metric bias_beyond_peers (conservative |bias| beyond the peers' spread)
     "qualitative_rate",  # metric qualitative_rate (shrunk wrong-verdict rate on qualitative items)
+    "precision",  # metric precision_beyond_peers (excess variance beyond the peers' spread)
     # indicators
     "pt_unsatisfactory",  # metric pt_unsatisfactory_results
     "pt_questionable",  # metric pt_questionable_results
@@ -161,17 +188,23 @@ ScoreRuleName = Literal[
 CapRuleName = Literal[
     "falsified_report",  # any falsified-report finding (SAMR Order 39 art. 14)
     "pt_unsuccessful",  # CLIA-style unsuccessful PT
-    "fdr_excess",  # BH q of O/E excess < fdr_alpha (statistical)
-    "fdr_bias",  # BH q of bias < fdr_alpha and |bias| >= cap_bias_min (statistical)
-    "cusum_signal",  # CUSUM crossed its limit (statistical)
+    "fdr_excess",  # BH q of O/E excess < fdr_alpha and rate beyond the peers (statistical)
+    "fdr_bias",  # BH q of bias < fdr_alpha and bias beyond the peers (statistical)
+    "fdr_precision",  # BH q of excess variance < fdr_alpha and beyond the peers (statistical)
+    "fdr_qualitative",  # BH q of wrong qualitative verdicts < fdr_alpha, rate above threshold
+    "cusum_signal",  # CUSUM above its limit now (statistical)
+    "data_shading",  # values shaded just inside a limit (statistical, scoring.patterns)
+    "data_nd_hiding",  # not detected where partners find clear amounts (statistical)
+    "data_verdict_contradiction",  # verdicts contradicting the lab's own numbers (statistical)
 ]
 
 
 def _default_score_rules() -> dict[str, ScoreRule]:
     return {
-        "discrepancy_rate": ScoreRule(threshold=0.05, per_unit=400.0, cap=40.0),
-        "bias": ScoreRule(threshold=0.5, per_unit=40.0, cap=30.0),
+        "discrepancy_rate": ScoreRule(threshold=0.0, per_unit=400.0, cap=40.0),
+        "bias": ScoreRule(threshold=0.0, per_unit=20.0, cap=30.0),
         "qualitative_rate": ScoreRule(threshold=0.05, per_unit=200.0, cap=30.0),
+        "precision": ScoreRule(threshold=0.0, per_unit=10.0, cap=30.0),
         "pt_unsatisfactory": ScoreRule(threshold=0.0, per_unit=5.0, cap=20.0),
         "pt_questionable": ScoreRule(threshold=0.0, per_unit=1.0, cap=5.0),
         "late_reports": ScoreRule(threshold=0.05, per_unit=50.0, cap=10.0),
@@ -188,7 +221,12 @@ def _default_caps() -> dict[str, str]:
         "pt_unsuccessful": "III",
         "fdr_excess": "III",
         "fdr_bias": "III",
+        "fdr_precision": "III",
+        "fdr_qualitative": "III",
         "cusum_signal": "II",
+        "data_shading": "III",
+        "data_nd_hiding": "III",
+        "data_verdict_contradiction": "III",
     }
 
 
@@ -198,9 +236,7 @@ class ScorePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 
 class CapPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    rules: dict[CapRuleName, Label] = msgspec.field(default_factory=_default_caps)
-    # fdr_bias caps only when the estimated |bias| (in s units) is at least this large.
-    bias_min_abs: NonNegative = 0.5
+    rules: dict[CapRuleName, ClassLabel] = msgspec.field(default_factory=_default_caps)
 
 
 def _default_selection() -> dict[str, float]:
@@ -209,12 +245,12 @@ def _default_selection() -> dict[str, float]:
 
 class SelectionPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Relative draw weight per class; 0 means not eligible (DOMAIN.md §6: IV excluded).
-    weights: dict[Label, NonNegative] = msgspec.field(default_factory=_default_selection)
+    weights: dict[ClassLabel, NonNegative] = msgspec.field(default_factory=_default_selection)
 
 
 class Policy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str = "default"
-    version: str = "1"
+    version: str = "2"
     pairs: PairPolicy = PairPolicy()
     evidence: EvidencePolicy = EvidencePolicy()
     cusum: CusumPolicy = CusumPolicy()
@@ -225,12 +261,8 @@ class Policy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     selection: SelectionPolicy = SelectionPolicy()
 
     def __post_init__(self) -> None:
-        labels = set(self.grading.labels)
-        bad = {v for v in self.caps.rules.values() if v not in labels}
-        if bad:
-            raise ValueError(f"caps name unknown class labels: {sorted(bad)}")
-        if set(self.selection.weights) != labels:
-            raise ValueError("selection.weights must give a weight for every class label")
+        if set(self.selection.weights) != set(CLASSES):
+            raise ValueError("selection.weights must give a weight for every class")
 
 
 _encoder = msgspec.json.Encoder(order="sorted")

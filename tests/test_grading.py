@@ -28,14 +28,17 @@ from scoring.indicators import (
     pt_rounds,
     summarise_indicators,
 )
-from scoring.labs import EVIDENCE_SCHEMA
+from scoring.classes import CLASSES
+from scoring.evidence import EVIDENCE_SCHEMA
 from scoring.policy import Policy, policy_hash
 
 POLICY = Policy()
 AS_OF = dt.date(2026, 1, 1)
 CLEAN = {
-    "pairs_compared": 60, "eb_rate": 0.03, "bias": 0.1, "bias_q": 0.8, "excess_q": 0.9,
-    "cusum_current": 0.5, "cusum_limit": 2.0,
+    "pairs_compared": 60, "identifiable": True, "outside_peers": False, "eb_rate": 0.03,
+    "rate_beyond_peers": 0.0, "bias": 0.1, "bias_beyond_peers": 0.0, "bias_q": 0.8,
+    "excess_q": 0.9, "precision_beyond_peers": 0.0, "precision_q": 0.7, "cusum_current": 0.5,
+    "cusum_limit": 2.0,
 }
 
 
@@ -65,23 +68,27 @@ def effects(row: dict) -> dict[str, str]:
 
 
 def test_score_and_class_recomputed_from_reasons():
-    # hand computation: eb_rate 0.10 -> 400 * (0.10 - 0.05) = 20.00; |bias| 0.6 -> 40 * 0.1 = 4.00;
-    # 2 upheld complaints -> 10.00; score 100 - 34 = 66.00 -> class III (60 <= 66 < 75)
+    # hand computation: rate beyond the peers' funnel 0.05 (q 0.01) -> 400 * 0.05 = 20.00;
+    # conservative bias 0.2 σR beyond the peers (q 0.001) -> 20 * 0.2 = 4.00; 2 upheld
+    # complaints -> 10.00; score 100 - 34 = 66.00 -> class III (60 <= 66 < 75)
     ind = pl.DataFrame([{"lab_code": "A", "upheld_complaints": 2}]).with_columns(
         [pl.lit(None, dtype=t).alias(c) for c, t in INDICATOR_SCHEMA.items() if c not in ("lab_code", "upheld_complaints")]
     ).select([pl.col(c).cast(t) for c, t in INDICATOR_SCHEMA.items()])
-    g = grade(evidence(A={"eb_rate": 0.10, "bias": -0.6}), ind, None, POLICY)
+    vals = {"rate_beyond_peers": 0.05, "excess_q": 0.01, "outside_peers": True,
+            "bias_beyond_peers": 0.2, "bias_q": 0.001}
+    g = grade(evidence(A=vals), ind, None, POLICY)
     a = one(g, "A")
     assert a["score"] == 66.0
     assert (a["class_from_score"], a["candidate_class"], a["class"], a["change"]) == ("III", "III", "III", "new")
     e = effects(a)
-    assert e["discrepancy_rate"] == "deduct 20.00"
-    assert e["bias"] == "deduct 4.00"
+    assert e["discrepancy_rate"] == "deduct 20.00 (q 0.01 < 0.05)"
+    assert e["bias"] == "deduct 4.00 (q 0.001 < 0.05)"
     assert e["complaints"] == "deduct 10.00"
     assert e["pt_unsatisfactory"] == "no data"
     assert e["class_from_score"] == "class III"
     # the officer's recomputation: base minus every "deduct" equals the score
     deducted = sum(float(r["effect"].split()[1]) for r in a["reasons"] if r["effect"].startswith("deduct"))
+    assert deducted == 34.0
     base = next(r["value"] for r in a["reasons"] if r["rule"] == "base")
     assert base - deducted == a["score"]
     assert a["policy_hash"] == policy_hash(POLICY)
@@ -111,12 +118,22 @@ def test_none_and_empty_indicators_agree():
 @pytest.mark.parametrize(
     ("vals", "rule", "expected"),
     [
-        ({"excess_q": 0.01}, "fdr_excess", "III"),
-        ({"excess_q": 0.05}, "fdr_excess", "I"),  # q must be < alpha
-        ({"bias_q": 0.001, "bias": 0.7}, "fdr_bias", "III"),
-        ({"bias_q": 0.001, "bias": 0.3}, "fdr_bias", "I"),  # significant but below bias_min_abs
-        ({"cusum_current": 2.5, "cusum_limit": 2.0}, "cusum_signal", "II"),
-        ({"cusum_current": 2.0, "cusum_limit": 2.0}, "cusum_signal", "II"),  # >= h signals
+        ({"excess_q": 0.01, "rate_beyond_peers": 0.001, "outside_peers": True}, "fdr_excess", "III"),
+        # a high rate explained by a bias and precision within the peers' spread
+        ({"excess_q": 0.01, "rate_beyond_peers": 0.001, "outside_peers": False}, "fdr_excess", "I"),
+        ({"excess_q": 0.05, "rate_beyond_peers": 0.01, "outside_peers": True}, "fdr_excess", "I"),  # q < alpha
+        ({"bias_q": 0.001, "bias_beyond_peers": 0.2}, "fdr_bias", "III"),
+        ({"bias_q": 0.001, "bias_beyond_peers": 0.0}, "fdr_bias", "I"),  # significant, within peers
+        ({"precision_q": 0.001, "precision_beyond_peers": 0.5}, "fdr_precision", "III"),
+        ({"cusum_current": 2.5, "cusum_limit": 2.0, "outside_peers": True}, "cusum_signal", "II"),
+        ({"cusum_current": 2.0, "cusum_limit": 2.0, "outside_peers": True}, "cusum_signal", "II"),  # >= h
+        ({"cusum_current": 2.5, "cusum_limit": 2.0}, "cusum_signal", "I"),  # a normal lab's rate
+        ({"shading_q": 0.01, "shading_observed": 5.0, "shading_expected": 0.5}, "data_shading", "III"),
+        # fewer observed cases than pattern_min_observed
+        ({"shading_q": 0.01, "shading_observed": 2.0, "shading_expected": 0.01}, "data_shading", "I"),
+        ({"nd_hiding_q": 0.02, "nd_hiding_observed": 4.0, "nd_hiding_expected": 0.3}, "data_nd_hiding", "III"),
+        ({"verdict_contradiction_q": 0.001, "verdict_contradiction_observed": 6.0,
+          "verdict_contradiction_expected": 0.2}, "data_verdict_contradiction", "III"),
     ],
 )
 def test_statistical_caps(vals, rule, expected):
@@ -176,10 +193,12 @@ def test_hysteresis_one_class_up_after_consecutive_runs():
 def test_hysteresis_counter_resets_on_non_qualifying_run_and_downgrade_is_immediate():
     g1 = grade(evidence(A={}), None, previous(A=("III", 1)), POLICY)  # 2nd qualifying -> up
     assert one(g1, "A")["class"] == "II"
-    g2 = grade(evidence(A={"eb_rate": 0.2}), None, previous(A=("III", 1)), POLICY)
-    a = one(g2, "A")  # score 60 -> III: not better than III, counter resets
+    # rate 0.1 beyond the peers, significant, outside them: 400 * 0.1 = 40 -> score 60 -> III
+    bad = {"rate_beyond_peers": 0.1, "excess_q": 0.2, "outside_peers": True}
+    g2 = grade(evidence(A={**bad, "excess_q": 0.01}), None, previous(A=("III", 1)), POLICY)
+    a = one(g2, "A")  # III: not better than III, counter resets
     assert (a["class"], a["consecutive_qualifying"], a["change"]) == ("III", 0, "held")
-    g3 = grade(evidence(A={"excess_q": 0.001}), None, previous(A=("I", 1)), POLICY)
+    g3 = grade(evidence(A={**bad, "excess_q": 0.001}), None, previous(A=("I", 1)), POLICY)
     assert (one(g3, "A")["class"], one(g3, "A")["change"]) == ("III", "down")
 
 
@@ -192,7 +211,7 @@ def test_grade_invariants(eb, bias, q, n, cmax, prev, count):
     vals = {"eb_rate": eb, "bias": bias, "bias_q": q, "excess_q": q, "pairs_compared": n, "cusum_current": cmax}
     prev_df = None if prev is None else previous(A=(prev, count))
     a = one(grade(evidence(A=vals), None, prev_df, POLICY), "A")
-    labels = list(POLICY.grading.labels)
+    labels = list(CLASSES)
     rank = labels.index
     assert 0.0 <= a["score"] <= 100.0
     cut = dict(zip(labels, POLICY.grading.cutoffs))
@@ -309,17 +328,35 @@ def test_labs_argument_selects_exactly_the_graded_labs():
 
 
 def test_previous_class_outside_policy_labels_is_rejected():
-    with pytest.raises(ValueError, match="not a policy label"):
+    with pytest.raises(ValueError, match="not a class"):
         grade(evidence(A={}), None, previous(A=("V", 0)), POLICY)
 
 
 def test_qualitative_rate_rule_deducts_with_enough_evidence_only():
-    # hand computation: qualitative_rate 0.20 -> min(30, 200 * (0.20 - 0.05)) = 30.00 -> 70 -> III;
-    # 0.06 -> 200 * 0.01 = 2.00 -> 98 -> I; no qualitative pairs -> "no data".
-    g = grade(evidence(A={"qualitative_rate": 0.20}, B={"qualitative_rate": 0.06}, C={},
-                       D={"qualitative_rate": 0.20, "pairs_compared": 10}), None, None, POLICY)
+    # hand computation: qualitative_rate 0.20 (q 0.001) -> min(30, 200 * (0.20 - 0.05)) = 30.00
+    # -> 70 -> III, and the FDR cap agrees; 0.06 with q 0.2 -> not significant, no deduction ->
+    # I; no qualitative pairs -> "no data"; 10 pairs -> skipped.
+    g = grade(evidence(A={"qualitative_rate": 0.20, "qualitative_q": 0.001},
+                       B={"qualitative_rate": 0.06, "qualitative_q": 0.2}, C={},
+                       D={"qualitative_rate": 0.20, "qualitative_q": 0.001, "pairs_compared": 10}),
+              None, None, POLICY)
     a, b, c, d = (one(g, x) for x in "ABCD")
-    assert (a["score"], a["class"], effects(a)["qualitative_rate"]) == (70.0, "III", "deduct 30.00")
-    assert (b["score"], b["class"], effects(b)["qualitative_rate"]) == (98.0, "I", "deduct 2.00")
+    assert (a["score"], a["class"], effects(a)["qualitative_rate"]) == (70.0, "III", "deduct 30.00 (q 0.001 < 0.05)")
+    assert effects(a)["fdr_qualitative"].startswith("cap III")
+    assert (b["score"], b["class"]) == (100.0, "I")
+    assert effects(b)["qualitative_rate"] == "deduct 0.00 (not significant: q 0.2 >= 0.05)"
     assert effects(c)["qualitative_rate"] == "no data"
     assert effects(d)["qualitative_rate"] == "skipped"  # 10 pairs < min_pairs 30
+
+
+def test_not_identifiable_lab_is_never_downgraded_by_attribution_and_goes_to_arbitration():
+    # An isolated pair: the evidence against this lab cannot say who is wrong.
+    vals = {"identifiable": False, "component_size": 2, "partners": 1, "bias_q": 1e-9,
+            "bias_beyond_peers": 2.0, "excess_q": 1e-9, "rate_beyond_peers": 0.3,
+            "outside_peers": True, "cusum_current": 9.0}
+    a = one(grade(evidence(A=vals), None, None, POLICY), "A")
+    assert (a["score"], a["class"]) == (100.0, "I")
+    e = effects(a)
+    assert e["identifiability"].startswith("not identifiable") and "arbitration" in e["identifiability"]
+    for rule in ("bias", "discrepancy_rate", "fdr_bias", "fdr_excess", "cusum_signal"):
+        assert e[rule] == "skipped: not identifiable", rule

@@ -26,7 +26,7 @@ def test_shipped_policy_equals_struct_defaults():
     assert p == Policy()
     assert policy_hash(p) == policy_hash(Policy())
     assert p.pairs == PairPolicy(en_boundary="iso", cd_probability=0.95, default_coverage_k=2.0)
-    assert p.grading.labels == ("I", "II", "III", "IV")
+    assert p.grading.cutoffs == (90.0, 75.0, 60.0)
     assert p.caps.rules["falsified_report"] == "IV"
     assert p.caps.rules["fdr_excess"] == "III"
     assert p.caps.rules["cusum_signal"] == "II"
@@ -36,8 +36,8 @@ def test_shipped_policy_equals_struct_defaults():
 def test_hash_ignores_comments_and_key_order(tmp_path):
     reordered = tmp_path / "p.toml"
     reordered.write_text(
-        "# a comment\nversion = \"1\"\nname = \"default\"\n"
-        + SHIPPED.split('version = "1"', 1)[1],
+        "# a comment\nversion = \"2\"\nname = \"default\"\n"
+        + SHIPPED.split('version = "2"', 1)[1],
         "utf-8",
     )
     assert policy_hash(load_policy(reordered)) == policy_hash(load_policy())
@@ -94,7 +94,7 @@ def test_invalid_policies_are_rejected(tmp_path, text):
 def test_structs_are_frozen_and_keyword_only():
     p = Policy()
     with pytest.raises(AttributeError):
-        p.version = "2"  # type: ignore[misc]
+        p.version = "3"  # type: ignore[misc]
     with pytest.raises(TypeError):
         ScoreRule(0.0, 1.0, 1.0)  # type: ignore[misc]
     assert msgspec.convert(msgspec.to_builtins(p), Policy) == p

@@ -21,7 +21,7 @@ import pytest
 from scipy import stats
 
 from scoring.grading import grade
-from scoring.labs import lab_evidence
+from scoring.evidence import lab_evidence
 import msgspec
 
 from scoring.policy import load_policy

@@ -22,7 +22,7 @@ from labeval.db import grading as q
 from labeval.models import GradingRun, LabGrade
 from scoring import indicators as ind
 from scoring.grading import PREVIOUS_GRADES_SCHEMA, grade
-from scoring.labs import lab_evidence
+from scoring.evidence import lab_evidence
 from scoring.pairs import score_pairs
 from scoring.policy import Policy, load_policy, policy_hash
 from scoring.schema import PAIR_INPUT_SCHEMA

@@ -1,0 +1,139 @@
+"""Risk-adjusted Bernoulli CUSUM (Steiner, Cook, Farewell, Treasure 2000) and its control limit.
+
+A lab's pairs in completion order, each with an in-control probability p of being a discrepancy
+against it and an observation y (1 for a discrepancy, or the lab's attributed share of one):
+W_t = y_t ln R − ln(1 − p_t + R p_t), C_t = max(0, C_{t−1} + W_t). The chart rises when the lab's
+discrepancies come R times as often (in odds) as expected. The limit h is calibrated by simulating
+in-control charts until their average run length is the policy's arl0 (seeded, cached), so a
+grading run is reproducible. Calibration is kept apart from evaluation: :func:`cusum_limit`
+calibrates, :func:`lab_cusum` evaluates.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import polars as pl
+
+from scoring.policy import CusumPolicy
+
+__all__ = ["cusum_limit", "lab_cusum", "risk_adjusted_cusum"]
+
+
+def _chart(weight: pl.Expr, group: str | None) -> pl.Expr:
+    """C_t from the weights, without a loop: C_t = S_t − min(0, min_{j≤t} S_j), S = cumsum(W).
+
+    The floor at 0 of the recursion is a reflection at the running minimum of the cumulative sum.
+    """
+    cs = weight.cum_sum() if group is None else weight.cum_sum().over(group)
+    run_min = cs.cum_min() if group is None else cs.cum_min().over(group)
+    return cs - pl.min_horizontal(run_min, pl.lit(0.0))
+
+
+def _weight(y: pl.Expr, p: pl.Expr, odds_ratio: float) -> pl.Expr:
+    return y * float(np.log(odds_ratio)) - (1.0 + (odds_ratio - 1.0) * p).log()
+
+
+def risk_adjusted_cusum(y: np.ndarray, p: np.ndarray, odds_ratio: float) -> np.ndarray:
+    """One chart's path C_1..C_n from y (0/1 or a share in [0, 1]) and p; empty in, empty out."""
+    frame = pl.DataFrame({"y": np.asarray(y, dtype=float), "p": np.asarray(p, dtype=float)})
+    path = frame.select(c=_chart(_weight(pl.col("y"), pl.col("p"), odds_ratio), None))
+    return path.get_column("c").to_numpy()
+
+
+def lab_cusum(
+    rows: pl.DataFrame, *, odds_ratio: float, limit: float
+) -> pl.DataFrame:
+    """Each lab's chart over its rows, already sorted in chart order within ``idx``.
+
+    rows: idx (lab), y, p, completed_on. Returns idx, cusum_current (the chart's value after the
+    last row), cusum_max, cusum_signal_on (completion date of the first row at which C ≥ limit
+    with C > 0; null if never).
+    """
+    return (
+        rows.with_columns(c=_chart(_weight(pl.col("y"), pl.col("p"), odds_ratio), "idx"))
+        .group_by("idx", maintain_order=True)
+        .agg(
+            cusum_current=pl.col("c").last(),
+            cusum_max=pl.col("c").max(),
+            cusum_signal_on=pl.col("completed_on")
+            .filter((pl.col("c") > 0) & (pl.col("c") >= limit))
+            .first(),
+        )
+    )
+
+
+def _simulate_max_paths(
+    p_grid: tuple[float, ...], odds_ratio: float, n_sim: int, steps: int, seed: int
+) -> np.ndarray:
+    """Running maximum (n_sim × steps, float32) of in-control chart paths.
+
+    Simulated in blocks of paths so that memory stays near n_sim × steps × 4 bytes however long
+    the runs are (arl0 of several thousand pairs is realistic for busy labs).
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.asarray(p_grid)
+    grid32 = grid.astype(np.float32)
+    w_fail = -np.log1p((odds_ratio - 1.0) * grid)
+    w_disc = np.log(odds_ratio) + w_fail
+    out = np.empty((n_sim, steps), dtype=np.float32)
+    block = max(1, min(n_sim, 4_000_000 // max(steps, 1)))
+    for start in range(0, n_sim, block):
+        m = min(block, n_sim - start)
+        k = rng.integers(0, len(grid), (m, steps), dtype=np.int32)
+        y = rng.random((m, steps), dtype=np.float32) < grid32[k]
+        cs = np.cumsum(np.where(y, w_disc[k], w_fail[k]), axis=1)
+        c = cs - np.minimum(np.minimum.accumulate(cs, axis=1), 0.0)
+        out[start : start + m] = np.maximum.accumulate(c, axis=1)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _cusum_limit_cached(
+    p_grid: tuple[float, ...], odds_ratio: float, arl0: int, n_sim: int, seed: int, factor: int
+) -> float:
+    steps = arl0 * factor
+    paths = _simulate_max_paths(p_grid, odds_ratio, n_sim, steps, seed)
+
+    def arl(h: float) -> float:
+        # run length = first t with max-so-far >= h (each row is non-decreasing, so a binary
+        # search finds it); truncated runs count as `steps`.
+        first = np.fromiter(
+            (np.searchsorted(row, h, side="left") for row in paths), dtype=np.int64,
+            count=len(paths),
+        )
+        return float(np.mean(np.minimum(first + 1, steps)))
+
+    lo, hi = 0.0, 1.0
+    while arl(hi) < arl0 and hi < 1e3:
+        hi *= 2.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if arl(mid) >= arl0:
+            hi = mid
+        else:
+            lo = mid
+    return round(hi, 6)
+
+
+def cusum_limit(p: np.ndarray, cp: CusumPolicy) -> float:
+    """Control limit h giving an in-control average run length of cp.arl0 pairs.
+
+    In-control sequences draw each pair's probability from the 101 percentiles (rounded to 1e-4)
+    of the run's own in-control probabilities p, and y ~ Bernoulli(p). h is the smallest value
+    (bisection, 1e-6) whose simulated ARL (runs truncated at max_steps_factor × arl0, which can
+    only make h larger) reaches arl0. Attributed y are fractions in [0, 1] with the same mean but
+    less variance than Bernoulli, so the true in-control ARL is at least arl0. Seeded and cached
+    on its inputs. Empty p: NaN.
+    """
+    p = np.asarray(p, dtype=float)
+    p = p[np.isfinite(p)]
+    if len(p) == 0:
+        return float("nan")
+    quantiles = np.clip(np.percentile(p, np.arange(101)), 1e-4, 0.9999)
+    grid = tuple(float(v) for v in np.round(quantiles, 4))
+    return _cusum_limit_cached(
+        grid, float(cp.odds_ratio), int(cp.arl0), int(cp.n_sim), int(cp.seed),
+        int(cp.max_steps_factor),
+    )

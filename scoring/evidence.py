@@ -1,0 +1,733 @@
+"""Lab-level evidence from scored retest pairs: the stages and the frame they assemble.
+
+The retest lab is not the truth, normal labs are not unbiased, and many labs are judged at once.
+:func:`lab_evidence` runs these stages, each a function with one job:
+
+1. :func:`pairs_in_window` — the pairs completed in the look-back window, each sorted into the
+   one evidence family its outcome belongs to: *numeric* (both numbers present; discrepant when
+   |d| > CD), *qualitative* (verdicts only), *censored* (a "<L" or not-detected side) or
+   *undecidable* (a missing value or verdict: data quality, never evidence).
+2. the comparison graph and the bias fit (scoring.attribution): biases anchored on each
+   component's median lab; *identifiable* labs are those in a component of at least
+   ``min_component_labs`` labs with at least ``min_partners`` distinct partners.
+3. blame: each discrepant pair's share per lab (bias/variance split for numeric pairs, the
+   error-rate model for qualitative pairs, the arbiter's word where there was arbitration).
+4. counts per lab and role.
+5. rates (scoring.rates): observed vs expected discrepancies, the empirical-Bayes rate, the
+   overdispersed funnel, Benjamini–Hochberg across labs.
+6. bias against peers: the between-lab spread τ and how far beyond it a lab's conservative bias
+   lies.
+7. sign and Wilcoxon tests on the lab's own standardised differences.
+8. the CUSUM over time (scoring.cusum), in control at the peers' edge.
+9. data-problem patterns (scoring.patterns).
+
+Everything is pure (no I/O).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from scoring.attribution import (
+    BiasFit,
+    PeerSpread,
+    blame_shares,
+    fit_lab_bias,
+    peer_spread,
+    precision_against_peers,
+    qualitative_shares,
+)
+from scoring.cusum import cusum_limit, lab_cusum
+from scoring.patterns import PATTERNS, PatternCounts, pattern_counts, pattern_sides
+from scoring.policy import EvidencePolicy, Policy
+from scoring.rates import (
+    FunnelLimits,
+    baseline_rate,
+    benjamini_hochberg,
+    fit_beta_binomial,
+    funnel_limits,
+    garwood_interval,
+    poisson_excess_p,
+    shrunk_rates,
+)
+
+__all__ = ["EVIDENCE_SCHEMA", "lab_evidence", "pairs_in_window"]
+
+_NUMERIC_OUTCOMES = ("consistent", "discrepant", "reversal_within_uncertainty", "reversal")
+_QUALITATIVE_OUTCOMES = ("qualitative_agree", "qualitative_reversal")
+_CENSORED_OUTCOMES = ("censored_consistent", "censored_discrepant")
+
+_I64, _F64, _BOOL = pl.Int64(), pl.Float64(), pl.Boolean()
+_PATTERN_COLUMNS: dict[str, pl.DataType] = {
+    f"{name}_{part}": dtype
+    for name in PATTERNS
+    for part, dtype in (
+        ("n", _I64), ("observed", _F64), ("expected", _F64), ("p", _F64), ("q", _F64)
+    )
+}
+
+EVIDENCE_SCHEMA: dict[str, pl.DataType] = {
+    "lab_code": pl.String(),
+    "as_of": pl.Date(),
+    "window_start": pl.Date(),
+    "pairs": _I64,
+    "pairs_original": _I64,
+    "pairs_retest": _I64,
+    "pairs_arbitration": _I64,
+    "pairs_compared": _I64,
+    "pairs_quantitative": _I64,
+    "pairs_qualitative": _I64,
+    "pairs_censored": _I64,
+    "pairs_undecidable": _I64,
+    "discrepancies": _I64,
+    "reversals": _I64,
+    "reversals_within_uncertainty": _I64,
+    "censored_disagreements": _I64,
+    "arbitrations_lost": _I64,
+    "component": _I64,
+    "component_size": _I64,
+    "partners": _I64,
+    "identifiable": _BOOL,
+    "arbitration_suggested": _BOOL,
+    "bias": _F64,
+    "bias_se": _F64,
+    "bias_z": _F64,
+    "bias_p": _F64,
+    "bias_q": _F64,
+    "bias_conservative": _F64,
+    "bias_tau": _F64,
+    "bias_peer_limit": _F64,
+    "bias_peer_z": _F64,
+    "bias_beyond_peers": _F64,
+    "excess_variance": _F64,
+    "precision_se": _F64,
+    "precision_centre": _F64,
+    "precision_tau": _F64,
+    "precision_p": _F64,
+    "precision_q": _F64,
+    "precision_beyond_peers": _F64,
+    "outside_peers": _BOOL,
+    "attributed_discrepancies": _F64,
+    "expected_discrepancies": _F64,
+    "oe_ratio": _F64,
+    "oe_lower": _F64,
+    "oe_upper": _F64,
+    "excess_p": _F64,
+    "excess_q": _F64,
+    "eb_rate": _F64,
+    "eb_lower": _F64,
+    "eb_upper": _F64,
+    "eb_p_above_target": _F64,
+    "eb_alpha": _F64,
+    "eb_beta": _F64,
+    "rate_peer_limit": _F64,
+    "rate_beyond_peers": _F64,
+    "qualitative_errors": _F64,
+    "qualitative_expected": _F64,
+    "qualitative_rate": _F64,
+    "qualitative_p": _F64,
+    "qualitative_q": _F64,
+    "sign_n": _I64,
+    "sign_positive": _I64,
+    "sign_p": _F64,
+    "sign_q": _F64,
+    "wilcoxon_n": _I64,
+    "wilcoxon_statistic": _F64,
+    "wilcoxon_z": _F64,
+    "wilcoxon_p": _F64,
+    "wilcoxon_q": _F64,
+    "median_s": _F64,
+    "cusum_current": _F64,
+    "cusum_max": _F64,
+    "cusum_limit": _F64,
+    "cusum_signal": _BOOL,
+    "cusum_signal_on": pl.Date(),
+    "funnel_n": _I64,
+    "funnel_rate": _F64,
+    "funnel_target": _F64,
+    "funnel_lower_95": _F64,
+    "funnel_upper_95": _F64,
+    "funnel_lower_998": _F64,
+    "funnel_upper_998": _F64,
+    "funnel_z": _F64,
+    "funnel_phi": _F64,
+    "funnel_tau2": _F64,
+    **_PATTERN_COLUMNS,
+}
+
+
+# ------------------------------------------------------------------------------ 1. the window
+
+
+def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePolicy) -> pl.DataFrame:
+    """Pairs completed in [as_of − window_days + 1, as_of] (undated pairs kept), with families.
+
+    Adds completed_on (the later report date), numeric / qualitative / censored / undecidable
+    (exactly one is true per pair), num_disc (numeric and |d| > CD: ``exceeds_cd`` where the
+    frame has it, else outcome discrepant/reversal), qual_disc, reversal (outcome "reversal" or
+    "qualitative_reversal").
+    """
+    window_start = as_of - dt.timedelta(days=ep.window_days - 1)
+    lazy = scored_pairs.with_columns(completed_on=pl.max_horizontal("reported_on_1", "reported_on_2"))
+    names = lazy.collect_schema().names()
+    outcome = pl.col("outcome")
+    numeric = outcome.is_in(_NUMERIC_OUTCOMES).fill_null(False) & pl.col("s").is_not_null()
+    exceeds = (
+        pl.col("exceeds_cd").fill_null(False)
+        if "exceeds_cd" in names
+        else outcome.is_in(["discrepant", "reversal"])
+    )
+    return (
+        lazy.filter(
+            pl.col("completed_on").is_null()
+            | ((pl.col("completed_on") <= as_of) & (pl.col("completed_on") >= window_start))
+        )
+        .with_columns(
+            numeric=numeric,
+            qualitative=outcome.is_in(_QUALITATIVE_OUTCOMES).fill_null(False),
+            censored=outcome.is_in(_CENSORED_OUTCOMES).fill_null(False),
+        )
+        .with_columns(
+            undecidable=~(pl.col("numeric") | pl.col("qualitative") | pl.col("censored")),
+            num_disc=pl.col("numeric") & exceeds.fill_null(False),
+            qual_disc=(outcome == "qualitative_reversal").fill_null(False),
+            reversal=outcome.is_in(["reversal", "qualitative_reversal"]).fill_null(False),
+        )
+        .collect()
+    )
+
+
+# ------------------------------------------------------------------------ 2–3. graph and blame
+
+
+@dataclass(frozen=True, slots=True)
+class LabIndex:
+    labs: pl.Series
+    i1: np.ndarray
+    i2: np.ndarray
+    i3: np.ndarray  # -1 where no arbitration
+
+
+def _lab_index(df: pl.DataFrame) -> LabIndex:
+    labs = (
+        pl.concat([df.select(pl.col(c).alias("lab_code")) for c in ("lab_1", "lab_2", "lab_3")])
+        .drop_nulls()
+        .unique()
+        .sort("lab_code")
+        .get_column("lab_code")
+    )
+    index = pl.DataFrame({"lab_code": labs, "idx": np.arange(len(labs), dtype=np.int64)})
+
+    def idx(col: str) -> np.ndarray:
+        return (
+            df.select(pl.col(col).alias("lab_code"))
+            .join(index, on="lab_code", how="left", maintain_order="left")
+            .get_column("idx")
+            .fill_null(-1)
+            .to_numpy()
+        )
+
+    return LabIndex(labs=labs, i1=idx("lab_1"), i2=idx("lab_2"), i3=idx("lab_3"))
+
+
+@dataclass(frozen=True, slots=True)
+class Comparisons:
+    """Every two-lab comparison with a standardised difference: a, b (lab indices), s."""
+
+    a: np.ndarray
+    b: np.ndarray
+    s: np.ndarray
+
+
+def _comparisons(df: pl.DataFrame, ix: LabIndex) -> Comparisons:
+    def col(name: str) -> np.ndarray:
+        if name not in df.columns:
+            return np.full(df.height, np.nan)
+        return df.get_column(name).cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+    s12, s13, s23 = col("s"), col("s_13"), col("s_23")
+    has3 = ix.i3 >= 0
+    numeric = df.get_column("numeric").to_numpy()
+    pieces = [
+        (ix.i1, ix.i2, s12, np.isfinite(s12) & numeric),
+        (ix.i1, ix.i3, s13, np.isfinite(s13) & has3),
+        (ix.i2, ix.i3, s23, np.isfinite(s23) & has3),
+    ]
+    return Comparisons(
+        a=np.concatenate([a[k] for a, _, _, k in pieces]),
+        b=np.concatenate([b[k] for _, b, _, k in pieces]),
+        s=np.concatenate([s[k] for _, _, s, k in pieces]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Blame:
+    """Per pair: the share of its discrepancy (numeric or qualitative) on each side."""
+
+    side1: np.ndarray
+    side2: np.ndarray
+    lost1: np.ndarray  # the arbiter sided against side 1
+    lost2: np.ndarray
+
+
+def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_labs: int) -> Blame:
+    share1 = blame_shares(ix.i1, ix.i2, fit, ep.blame_floor)
+    qual = df.get_column("qualitative").to_numpy()
+    qual_disc = df.get_column("qual_disc").to_numpy()
+    sides = df.get_column("arbiter_sides_with").to_numpy() if "arbiter_sides_with" in df.columns else None
+    if qual_disc.any():
+        q_share = qualitative_shares(
+            ix.i1, ix.i2, qual_disc, qual, sides, n_labs, prior_pairs=ep.baseline_prior_pairs
+        )
+        share1 = np.where(qual, q_share, share1)
+    blame1, blame2 = share1.copy(), 1.0 - share1
+    lost1 = lost2 = np.zeros(df.height, dtype=bool)
+    if sides is not None:
+        sides = np.asarray(sides, dtype=object)
+        blame1 = np.where(sides == "original", 0.0, np.where(sides == "retest", 1.0, blame1))
+        blame2 = np.where(sides == "original", 1.0, np.where(sides == "retest", 0.0, blame2))
+        blame1 = np.where(sides == "neither", 1.0, blame1)
+        blame2 = np.where(sides == "neither", 1.0, blame2)
+        lost1 = np.isin(sides, ["retest", "neither"])
+        lost2 = np.isin(sides, ["original", "neither"])
+    disc = df.get_column("num_disc").to_numpy() | qual_disc
+    return Blame(
+        side1=np.where(disc, blame1, 0.0), side2=np.where(disc, blame2, 0.0),
+        lost1=lost1, lost2=lost2,
+    )
+
+
+# ---------------------------------------------------------------------------------- 4. counts
+
+
+def _roles(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
+    """One row per pair and side (original, retest): what that pair is to that lab."""
+    common = {
+        "pair_id": df.get_column("pair_id"),
+        "completed_on": df.get_column("completed_on"),
+        "numeric": df.get_column("numeric"),
+        "qualitative": df.get_column("qualitative"),
+        "censored": df.get_column("censored"),
+        "undecidable": df.get_column("undecidable"),
+        "num_disc": df.get_column("num_disc"),
+        "qual_disc": df.get_column("qual_disc"),
+        "reversal": df.get_column("reversal"),
+        "within": (df.get_column("outcome") == "reversal_within_uncertainty").fill_null(False),
+        "censored_disc": (df.get_column("outcome") == "censored_discrepant").fill_null(False),
+        "p_lab": p_lab,
+    }
+    return pl.concat(
+        [
+            pl.DataFrame({**common, "idx": ix.i1, "role": "original", "blame": blame.side1, "lost": blame.lost1}),
+            pl.DataFrame({**common, "idx": ix.i2, "role": "retest", "blame": blame.side2, "lost": blame.lost2}),
+        ]
+    )
+
+
+def _counts(roles: pl.DataFrame, df: pl.DataFrame, ix: LabIndex) -> pl.DataFrame:
+    counts = roles.group_by("idx").agg(
+        pairs_original=(pl.col("role") == "original").sum().cast(pl.Int64),
+        pairs_retest=(pl.col("role") == "retest").sum().cast(pl.Int64),
+        pairs_compared=pl.len().cast(pl.Int64),
+        pairs_quantitative=pl.col("numeric").sum().cast(pl.Int64),
+        pairs_qualitative=pl.col("qualitative").sum().cast(pl.Int64),
+        pairs_censored=pl.col("censored").sum().cast(pl.Int64),
+        pairs_undecidable=pl.col("undecidable").sum().cast(pl.Int64),
+        discrepancies=pl.col("num_disc").sum().cast(pl.Int64),
+        reversals=pl.col("reversal").sum().cast(pl.Int64),
+        reversals_within_uncertainty=pl.col("within").sum().cast(pl.Int64),
+        censored_disagreements=pl.col("censored_disc").sum().cast(pl.Int64),
+        arbitrations_lost=pl.col("lost").sum().cast(pl.Int64),
+        attributed_discrepancies=(pl.col("blame") * pl.col("numeric")).sum(),
+        expected_discrepancies=pl.col("p_lab").filter(pl.col("numeric")).sum(),
+        qualitative_errors=(pl.col("blame") * pl.col("qualitative")).sum(),
+    )
+    arb = pl.DataFrame({"pair_id": df.get_column("pair_id"), "idx": ix.i3}).filter(pl.col("idx") >= 0)
+    all_pairs = (
+        pl.concat([roles.select("pair_id", "idx"), arb])
+        .group_by("idx")
+        .agg(pairs=pl.col("pair_id").n_unique().cast(pl.Int64))
+    )
+    arb_counts = arb.group_by("idx").agg(pairs_arbitration=pl.len().cast(pl.Int64))
+    base = pl.DataFrame({"idx": np.arange(len(ix.labs), dtype=np.int64), "lab_code": ix.labs})
+    int_cols = [c for c, t in counts.schema.items() if t == pl.Int64 and c != "idx"]
+    return (
+        base.join(all_pairs, on="idx", how="left")
+        .join(counts, on="idx", how="left")
+        .join(arb_counts, on="idx", how="left")
+        .sort("idx")
+        .with_columns(
+            pl.col(["pairs", "pairs_arbitration", *int_cols]).fill_null(0),
+            pl.col("attributed_discrepancies", "expected_discrepancies", "qualitative_errors").fill_null(0.0),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------- 5. rates
+
+
+@dataclass(frozen=True, slots=True)
+class RateEvidence:
+    oe: np.ndarray
+    oe_lower: np.ndarray
+    oe_upper: np.ndarray
+    excess_p: np.ndarray
+    eb_rate: np.ndarray
+    eb_lower: np.ndarray
+    eb_upper: np.ndarray
+    eb_p_above_target: np.ndarray
+    eb_alpha: float
+    eb_beta: float
+    funnel: FunnelLimits
+    peer_limit: np.ndarray
+    beyond_peers: np.ndarray
+
+
+def _rates(counts: pl.DataFrame, ep: EvidencePolicy) -> RateEvidence:
+    n = counts.get_column("pairs_quantitative").to_numpy().astype(float)
+    raw = counts.get_column("discrepancies").to_numpy().astype(float)
+    o = counts.get_column("attributed_discrepancies").to_numpy()
+    e = counts.get_column("expected_discrepancies").to_numpy()
+    has_n = n > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = garwood_interval(o, ep.credible_level)
+        oe = np.where(e > 0, o / e, np.nan)
+        oe_lo = np.where(e > 0, lo / e, np.nan)
+        oe_hi = np.where(e > 0, hi / e, np.nan)
+    # The prior's strength (how much labs truly differ) is fitted where the beta-binomial
+    # likelihood is exact, on whole counts of discrepant pairs; its mean is that of the
+    # attributed counts, which split each discrepancy between two labs.
+    prior = fit_beta_binomial(raw, n, ep.eb_max_prior_pairs)
+    mean = float(o[has_n].sum() / n[has_n].sum()) if has_n.any() else prior.mean
+    mean = min(max(mean, 1e-6), 1 - 1e-6)
+    eb = shrunk_rates(o, n, mean, prior.strength, level=ep.credible_level, target=ep.target_rate)
+    fun = funnel_limits(o, n, ep.funnel_winsor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s2 = fun.target * (1 - fun.target) / n
+        peer_limit = np.where(has_n, fun.target + ep.rate_peer_z * np.sqrt(s2 + fun.tau2), np.nan)
+    beyond = np.where(has_n, np.maximum(0.0, eb.rate - peer_limit), np.nan)
+    return RateEvidence(
+        oe=oe, oe_lower=oe_lo, oe_upper=oe_hi,
+        excess_p=np.where(has_n, poisson_excess_p(o, e), np.nan),
+        eb_rate=eb.rate, eb_lower=eb.lower, eb_upper=eb.upper,
+        eb_p_above_target=eb.p_above_target,
+        eb_alpha=mean * prior.strength, eb_beta=(1 - mean) * prior.strength,
+        funnel=fun, peer_limit=peer_limit, beyond_peers=beyond,
+    )
+
+
+def _qualitative(counts: pl.DataFrame, ep: EvidencePolicy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(expected errors, shrunk rate, one-sided p) of wrong verdicts on qualitative items.
+
+    Each disagreement is one wrong verdict among two, so the pooled per-verdict error rate is
+    all attributed errors over all qualitative pair sides; the shrunk rate adds
+    baseline_prior_pairs pseudo-pairs at that rate (a lab with 5 such pairs and one error is not
+    a 20 % lab).
+    """
+    nq = counts.get_column("pairs_qualitative").to_numpy().astype(float)
+    oq = counts.get_column("qualitative_errors").to_numpy()
+    pooled = oq.sum() / nq.sum() if nq.sum() > 0 else 0.0
+    k = ep.baseline_prior_pairs
+    expected = nq * pooled
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(nq > 0, (oq + k * pooled) / (nq + k), np.nan)
+    p = np.where(nq > 0, poisson_excess_p(oq, expected), np.nan)
+    return expected, rate, p
+
+
+# --------------------------------------------------------------------------------- 6. peers
+
+
+def _identifiable(fit: BiasFit, ep: EvidencePolicy) -> np.ndarray:
+    g = fit.graph
+    return g.involved & (g.component_size >= ep.min_component_labs) & (g.partners >= ep.min_partners)
+
+
+@dataclass(frozen=True, slots=True)
+class BiasEvidence:
+    bias: np.ndarray
+    se: np.ndarray
+    z: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    conservative: np.ndarray
+    peers: PeerSpread
+    beyond: np.ndarray
+
+
+def _bias_evidence(fit: BiasFit, identifiable: np.ndarray, n_quant: np.ndarray, ep: EvidencePolicy) -> BiasEvidence:
+    involved = fit.graph.involved & np.isfinite(fit.se)
+    bias = np.where(involved, fit.b, np.nan)
+    se = np.where(involved, fit.se, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(involved & (se > 0), bias / se, np.nan)
+    p = 2.0 * stats.norm.sf(np.abs(z))
+    judged = identifiable & (n_quant >= ep.min_quantitative_pairs)
+    # The family for the FDR is the labs whose bias is judged at all.
+    q = benjamini_hochberg(np.where(judged, p, np.nan))
+    conservative = np.maximum(0.0, np.abs(bias) - 2.0 * se)
+    peers = peer_spread(bias, se, judged, peer_z=ep.peer_z, tau_floor=ep.tau_floor)
+    beyond = np.maximum(0.0, conservative - ep.peer_z * peers.tau)
+    return BiasEvidence(bias, se, z, p, q, conservative, peers, beyond)
+
+
+# ------------------------------------------------------------------------ 7. sign, Wilcoxon
+
+
+def _sign_tests(comp_a: np.ndarray, comp_b: np.ndarray, s: np.ndarray) -> pl.DataFrame:
+    oriented = pl.DataFrame(
+        {"idx": np.r_[comp_a, comp_b], "s": np.r_[s, -s]}, schema={"idx": pl.Int64, "s": pl.Float64}
+    )
+    nz = oriented.filter(pl.col("s") != 0).with_columns(a=pl.col("s").abs())
+    ties = (
+        nz.group_by("idx", "a")
+        .agg(t=pl.len().cast(pl.Float64))
+        .group_by("idx")
+        .agg(tie=((pl.col("t") ** 3 - pl.col("t")) / 48.0).sum())
+    )
+    ranks = (
+        nz.with_columns(r=pl.col("a").rank("average").over("idx"))
+        .group_by("idx")
+        .agg(
+            sign_n=pl.len().cast(pl.Int64),
+            sign_positive=(pl.col("s") > 0).sum().cast(pl.Int64),
+            wilcoxon_statistic=pl.col("r").filter(pl.col("s") > 0).sum().cast(pl.Float64),
+        )
+        .join(ties, on="idx", how="left")
+    )
+    medians = oriented.group_by("idx").agg(median_s=pl.col("s").median())
+    return ranks.join(medians, on="idx", how="full", coalesce=True)
+
+
+def _sign_columns(out: pl.DataFrame) -> dict[str, np.ndarray]:
+    sn = out.get_column("sign_n").fill_null(0).to_numpy().astype(float)
+    sk = out.get_column("sign_positive").fill_null(0).to_numpy().astype(float)
+    sign_p = np.where(sn > 0, np.minimum(1.0, 2.0 * stats.binom.cdf(np.minimum(sk, sn - sk), sn, 0.5)), np.nan)
+    wplus = out.get_column("wilcoxon_statistic").fill_null(0.0).to_numpy()
+    tie = out.get_column("tie").fill_null(0.0).to_numpy()
+    mean_w = sn * (sn + 1) / 4.0
+    var_w = sn * (sn + 1) * (2 * sn + 1) / 24.0 - tie
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = wplus - mean_w
+        d = d - 0.5 * np.sign(d)
+        wz = np.where((sn > 0) & (var_w > 0), d / np.sqrt(var_w), np.nan)
+    wp = np.where(np.isfinite(wz), 2.0 * stats.norm.sf(np.abs(wz)), np.where(sn > 0, 1.0, np.nan))
+    return {"sign_p": sign_p, "wilcoxon_z": wz, "wilcoxon_p": wp}
+
+
+# ------------------------------------------------------------------------------- assembly
+
+
+def _empty_evidence() -> pl.DataFrame:
+    return pl.DataFrame(schema=EVIDENCE_SCHEMA)
+
+
+def _col(a: np.ndarray) -> pl.Series:
+    return pl.Series(np.asarray(a, dtype=float)).fill_nan(None)
+
+
+def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) -> pl.DataFrame:
+    """Evidence per lab (EVIDENCE_SCHEMA) from the output of scoring.pairs.score_pairs.
+
+    One row per lab that took part in any pair of the window, sorted by lab_code. Units: bias,
+    its se and the peers' spread are in σR (a lab that reads δ σR high has bias δ); rates are
+    per pair. Every column is described in the project's methods documentation; in short:
+
+    - pairs*: distinct pairs by role; pairs_compared (as original or retest) splits into
+      pairs_quantitative (both numbers), pairs_qualitative, pairs_censored and pairs_undecidable
+      (missing value or verdict: data quality, never evidence).
+    - discrepancies: numeric pairs with |d| > CD; reversals (outcome reversal or
+      qualitative_reversal), reversals_within_uncertainty, censored_disagreements,
+      arbitrations_lost: raw involvement, before attribution.
+    - component, component_size, partners, identifiable, arbitration_suggested: the comparison
+      graph; a lab that is not identifiable and has disagreements should go to arbitration.
+    - bias, bias_se, bias_z, bias_p, bias_q (BH over judged labs), bias_conservative =
+      max(0, |bias| − 2 se), bias_tau (τ, the peers' spread), bias_peer_limit (peer_z τ),
+      bias_peer_z (bias / sqrt(τ² + se²)), bias_beyond_peers = max(0, conservative − peer_z τ);
+      excess_variance; precision_* (the excess variance against the peers': se, centre, τ,
+      one-sided p, BH q, precision_beyond_peers); outside_peers (bias or precision beyond the
+      peers: only then does a high discrepancy rate count against the lab).
+    - attributed_discrepancies O, expected_discrepancies E (numeric pairs only), oe_ratio,
+      oe_lower/upper (Garwood), excess_p (Poisson), excess_q (BH); eb_rate and its interval,
+      eb_p_above_target, eb_alpha/eb_beta (prior fitted by maximum likelihood); rate_peer_limit
+      (upper funnel limit at rate_peer_z with overdispersion) and rate_beyond_peers.
+    - qualitative_errors, qualitative_expected, qualitative_rate (shrunk), qualitative_p/q.
+    - sign_*, wilcoxon_*, median_s: tests on the lab's own oriented standardised differences.
+    - cusum_*: the chart on numeric discrepancies, in control at the peers' edge.
+    - funnel_*: the funnel of attributed rates with overdispersion.
+    - shading_*, nd_hiding_*, verdict_contradiction_*: the data-problem patterns (n, observed,
+      expected, p, q).
+    """
+    ep = policy.evidence
+    window_start = as_of - dt.timedelta(days=ep.window_days - 1)
+    df = pairs_in_window(scored_pairs, as_of, ep)
+    if df.height == 0:
+        return _empty_evidence()
+    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the window
+    # expressions must not see the other families).
+    numeric_only = df.filter(pl.col("numeric"))
+    expected = numeric_only.select(
+        "pair_id",
+        p_expected=baseline_rate(numeric_only, "num_disc", ep.baseline, ep.baseline_prior_pairs)
+        if numeric_only.height
+        else pl.lit(None, dtype=pl.Float64),
+    )
+    df = df.join(expected, on="pair_id", how="left", maintain_order="left")
+
+    ix = _lab_index(df)
+    n_labs = len(ix.labs)
+    comps = _comparisons(df, ix)
+    fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
+    identifiable = _identifiable(fit, ep)
+    blame = _blame(df, ix, fit, ep, n_labs)
+    p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
+    roles = _roles(df, ix, blame, p_lab)
+    counts = _counts(roles, df, ix)
+
+    rates = _rates(counts, ep)
+    q_expected, q_rate, q_p = _qualitative(counts, ep)
+    n_quant = counts.get_column("pairs_quantitative").to_numpy()
+    bias = _bias_evidence(fit, identifiable, n_quant, ep)
+    n_comparisons = np.bincount(np.r_[comps.a, comps.b], minlength=n_labs)
+    judged = identifiable & (n_quant >= ep.min_quantitative_pairs)
+    precision = precision_against_peers(
+        np.where(fit.graph.involved, fit.excess_variance, np.nan), n_comparisons, judged,
+        peer_z=ep.peer_z, floor=ep.tau_floor,
+    )
+    precision_p = np.where(judged, precision.p, np.nan)
+
+    # CUSUM on numeric pairs, in control at the peers' edge of the funnel.
+    fun = rates.funnel
+    lift = 1.0
+    if np.isfinite(fun.target) and fun.target > 0:
+        lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
+    chart_rows = (
+        roles.filter(pl.col("numeric"))
+        .select(
+            "idx", "completed_on", "pair_id",
+            y=pl.col("blame").clip(0.0, 1.0),
+            p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
+        )
+        .sort("idx", "completed_on", "pair_id", nulls_last=False)
+    )
+    h = cusum_limit(chart_rows.get_column("p").to_numpy(), policy.cusum)
+    chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
+
+    sides = pattern_sides(df, ix.i1, ix.i2)
+    patterns = pattern_counts(
+        sides, fit.b, n_labs, band=ep.shading_band, clear=ep.nd_clear,
+        contradiction_floor=ep.contradiction_floor,
+    )
+
+    out = (
+        counts.join(_sign_tests(comps.a, comps.b, comps.s), on="idx", how="left")
+        .join(chart, on="idx", how="left")
+        .sort("idx")
+    )
+    signs = _sign_columns(out)
+    graph = fit.graph
+    disagreements = (
+        counts.get_column("discrepancies").to_numpy()
+        + counts.get_column("reversals").to_numpy()
+        + counts.get_column("censored_disagreements").to_numpy()
+    )
+    has_q = counts.get_column("pairs_qualitative").to_numpy() > 0
+    pattern_cols: dict[str, pl.Series] = {}
+    for name, pc in patterns.items():
+        pc = _mask_pattern(pc)
+        pattern_cols.update({
+            f"{name}_n": pl.Series(pc.n, dtype=pl.Int64),
+            f"{name}_observed": _col(pc.observed),
+            f"{name}_expected": _col(pc.expected),
+            f"{name}_p": _col(pc.p),
+            f"{name}_q": _col(benjamini_hochberg(pc.p)),
+        })
+    cmax = pl.col("cusum_max").fill_null(0.0)
+    out = out.with_columns(
+        as_of=pl.lit(as_of, dtype=pl.Date),
+        window_start=pl.lit(window_start, dtype=pl.Date),
+        component=pl.Series(graph.component, dtype=pl.Int64),
+        component_size=pl.Series(graph.component_size, dtype=pl.Int64),
+        partners=pl.Series(graph.partners, dtype=pl.Int64),
+        identifiable=pl.Series(identifiable, dtype=pl.Boolean),
+        arbitration_suggested=pl.Series(~identifiable & (disagreements > 0), dtype=pl.Boolean),
+        bias=_col(bias.bias),
+        bias_se=_col(bias.se),
+        bias_z=_col(bias.z),
+        bias_p=_col(bias.p),
+        bias_q=_col(bias.q),
+        bias_conservative=_col(bias.conservative),
+        bias_tau=pl.lit(bias.peers.tau, dtype=pl.Float64),
+        bias_peer_limit=pl.lit(ep.peer_z * bias.peers.tau, dtype=pl.Float64),
+        bias_peer_z=_col(bias.peers.z),
+        bias_beyond_peers=_col(bias.beyond),
+        excess_variance=_col(np.where(graph.involved, fit.excess_variance, np.nan)),
+        precision_se=_col(precision.se),
+        precision_centre=pl.lit(precision.centre, dtype=pl.Float64),
+        precision_tau=pl.lit(precision.tau, dtype=pl.Float64),
+        precision_p=_col(precision_p),
+        precision_q=_col(benjamini_hochberg(precision_p)),
+        precision_beyond_peers=_col(np.where(judged, precision.beyond, np.nan)),
+        outside_peers=pl.Series(
+            judged & ((np.nan_to_num(bias.beyond) > 0) | (np.nan_to_num(precision.beyond) > 0)),
+            dtype=pl.Boolean,
+        ),
+        oe_ratio=_col(rates.oe),
+        oe_lower=_col(rates.oe_lower),
+        oe_upper=_col(rates.oe_upper),
+        excess_p=_col(rates.excess_p),
+        excess_q=_col(benjamini_hochberg(rates.excess_p)),
+        eb_rate=_col(rates.eb_rate),
+        eb_lower=_col(rates.eb_lower),
+        eb_upper=_col(rates.eb_upper),
+        eb_p_above_target=_col(rates.eb_p_above_target),
+        eb_alpha=pl.lit(rates.eb_alpha, dtype=pl.Float64),
+        eb_beta=pl.lit(rates.eb_beta, dtype=pl.Float64),
+        rate_peer_limit=_col(rates.peer_limit),
+        rate_beyond_peers=_col(rates.beyond_peers),
+        qualitative_expected=_col(np.where(has_q, q_expected, np.nan)),
+        qualitative_rate=_col(q_rate),
+        qualitative_p=_col(q_p),
+        qualitative_q=_col(benjamini_hochberg(q_p)),
+        sign_n=pl.col("sign_n").fill_null(0),
+        sign_positive=pl.col("sign_positive").fill_null(0),
+        sign_p=_col(signs["sign_p"]),
+        sign_q=_col(benjamini_hochberg(signs["sign_p"])),
+        wilcoxon_n=pl.col("sign_n").fill_null(0),
+        wilcoxon_statistic=pl.when(pl.col("sign_n").fill_null(0) > 0).then(
+            pl.col("wilcoxon_statistic").fill_null(0.0)
+        ),
+        wilcoxon_z=_col(signs["wilcoxon_z"]),
+        wilcoxon_p=_col(signs["wilcoxon_p"]),
+        wilcoxon_q=_col(benjamini_hochberg(signs["wilcoxon_p"])),
+        cusum_current=pl.col("cusum_current").fill_null(0.0),
+        cusum_max=cmax,
+        cusum_limit=pl.lit(h, dtype=pl.Float64),
+        cusum_signal=(cmax > 0) & (cmax >= h),
+        funnel_n=pl.col("pairs_quantitative"),
+        funnel_rate=_col(fun.rate),
+        funnel_target=pl.lit(fun.target, dtype=pl.Float64).fill_nan(None),
+        funnel_lower_95=_col(fun.lower_95),
+        funnel_upper_95=_col(fun.upper_95),
+        funnel_lower_998=_col(fun.lower_998),
+        funnel_upper_998=_col(fun.upper_998),
+        funnel_z=_col(fun.z),
+        funnel_phi=pl.lit(fun.phi, dtype=pl.Float64).fill_nan(None),
+        funnel_tau2=pl.lit(fun.tau2, dtype=pl.Float64).fill_nan(None),
+        **pattern_cols,
+    )
+    return out.select([pl.col(c).cast(t) for c, t in EVIDENCE_SCHEMA.items()])
+
+
+def _mask_pattern(pc: PatternCounts) -> PatternCounts:
+    """A lab with no pairs to examine has no test (NaN, not p = 1), so it stays out of the FDR."""
+    has = pc.n > 0
+    return PatternCounts(
+        name=pc.name, n=pc.n, observed=np.where(has, pc.observed, np.nan),
+        expected=np.where(has, pc.expected, np.nan), p=np.where(has, pc.p, np.nan),
+    )

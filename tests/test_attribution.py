@@ -1,0 +1,129 @@
+"""scoring.attribution: the comparison graph, the anchored bias fit, peers, blame."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from scoring.attribution import (
+    comparison_graph,
+    fit_lab_bias,
+    peer_spread,
+    precision_against_peers,
+    qualitative_shares,
+)
+from scoring.policy import EvidencePolicy
+
+SQRT2 = math.sqrt(2.0)
+
+
+def test_graph_components_and_partners():
+    # 0-1-2 a path, 3-4 a pair, 5 alone
+    g = comparison_graph(np.array([0, 1, 1, 3, 3]), np.array([1, 2, 2, 4, 4]), 6)
+    assert g.component_size.tolist() == [3, 3, 3, 2, 2, 1]
+    assert g.partners.tolist() == [1, 2, 1, 1, 1, 0]
+    assert g.involved.tolist() == [True] * 5 + [False]
+
+
+def test_fit_recovers_exact_biases():
+    # noise-free triangle, b = (1, 0, -1) in s units: s(0,1) = 1, s(1,2) = 1, s(0,2) = 2;
+    # the median lab is the anchor; reported in σR units (× √2)
+    a = np.repeat([0, 1, 0], 5)
+    b = np.repeat([1, 2, 2], 5)
+    s = np.repeat([1.0, 1.0, 2.0], 5)
+    fit = fit_lab_bias(a, b, s, 3, EvidencePolicy())
+    np.testing.assert_allclose(fit.b, np.array([1.0, 0.0, -1.0]) * SQRT2, atol=1e-5)
+
+
+def test_triangle_median_anchor_blames_the_biased_lab_only():
+    # Lab 0 reads 2.5 σR high (s = 2.5/√2 against each partner), labs 1 and 2 agree. A mean
+    # anchor would give (1.67, -0.83, -0.83) σR and make the innocent labs look biased; the
+    # median anchor gives (2.5, 0, 0).
+    a = np.repeat([0, 0, 1], 10)
+    b = np.repeat([1, 2, 2], 10)
+    s = np.repeat([2.5 / SQRT2, 2.5 / SQRT2, 0.0], 10)
+    fit = fit_lab_bias(a, b, s, 3, EvidencePolicy())
+    np.testing.assert_allclose(fit.b, [2.5, 0.0, 0.0], atol=1e-4)
+
+
+def test_fit_standard_error_two_labs_hand():
+    # hand computation: two labs, 16 comparisons, sum(b) = 0 -> b0 = mean(s)/2 = 0.2 and
+    # var(b0) = sigma^2 / (4 * 16) with sigma^2 = 1 (floor) -> se = 0.125 in s units; the median
+    # of two labs is their mean, so the anchor does not move them; × √2 for σR units.
+    s = np.array([0.3, 0.5] * 8)
+    fit = fit_lab_bias(np.zeros(16, int), np.ones(16, int), s, 2, EvidencePolicy())
+    np.testing.assert_allclose(fit.b, np.array([0.2, -0.2]) * SQRT2, atol=1e-6)
+    np.testing.assert_allclose(fit.se, np.array([0.125, 0.125]) * SQRT2, atol=1e-6)
+
+
+def test_fit_resists_one_gross_error():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 6, 300)
+    b = (a + rng.integers(1, 6, 300)) % 6
+    s = rng.normal(0, 1, 300)
+    s[0] = 1e4
+    fit = fit_lab_bias(a, b, s, 6, EvidencePolicy())
+    # clipped at 4 and Huber-weighted: the gross error moves no bias past 3 standard errors
+    assert np.all(np.abs(fit.b) < 3 * fit.se)
+
+
+def test_fit_degenerate():
+    fit = fit_lab_bias(np.array([], int), np.array([], int), np.array([]), 2, EvidencePolicy())
+    assert np.all(fit.b == 0) and np.all(np.isnan(fit.se))
+
+
+def test_peer_spread_recovers_tau_and_ignores_a_few_biased_labs():
+    # 300 labs with true biases N(0, 0.6²) σR, measured with se 0.2, and 10 labs at +3 σR.
+    rng = np.random.default_rng(8)
+    true = rng.normal(0, 0.6, 300)
+    true[:10] = 3.0
+    se = np.full(300, 0.2)
+    b = true + rng.normal(0, 0.2, 300)
+    peers = peer_spread(b, se, np.ones(300, bool), peer_z=2.326, tau_floor=0.1)
+    assert peers.tau == pytest.approx(0.6, rel=0.15)
+    np.testing.assert_allclose(peers.limit, 2.326 * math.sqrt(peers.tau**2 + 0.04))
+    # too few labs to estimate: the floor
+    assert peer_spread(b[:4], se[:4], np.ones(4, bool), peer_z=2.0, tau_floor=0.3).tau == 0.3
+
+
+def test_precision_against_peers_flags_the_noisy_lab():
+    # 100 labs with excess variance N(0.2, 0.1²) beyond noise and one at 2.8 (4× repeatability
+    # when σr = 0.43 σR adds (1.72² - 0.43²) ≈ 2.77 σR² of variance); 100 comparisons each.
+    rng = np.random.default_rng(2)
+    n = np.full(101, 100.0)
+    u = rng.normal(0.2, 0.1, 101) + rng.normal(0, math.sqrt(8 / 100), 101)
+    u[0] = 2.8
+    out = precision_against_peers(u, n, np.ones(101, bool), peer_z=2.326, floor=0.1)
+    assert out.beyond[0] > 0.5
+    # one-sided z = (2.8 - centre) / 0.679 ≈ 3.8
+    assert out.p[0] < 1e-3
+    assert (out.beyond[1:] == 0).mean() >= 0.98
+    # the sampling error by hand: sqrt(8/100) * (1 + 2.8/2) = 0.678823
+    assert out.se[0] == pytest.approx(math.sqrt(0.08) * 2.4)
+
+
+def test_qualitative_disagreements_fall_on_the_careless_lab():
+    # Qualitative items only, no arbitration: lab 0 gives a wrong verdict 25 % of the time,
+    # the others 1 %. The EM error-rate model must put most of each of lab 0's disagreements on
+    # lab 0, and clean partners of lab 0 must not look worse than other clean labs.
+    rng = np.random.default_rng(5)
+    n_labs, n = 20, 6000
+    i1 = rng.integers(0, n_labs, n)
+    i2 = (i1 + rng.integers(1, n_labs, n)) % n_labs
+    q_true = np.full(n_labs, 0.01)
+    q_true[0] = 0.25
+    disc = (rng.random(n) < q_true[i1]) != (rng.random(n) < q_true[i2])
+    share = qualitative_shares(i1, i2, disc, np.ones(n, bool), None, n_labs)
+    blame = np.bincount(i1, weights=np.where(disc, share, 0), minlength=n_labs) + np.bincount(
+        i2, weights=np.where(disc, 1 - share, 0), minlength=n_labs)
+    pairs = np.bincount(i1, minlength=n_labs) + np.bincount(i2, minlength=n_labs)
+    rate = blame / pairs
+    assert rate[0] > 0.2  # close to its true 0.25
+    assert np.all(rate[1:] < 0.03)
+    assert abs(rate[1:].mean() - 0.01) < 0.003
+    # Arbitration, where present, decides.
+    sides = np.where(np.arange(n) % 2 == 0, "retest", None).astype(object)
+    settled = qualitative_shares(i1, i2, disc, np.ones(n, bool), sides, n_labs)
+    assert np.all(settled[disc & (sides == "retest")] == 1.0)
