@@ -561,7 +561,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     - cusum_*: the chart on numeric discrepancies, in control at the peers' edge.
     - funnel_*: the funnel of attributed rates with overdispersion.
     - shading_*, nd_hiding_*, verdict_contradiction_*: the data-problem patterns (n, observed,
-      expected, p, q).
+      expected, p, q; the FDR family is the labs that could reach significance at all).
     """
     ep = policy.evidence
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
@@ -640,12 +640,13 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     pattern_cols: dict[str, pl.Series] = {}
     for name, pc in patterns.items():
         pc = _mask_pattern(pc)
+        family = np.where(pc.min_p <= ep.fdr_alpha, pc.p, np.nan)
         pattern_cols.update({
             f"{name}_n": pl.Series(pc.n, dtype=pl.Int64),
             f"{name}_observed": _col(pc.observed),
             f"{name}_expected": _col(pc.expected),
             f"{name}_p": _col(pc.p),
-            f"{name}_q": _col(benjamini_hochberg(pc.p)),
+            f"{name}_q": _col(benjamini_hochberg(family)),
         })
     cmax = pl.col("cusum_max").fill_null(0.0)
     out = out.with_columns(
@@ -730,4 +731,5 @@ def _mask_pattern(pc: PatternCounts) -> PatternCounts:
     return PatternCounts(
         name=pc.name, n=pc.n, observed=np.where(has, pc.observed, np.nan),
         expected=np.where(has, pc.expected, np.nan), p=np.where(has, pc.p, np.nan),
+        min_p=np.where(has, pc.min_p, np.nan),
     )

@@ -14,7 +14,8 @@ difference of the two labs' fitted biases (σR units, lab minus partner). For tw
   the pairs where the partner's number lies beyond a limit, O = pairs where the lab's number is
   inside that limit by at most ``band`` σ; E = Σ P(an honest lab lands in that band | x_p, δ).
 * ``nd_hiding`` — "not detected" reported where the partner finds clear amounts. Over the pairs
-  where the partner's number exceeds the item's detection limit L by more than ``clear`` σ,
+  where the partner's number exceeds the detection limit L (the item's LOD, else the median limit
+  labs state for the item when they report it censored) by more than ``clear`` σ,
   O = pairs where the lab reported a censored value; E = Σ P(an honest lab reads below L | x_p, δ)
   = Φ(((L − x_p)/σ − δ)/√2).
 * ``verdict_contradiction`` — a verdict that contradicts the lab's own number beyond its
@@ -31,9 +32,8 @@ import numpy as np
 import polars as pl
 from scipy.special import ndtr
 
-from scoring.rates import poisson_excess_p
 
-__all__ = ["PATTERNS", "PatternCounts", "pattern_counts", "pattern_sides"]
+__all__ = ["PATTERNS", "PatternCounts", "pattern_counts", "pattern_sides", "poisson_binomial_sf"]
 
 PATTERNS = ("shading", "nd_hiding", "verdict_contradiction")
 _SQRT2 = math.sqrt(2.0)
@@ -48,6 +48,11 @@ class PatternCounts:
     observed: np.ndarray
     expected: np.ndarray
     p: np.ndarray
+    # The smallest p the lab could reach (every examined pair showing the pattern). A lab that
+    # cannot reach significance at all is left out of the false-discovery family (Tarone 1990;
+    # Gilbert 2005 for the FDR), so a crowd of labs with one or two examined pairs does not
+    # dilute the family.
+    min_p: np.ndarray
 
 
 def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.DataFrame:
@@ -59,6 +64,7 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.Dat
 
     def side(j: str, k: str, lab: np.ndarray, partner: np.ndarray) -> pl.DataFrame:
         return pairs.select(
+            col("item_code", pl.String()).alias("item_code"),
             col("kind", pl.String()).alias("kind"),
             col("lower_limit", pl.Float64()).alias("lower_limit"),
             col("upper_limit", pl.Float64()).alias("upper_limit"),
@@ -68,22 +74,56 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.Dat
             col(f"value_{k}", pl.Float64()).alias("xp"),
             col(f"censored_{j}", pl.Boolean()).fill_null(False).alias("cens"),
             col(f"censored_{k}", pl.Boolean()).fill_null(False).alias("cens_p"),
+            col(f"censor_limit_{j}", pl.Float64()).alias("censor_limit"),
             col(f"verdict_contradicts_{j}", pl.Boolean()).alias("contradicts"),
         ).with_columns(idx=pl.Series(lab, dtype=pl.Int64), partner=pl.Series(partner, dtype=pl.Int64))
 
-    return pl.concat([side("1", "2", i1, i2), side("2", "1", i2, i1)])
+    sides = pl.concat([side("1", "2", i1, i2), side("2", "1", i2, i1)])
+    # The detection limit a not-detected result is judged against: the item's LOD, else the
+    # median limit labs state when they report the item as censored (not this lab's own, which it
+    # could choose).
+    stated = sides.group_by("item_code").agg(stated_limit=pl.col("censor_limit").median())
+    return sides.join(stated, on="item_code", how="left", maintain_order="left").with_columns(
+        lod=pl.coalesce("lod", "stated_limit")
+    )
 
 
 def _per_lab(n_labs: int, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.bincount(idx, weights=weights, minlength=n_labs)
 
 
+def poisson_binomial_sf(observed: int, probs: np.ndarray) -> float:
+    """P(X >= observed) for X a sum of independent Bernoulli(probs): exact, by recursion.
+
+    The state is the count so far, capped at ``observed`` (everything at or above it is one
+    absorbing state), so the cost is len(probs) × (observed + 1).
+    """
+    if observed <= 0:
+        return 1.0
+    dist = np.zeros(observed + 1)
+    dist[0] = 1.0
+    for p in np.clip(probs, 0.0, 1.0):
+        moved = dist[:-1] * p
+        dist[:-1] *= 1.0 - p
+        dist[1:] += moved
+    return float(min(1.0, max(0.0, dist[-1])))
+
+
 def _counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, exp: np.ndarray) -> PatternCounts:
+    """Per-lab O, E and the exact one-sided p of O under independent pairs with the given P."""
     n = _per_lab(n_labs, idx, np.ones(len(idx)))
     o = _per_lab(n_labs, idx, obs.astype(float))
     e = _per_lab(n_labs, idx, exp)
-    p = np.where(n > 0, poisson_excess_p(o, e), np.nan)
-    return PatternCounts(name=name, n=n.astype(np.int64), observed=o, expected=e, p=p)
+    p = np.where(n > 0, 1.0, np.nan)
+    min_p = np.where(n > 0, 1.0, np.nan)
+    order = np.argsort(idx, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(idx, minlength=n_labs))]
+    probs_sorted = np.asarray(exp, dtype=float)[order]
+    for lab in np.flatnonzero(n > 0):
+        probs = probs_sorted[bounds[lab] : bounds[lab + 1]]
+        p[lab] = poisson_binomial_sf(int(round(o[lab])), probs)
+        min_p[lab] = float(np.prod(np.clip(probs, 0.0, 1.0)))
+    return PatternCounts(name=name, n=n.astype(np.int64), observed=o, expected=e, p=p, min_p=min_p)
 
 
 def pattern_counts(

@@ -1,0 +1,122 @@
+"""scoring.patterns: data-problem pattern tests against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from scipy.special import ndtr
+
+from scoring.patterns import pattern_counts, pattern_sides, poisson_binomial_sf
+
+
+def frame(rows: list[dict]) -> pl.DataFrame:
+    base = {
+        "item_code": "I1", "kind": "quantitative", "lower_limit": None, "upper_limit": 10.0,
+        "lod": 0.5, "sigma_R_at": 1.0, "value_1": None, "value_2": None, "censored_1": False,
+        "censored_2": False, "censor_limit_1": None, "censor_limit_2": None,
+        "verdict_contradicts_1": None, "verdict_contradicts_2": None,
+    }
+    return pl.DataFrame([{**base, **r} for r in rows], schema_overrides={
+        "lower_limit": pl.Float64, "upper_limit": pl.Float64, "value_1": pl.Float64,
+        "value_2": pl.Float64, "censor_limit_1": pl.Float64, "censor_limit_2": pl.Float64,
+        "verdict_contradicts_1": pl.Boolean, "verdict_contradicts_2": pl.Boolean,
+    })
+
+
+def counts(rows: list[dict], bias=(0.0, 0.0), **kw):
+    df = frame(rows)
+    n = len(rows)
+    sides = pattern_sides(df, np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64))
+    opts = {"band": 0.5, "clear": 2.0, "contradiction_floor": 0.002, **kw}
+    return pattern_counts(sides, np.array(bias), 2, **opts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=0, max_size=12), st.integers(0, 6))
+def test_poisson_binomial_matches_brute_force(probs, k):
+    # enumerate every outcome of up to 12 Bernoulli trials
+    p = np.array(probs)
+    total = 0.0
+    for mask in range(1 << len(p)):
+        bits = np.array([(mask >> i) & 1 for i in range(len(p))], dtype=bool)
+        if bits.sum() >= k:
+            total += float(np.prod(np.where(bits, p, 1 - p)))
+    assert poisson_binomial_sf(k, p) == pytest.approx(total, abs=1e-12)
+
+
+def test_poisson_binomial_equals_binomial_for_equal_probabilities():
+    assert poisson_binomial_sf(3, np.full(5, 0.04)) == pytest.approx(stats.binom.sf(2, 5, 0.04))
+
+
+def test_shading_hand():
+    # Upper limit 10, σ = 1. Lab 0 reads 9.8 (0.2 σ inside, within the 0.5 σ band) where the
+    # partner reads 11.0 (D_p = -1): P(honest lab lands in [9.5, 10]) with δ = 0
+    # = Φ(-1/√2) − Φ(-1.5/√2) = 0.239750 − 0.144422 = 0.095328 (hand, normal table).
+    # A second pair: partner 10.5 (D_p = -0.5), lab 9.0 (outside the band): P = Φ(-0.5/√2) −
+    # Φ(-1/√2) = 0.361837 − 0.239750 = 0.122087. A third pair has the partner inside the limit
+    # and is not examined.
+    out = counts([
+        {"value_1": 9.8, "value_2": 11.0},
+        {"value_1": 9.0, "value_2": 10.5},
+        {"value_1": 9.8, "value_2": 9.9},
+    ])["shading"]
+    # lab 1 is never examined: its partner (lab 0) is inside the limit in every pair
+    assert out.n.tolist() == [2, 0]
+    p1 = ndtr(-1 / math.sqrt(2)) - ndtr(-1.5 / math.sqrt(2))
+    p2 = ndtr(-0.5 / math.sqrt(2)) - ndtr(-1 / math.sqrt(2))
+    assert out.observed[0] == 1.0
+    assert out.expected[0] == pytest.approx(p1 + p2)
+    assert out.p[0] == pytest.approx(1 - (1 - p1) * (1 - p2))
+
+
+def test_shading_expectation_follows_the_fitted_bias():
+    # A lab that reads 1 σR low lands just inside the limit more often, honestly: its expected
+    # count rises, so its low readings are not mistaken for shading.
+    rows = [{"value_1": 9.8, "value_2": 11.0}]
+    plain = counts(rows)["shading"].expected[0]
+    low = counts(rows, bias=(-1.0, 0.0))["shading"].expected[0]
+    assert low > plain
+
+
+def test_nd_hiding_hand():
+    # LOD 0.5, σ = 1 at the partner's level: partner reads 3.0 (2.5 σ above, a clear amount).
+    # Lab 0 reported not detected. Honest P = Φ((0.5 − 3.0)/√2) = Φ(-1.767767) = 0.038550.
+    out = counts([{"value_1": None, "censored_1": True, "censor_limit_1": 0.5, "value_2": 3.0}])["nd_hiding"]
+    assert (out.n[0], out.observed[0]) == (1, 1.0)
+    assert out.expected[0] == pytest.approx(ndtr(-2.5 / math.sqrt(2)))
+    assert out.p[0] == pytest.approx(out.expected[0])
+    # a partner 1 σ above the LOD is not a clear amount: nothing examined
+    near = counts([{"value_1": None, "censored_1": True, "value_2": 1.5}])["nd_hiding"]
+    assert near.n[0] == 0
+
+
+def test_nd_limit_from_stated_limits_when_the_item_has_no_lod():
+    # No LOD on the item: the median limit stated by labs reporting it censored (0.5 here).
+    rows = [
+        {"lod": None, "value_1": None, "censored_1": True, "censor_limit_1": 0.5, "value_2": 3.0},
+        {"lod": None, "value_1": 4.0, "value_2": 3.8},
+    ]
+    out = counts(rows)["nd_hiding"]
+    # lab 0: partner 3.0 and 3.8 are clear amounts; lab 1: only 4.0 (its other partner is
+    # censored, not a number)
+    assert out.n.tolist() == [2, 1]
+    assert out.observed.tolist() == [1.0, 0.0]
+
+
+def test_verdict_contradiction_uses_the_pooled_rate_with_a_floor():
+    # 50 pairs; lab 0 contradicts its own number on 4, lab 1 never: pooled rate 4/100 = 0.04.
+    rows = [{"value_1": 5.0, "value_2": 5.0, "verdict_contradicts_1": i < 4,
+             "verdict_contradicts_2": False} for i in range(50)]
+    out = counts(rows)["verdict_contradiction"]
+    assert out.observed.tolist() == [4.0, 0.0]
+    assert out.expected[0] == pytest.approx(50 * 0.04)
+    assert out.p[0] == pytest.approx(stats.binom.sf(3, 50, 0.04))
+    # with no contradiction anywhere the floor keeps E positive
+    clean = counts([{**r, "verdict_contradicts_1": False} for r in rows])["verdict_contradiction"]
+    assert clean.expected[0] == pytest.approx(50 * 0.002)
