@@ -155,7 +155,8 @@ class World:
     # Planted bias of every lab on every item, in units of σR: bias (the normal between-lab part,
     # without a biased lab's extra shift), sigma_L (σL/σR of the item), in_scope.
     biases: pl.DataFrame
-    # One row per result: sample_code, item_code, lab_code, role, true_value, true_verdict, defect.
+    # One row per result: sample_code, item_code, lab_code, role, true_value, value (the number
+    # reported, null when censored or qualitative), true_verdict, defect (DEFECTS, or null).
     result_truth: pl.DataFrame
 
     def intake_tables(self) -> dict[str, pl.DataFrame]:
@@ -660,9 +661,10 @@ def _result_rows(items: _Items, labs: _Labs, sample_codes: np.ndarray, earliest:
             "lab_code": labs.code[lab],
             "role": np.full(s.size, _ROLES[role]),
             "true_value": true[pairs],
+            "value": rep["x"],
             "true_verdict": np.where(true_pass[pairs], "pass", "fail"),
             "defect": _labels(rep["defect"], DEFECTS),
-        }).with_columns(pl.col("true_value").fill_nan(None)))
+        }).with_columns(pl.col("true_value", "value").fill_nan(None)))
     frame = pl.concat(typed).with_columns(
         (pl.lit(earliest) + pl.duration(days=pl.col("day"))).cast(pl.Date).alias("reported_on")
     ).drop("day")
