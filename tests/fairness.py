@@ -6,13 +6,15 @@ or more evaluated worlds into the figures the fairness targets are about:
 
 * ``normal_below_mode``: share of normal labs with >= 30 pairs graded below the modal class of
   those labs (mode taken per world);
-* ``caught[kind]``: share of each bad kind's labs with >= 80 pairs put in class III or IV;
+* ``caught[kind]``: share of each bad kind's labs with >= 80 pairs put in class III or IV (main
+  group; the biased labs of the isolated groups have their own figures);
 * ``isolated_innocent_downgraded``: normal labs of an isolated pair or triangle put in III/IV;
 * ``triangle_biased_caught``: the biased lab of the isolated triangle (>= 80 pairs) in III/IV;
 * ``partners_downgraded`` vs ``others_downgraded``: normal labs (>= 30 pairs, main group) with at
   least 30 % of their pairs against bad labs, against those with less than 10 %, put in III/IV.
 
-``python -m tests.fairness --seeds 5`` prints the figures per seed and pooled.
+``python -m tests.fairness --seeds 5`` prints the figures per seed and pooled (on FAIR_CONFIG
+worlds; ``--default-shares`` for the default world).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 
+import msgspec
 import polars as pl
 
 from labeval.devtools.world import BAD_KINDS, World, WorldConfig, build_world
@@ -28,6 +31,9 @@ from scoring.labs import lab_evidence
 from scoring.pairs import score_pairs
 from scoring.policy import Policy, load_policy
 
+# The worlds the fairness targets are checked on: 300 labs, more biased, noisy and shading labs
+# than the default so that enough of them reach 80 pairs; everything else realistic (defaults).
+FAIR_CONFIG = WorldConfig(n_labs=300, biased_share=0.06, noisy_share=0.06, shading_share=0.06)
 MIN_PAIRS_NORMAL = 30
 MIN_PAIRS_BAD = 80
 PARTNER_SHARE_HIGH = 0.3
@@ -92,7 +98,8 @@ def summarise(frame: pl.DataFrame, labels: tuple[str, ...] = ("I", "II", "III", 
 
     out["caught"] = {}
     for kind in BAD_KINDS:
-        sub = graded.filter((pl.col("kind") == kind) & (pl.col("world_pairs") >= MIN_PAIRS_BAD))
+        sub = graded.filter((pl.col("kind") == kind) & (pl.col("group") == "main")
+                            & (pl.col("world_pairs") >= MIN_PAIRS_BAD))
         out["caught"][kind] = dict(zip(("caught", "n", "share"), _share(sub, down)))
 
     isolated = graded.filter(pl.col("group") != "main")
@@ -118,9 +125,7 @@ def summarise(frame: pl.DataFrame, labels: tuple[str, ...] = ("I", "II", "III", 
 
 def run(seeds: range, config: WorldConfig | None = None, policy: Policy | None = None) -> pl.DataFrame:
     """Evaluated worlds for each seed (the config's other knobs kept), concatenated."""
-    import msgspec
-
-    base = config or WorldConfig()
+    base = config or FAIR_CONFIG
     policy = policy or load_policy()
     return pl.concat([evaluate(build_world(msgspec.structs.replace(base, seed=s)), policy) for s in seeds])
 
@@ -153,9 +158,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--labs", type=int, default=WorldConfig().n_labs)
+    ap.add_argument("--labs", type=int, default=FAIR_CONFIG.n_labs)
+    ap.add_argument("--default-shares", action="store_true", help="the default shares of bad kinds, not FAIR_CONFIG's")
     args = ap.parse_args()
-    frame = run(range(args.first_seed, args.first_seed + args.seeds), WorldConfig(n_labs=args.labs))
+    base = WorldConfig() if args.default_shares else FAIR_CONFIG
+    config = msgspec.structs.replace(base, n_labs=args.labs)
+    frame = run(range(args.first_seed, args.first_seed + args.seeds), config)
     print(table(frame))
 
 
