@@ -242,3 +242,13 @@ async def test_world_loads_through_intake_and_gives_the_same_pairs(conn, tmp_pat
     theirs = db.drop("pair_id").sort(key)
     assert theirs.height == ours.height > 100
     assert theirs.equals(ours)
+
+
+def test_horwitz_precision_matches_thompsons_function() -> None:
+    from labeval.devtools.world import _horwitz
+
+    # Thompson (2000): RSD 22 % below 1.2e-7; 2 %·c^-0.1505 up to 0.138 (16 % at 1 ppm, the
+    # classic Horwitz figure); 1 %/√c above (2 % at c = 0.25).
+    c = np.array([1e-8, 1e-6, 0.25])
+    assert _horwitz(c) / c == pytest.approx([0.22, 0.02 * 1e-6 ** -0.1505, 0.02])
+    assert 0.02 * 1e-6 ** -0.1505 == pytest.approx(0.16, abs=0.005)

@@ -174,6 +174,7 @@ class _Items:
     """The catalogue's items as numpy arrays (NaN for an empty number)."""
 
     code: np.ndarray
+    unit: np.ndarray
     cat: np.ndarray  # category index
     quant: np.ndarray
     model: np.ndarray
@@ -195,7 +196,7 @@ class _Items:
         a = np.abs(level)
         with np.errstate(invalid="ignore", divide="ignore"):
             hs = self.hscale[idx]
-            hor = _horwitz(a * hs) / hs
+            hor = _horwitz(a * hs) / hs if (self.model == _HOR).any() else np.full(idx.size, np.nan)
             sR = np.where(model == _ABS, self.sR[idx], np.where(model == _REL, self.sR[idx] * a, hor))
             sr = np.where(model == _ABS, self.sr[idx], np.where(model == _REL, self.sr[idx] * a, 0.5 * hor))
         return sR, sr
@@ -229,7 +230,7 @@ def _items(cat: pl.DataFrame, cat_codes: list[str]) -> _Items:
     rl = np.where(~np.isnan(lod), lod, np.where(trace, 0.1 * hi, np.nan))
     index = {c: i for i, c in enumerate(cat_codes)}
     return _Items(
-        code=cat["item_code"].to_numpy(), cat=np.array([index[c] for c in cat["category_code"]]),
+        code=cat["item_code"].to_numpy(), unit=cat["unit"].fill_null("").to_numpy(), cat=np.array([index[c] for c in cat["category_code"]]),
         quant=quant, model=model, sr=_num(cat["repeatability_sd"]), sR=_num(cat["reproducibility_sd"]),
         hscale=hscale, lo=lo, hi=hi, lod=lod, rl=rl, nonneg=nonneg,
     )
@@ -307,7 +308,7 @@ def build_world(config: WorldConfig | None = None) -> World:
     a = _report(cfg, rng, items, labs, s_arb[p_sample[a_pairs]], p_item[a_pairs], true[a_pairs],
                 true_pass[a_pairs], arbitration=True)
 
-    sample_codes = np.array([f"S{i:07d}" for i in range(n_s)]) if n_s else np.array([], dtype=str)
+    sample_codes = pl.select(pl.format("S{}", pl.int_range(0, n_s, eager=False).cast(pl.String).str.zfill(7))).to_series()
     rows = _result_rows(
         items, labs, sample_codes, earliest,
         [(o, np.arange(n_p), _ROLE_ORIGINAL, d_orig), (r, np.arange(n_p), _ROLE_RETEST, d_ret),
@@ -628,41 +629,46 @@ def _report(cfg: WorldConfig, rng: np.random.Generator, items: _Items, labs: _La
             "defect": defect}
 
 
-def _result_rows(items: _Items, labs: _Labs, sample_codes: np.ndarray, earliest: date, parts, p_sample,
+def _result_rows(items: _Items, labs: _Labs, sample_codes: pl.Series, earliest: date, parts, p_sample,
                  p_item, true, true_pass) -> dict[str, pl.DataFrame]:
+    # Strings are gathered from small polars Series: numpy string arrays of millions of rows are
+    # slow to turn into polars columns.
+    item_codes, lab_codes = pl.Series(items.code, dtype=pl.String), pl.Series(labs.code, dtype=pl.String)
+    units = pl.Series(items.unit, dtype=pl.String).replace("", None)
     typed, truth = [], []
     for rep, pairs, role, days in parts:
         s = p_sample[pairs]
         it = p_item[pairs]
         lab = rep["lab"]
         censored = rep["censored"]
+        keys = {
+            "sample_code": sample_codes.gather(s),
+            "item_code": item_codes.gather(it),
+            "lab_code": lab_codes.gather(lab),
+            "role": pl.repeat(_ROLES[role], s.size, eager=True, dtype=pl.String),
+        }
         typed.append(pl.DataFrame({
-            "sample_code": sample_codes[s] if s.size else np.array([], dtype=str),
-            "item_code": items.code[it],
-            "lab_code": labs.code[lab],
-            "role": np.full(s.size, _ROLES[role]),
+            **keys,
             "value": rep["x"],
             "censored": censored,
             "censor_limit": np.where(censored, items.rl[it], np.nan),
             "expanded_uncertainty": rep["U"],
             "coverage_k": np.where(np.isnan(rep["U"]), np.nan, 2.0),
             "replicates": rep["nrep"].astype(np.int32),
-            "verdict": np.where(rep["fail"], "fail", "pass"),
+            "verdict": _labels(rep["fail"].astype(np.int64), ("pass", "fail")),
             "decision_rule": _labels(rep["rule"], ("simple", "guard_band")),
             "day": days[s],
             # text-only helpers
+            "__unit": units.gather(it),
             "__has_lod": ~np.isnan(items.lod[it]),
             "__nd_style": labs.nd_style[lab],
             "__chinese": labs.chinese_verdicts[lab],
         }).with_columns(pl.col(pl.Float64).fill_nan(None)))
         truth.append(pl.DataFrame({
-            "sample_code": sample_codes[s] if s.size else np.array([], dtype=str),
-            "item_code": items.code[it],
-            "lab_code": labs.code[lab],
-            "role": np.full(s.size, _ROLES[role]),
+            **keys,
             "true_value": true[pairs],
             "value": rep["x"],
-            "true_verdict": np.where(true_pass[pairs], "pass", "fail"),
+            "true_verdict": _labels(true_pass[pairs].astype(np.int64), ("fail", "pass")),
             "defect": _labels(rep["defect"], DEFECTS),
         }).with_columns(pl.col("true_value", "value").fill_nan(None)))
     frame = pl.concat(typed).with_columns(
@@ -674,9 +680,8 @@ def _result_rows(items: _Items, labs: _Labs, sample_codes: np.ndarray, earliest:
 
 def _labels(codes: np.ndarray, names: tuple[str, ...]) -> pl.Series:
     """Codes 0..k−1 as names[code]; −1 as null."""
-    return pl.Series(codes, dtype=pl.Int64).replace_strict(
-        dict(enumerate(names)), default=None, return_dtype=pl.String
-    )
+    idx = pl.Series(codes, dtype=pl.Int64)
+    return pl.Series(names, dtype=pl.String).gather(pl.select(pl.when(idx >= 0).then(idx)).to_series())
 
 
 def _results_text(typed: pl.DataFrame, text: pl.DataFrame) -> pl.DataFrame:
@@ -697,7 +702,7 @@ def _results_text(typed: pl.DataFrame, text: pl.DataFrame) -> pl.DataFrame:
     return f.select(
         "sample_code", "item_code", "lab_code", "role",
         pl.when(pl.col("censored")).then(censored_text).otherwise(pl.col("value").cast(pl.String)).alias("value"),
-        pl.lit(None, dtype=pl.String).alias("unit"),
+        pl.col("__unit").replace("", None).alias("unit"),
         pl.col("expanded_uncertainty").cast(pl.String),
         pl.col("coverage_k").cast(pl.Int64).cast(pl.String),
         pl.col("replicates").cast(pl.String),
@@ -764,9 +769,9 @@ def _labs_table(labs: _Labs, cat_codes: list[str], rng: np.random.Generator) -> 
     })
 
 
-def _samples_table(rng: np.random.Generator, labs: _Labs, sample_codes: np.ndarray, s_cat: np.ndarray,
+def _samples_table(rng: np.random.Generator, labs: _Labs, sample_codes: pl.Series, s_cat: np.ndarray,
                    s_orig: np.ndarray, s_day: np.ndarray, earliest: date, cat_codes: list[str]) -> pl.DataFrame:
-    n = sample_codes.size
+    n = sample_codes.len()
     # Supervision sampling is provincial: most samples come from the original lab's province.
     own = rng.random(n) < 0.8
     prov = np.where(own, labs.province[s_orig], rng.integers(0, len(PROVINCES), n))
