@@ -59,8 +59,9 @@ async def test_demo_loads_through_intake_and_grades_every_lab(conn, db_url: str)
                                          "groups still downgrade innocent labs")
 async def test_demo_grades_planted_labs_down_and_spares_the_rest(conn, db_url: str) -> None:
     classes, pairs, truth = await _graded(conn, db_url)
-    strong = truth.filter(pl.col("kind").is_in(["biased", "noisy"]))["lab_code"]
-    # A biased (2.5 σR) or noisy (σr × 4) lab with 80 pairs or more is caught.
+    # A biased (2.5 σR) or noisy (σr × 4) lab with 80 pairs or more is caught, except in an
+    # isolated pair, where nothing tells which of the two labs is off.
+    strong = truth.filter(pl.col("kind").is_in(["biased", "noisy"]) & (pl.col("group") != "isolated_pair"))["lab_code"]
     assert all(classes[lab] in ("III", "IV") for lab in strong if pairs[lab] >= 80)
     normal = truth.filter(pl.col("kind") == "normal")["lab_code"]
     assert sum(classes[lab] in ("III", "IV") for lab in normal) == 0

@@ -22,8 +22,10 @@ _GROUP_NOTE = {"isolated_pair": "isolated pair", "isolated_triangle": "isolated 
 
 
 def demo_world(n_labs: int, seed: int, *, today: date | None = None) -> World:
-    """The demo's world: default knobs, everything reported by `today`."""
-    return build_world(WorldConfig(n_labs=n_labs, seed=seed, as_of=today or date.today()))
+    """The demo's world: default knobs, everything reported by `today`; the isolated pair and
+    triangle when there are enough labs to leave a main group around them."""
+    return build_world(WorldConfig(n_labs=n_labs, seed=seed, as_of=today or date.today(),
+                                   isolated_groups=n_labs >= 20))
 
 
 def describe(kind: str, magnitude: float) -> str:
