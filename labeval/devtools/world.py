@@ -270,8 +270,11 @@ def build_world(config: WorldConfig | None = None) -> World:
     labs = _labs(cfg, rng, items, len(cat_codes))
 
     s_cat, s_orig, s_ret, s_arb = _samples(cfg, rng, labs, items, len(cat_codes))
-    # Chronological sample codes: sort samples by the day they were taken.
+    # _samples draws category by category: shuffle, then number the samples in the order they
+    # were taken (sorted days), so codes are chronological and categories mixed over time.
     n_s = s_cat.size
+    shuffle = rng.permutation(n_s)
+    s_cat, s_orig, s_ret, s_arb = s_cat[shuffle], s_orig[shuffle], s_ret[shuffle], s_arb[shuffle]
     earliest = cfg.as_of - timedelta(days=cfg.window_days - 1)
     span = max(1, cfg.window_days - 115)
     s_day = np.sort(rng.integers(0, span, n_s))
