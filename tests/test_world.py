@@ -81,8 +81,8 @@ def test_normal_lab_biases_have_the_requested_between_lab_spread(big) -> None:
     res = (
         big.result_truth.filter(pl.col("lab_code").is_in(normal.implode()) & pl.col("value").is_not_null()
                                 & (pl.col("role") != "arbitration"))
-        .join(big.results.select("sample_code", "item_code", "lab_code", "role",
-                                 pl.col("replicates").cast(pl.Int32)), on=["sample_code", "item_code", "lab_code", "role"])
+        .join(big.results.select("sample_code", "item_code", "lab_code", "role", pl.col("replicates").cast(pl.Int32)),
+              on=["sample_code", "item_code", "lab_code", "role"])
         .join(items, on="item_code")
         .join(b.select("lab_code", "item_code", "bias"), on=["lab_code", "item_code"])
         # Non-negative quantities are clipped at 0; leave them out.
@@ -140,7 +140,8 @@ def test_partners_share_scope_and_prefer_the_same_province(big) -> None:
     # Uniform partners would share a province about 1/15 of the time (30 provinces, skewed).
     assert same >= 0.35
     # Some labs mostly test originals, some mostly retest.
-    sides = pl.concat([big.pairs.select(lab_code="lab_1", orig=pl.lit(1)), big.pairs.select(lab_code="lab_2", orig=pl.lit(0))])
+    sides = pl.concat([big.pairs.select(lab_code="lab_1", orig=pl.lit(1)),
+                       big.pairs.select(lab_code="lab_2", orig=pl.lit(0))])
     share = sides.group_by("lab_code").agg(pl.len(), pl.col("orig").mean()).filter(pl.col("len") >= 50)["orig"]
     assert (share >= 0.75).mean() >= 0.08 and (share <= 0.25).mean() >= 0.08
 
@@ -150,7 +151,8 @@ def test_isolated_groups_are_isolated_in_the_pairs_graph() -> None:
     seeds = range(20)
     for seed in seeds:
         w = build_world(WorldConfig(n_labs=40, seed=seed))
-        groups = {g: set(w.truth.filter(pl.col("group") == g)["lab_code"]) for g in ("isolated_pair", "isolated_triangle")}
+        groups = {g: set(w.truth.filter(pl.col("group") == g)["lab_code"])
+                  for g in ("isolated_pair", "isolated_triangle")}
         assert len(groups["isolated_pair"]) == 2 and len(groups["isolated_triangle"]) == 3
         for members in groups.values():
             touching = w.pairs.filter(
@@ -223,7 +225,7 @@ def test_shading_touches_a_few_percent_and_only_results_near_the_limit(big) -> N
     assert abs(rate - cfg.shading_prob) <= 4 * math.sqrt(cfg.shading_prob * (1 - cfg.shading_prob) / n)
     shaded = eligible.filter("shaded")
     # Reported just inside the limit, with a pass.
-    assert shaded.select(((pl.col("value") <= pl.col("hi")) & (pl.col("value") >= pl.col("hi") - 0.5 * pl.col("s"))).all()).item()
+    assert shaded.select(pl.col("value").is_between(pl.col("hi") - 0.5 * pl.col("s"), pl.col("hi")).all()).item()
     share = rows["shaded"].mean()
     assert 0.01 <= share <= 0.10, share
 
@@ -252,3 +254,10 @@ def test_horwitz_precision_matches_thompsons_function() -> None:
     c = np.array([1e-8, 1e-6, 0.25])
     assert _horwitz(c) / c == pytest.approx([0.22, 0.02 * 1e-6 ** -0.1505, 0.02])
     assert 0.02 * 1e-6 ** -0.1505 == pytest.approx(0.16, abs=0.005)
+
+
+def test_impossible_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="n_labs must be at least 11"):
+        build_world(WorldConfig(n_labs=10))
+    with pytest.raises(ValueError, match="add up to more than the labs"):
+        build_world(WorldConfig(n_labs=20, biased_share=0.9, noisy_share=0.5))

@@ -230,7 +230,8 @@ def _items(cat: pl.DataFrame, cat_codes: list[str]) -> _Items:
     rl = np.where(~np.isnan(lod), lod, np.where(trace, 0.1 * hi, np.nan))
     index = {c: i for i, c in enumerate(cat_codes)}
     return _Items(
-        code=cat["item_code"].to_numpy(), unit=cat["unit"].fill_null("").to_numpy(), cat=np.array([index[c] for c in cat["category_code"]]),
+        code=cat["item_code"].to_numpy(), unit=cat["unit"].fill_null("").to_numpy(),
+        cat=np.array([index[c] for c in cat["category_code"]]),
         quant=quant, model=model, sr=_num(cat["repeatability_sd"]), sR=_num(cat["reproducibility_sd"]),
         hscale=hscale, lo=lo, hi=hi, lod=lod, rl=rl, nonneg=nonneg,
     )
@@ -311,7 +312,9 @@ def build_world(config: WorldConfig | None = None) -> World:
     a = _report(cfg, rng, items, labs, s_arb[p_sample[a_pairs]], p_item[a_pairs], true[a_pairs],
                 true_pass[a_pairs], arbitration=True)
 
-    sample_codes = pl.select(pl.format("S{}", pl.int_range(0, n_s, eager=False).cast(pl.String).str.zfill(7))).to_series()
+    sample_codes = pl.select(
+        pl.format("S{}", pl.int_range(0, n_s, eager=False).cast(pl.String).str.zfill(7))
+    ).to_series()
     rows = _result_rows(
         items, labs, sample_codes, earliest,
         [(o, np.arange(n_p), _ROLE_ORIGINAL, d_orig), (r, np.arange(n_p), _ROLE_RETEST, d_ret),
@@ -764,7 +767,8 @@ def _labs_table(labs: _Labs, cat_codes: list[str], rng: np.random.Generator) -> 
     province = np.array(PROVINCES)[labs.province]
     return pl.DataFrame({
         "lab_code": labs.code,
-        "name": [f"{p}{_LAB_NAMES[j]}（{c}）" for p, j, c in zip(province, rng.integers(0, len(_LAB_NAMES), n), labs.code)],
+        "name": [f"{p}{_LAB_NAMES[j]}（{c}）"
+                 for p, j, c in zip(province, rng.integers(0, len(_LAB_NAMES), n), labs.code)],
         "province": province,
         "accreditation_no": [f"CNAS L{v:05d}" for v in rng.integers(1000, 20000, n)],
         "status": np.full(n, "active"),
