@@ -183,7 +183,7 @@ def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
 @click.pass_context
 def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str | None, port: int | None) -> None:
     """Generate a synthetic data set, load it through intake, grade it (and serve it)."""
-    from labeval.demo import run_demo
+    from labeval.devtools.demo import run_demo
     from labeval.render import grade_table
 
     settings = msgspec.structs.replace(

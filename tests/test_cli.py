@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from labeval.cli import main
-from labeval.demo import generate
+from labeval.devtools.world import WorldConfig, build_world
 
 
 def invoke(db_url: str, *args: str):
@@ -24,7 +24,7 @@ def test_db_status_lists_applied_migrations(db_url: str) -> None:
 
 
 def test_ingest_exit_codes_and_grade_json(db_url: str, tmp_path: Path) -> None:
-    data = generate(12, seed=7, samples_per_lab=12)
+    data = build_world(WorldConfig(n_labs=12, seed=7)).intake_tables()
     for kind in ("categories", "labs", "items", "samples", "results"):
         path = tmp_path / f"{kind}.csv"
         data[kind].write_csv(path)

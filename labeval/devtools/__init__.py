@@ -1,0 +1,1 @@
+"""Developer tools: the simulated world of labs, the demo built on it, benchmarks."""
