@@ -256,30 +256,34 @@ class PrecisionEvidence:
 
 
 def precision_against_peers(
-    u: np.ndarray, n: np.ndarray, use: np.ndarray, *, peer_z: float, floor: float
+    u: np.ndarray, n: np.ndarray, partners: np.ndarray, use: np.ndarray, *, peer_z: float,
+    floor: float,
 ) -> PrecisionEvidence:
     """Is a lab noisier than normal labs are? A random-effects view of the excess variance u.
 
     The fit estimates u from the lab's squared residuals, r² − 1 ≈ (u_lab + u_partner) / 2, so
-    over n comparisons se(u) ≈ √(8/n) (1 + max(u, 0)/2) (the variance of a squared normal
-    residual is twice its square). Normal labs differ in precision too (their item biases vary
-    around their overall bias, which the fit sees as variance): the peers' centre is the median
-    u and their spread τ² = max(floor², MADe(u)² − median(se²)) over the labs in ``use``. The
-    significance test is one-sided against the centre; the relevance bound is conservative, as
-    for bias. With fewer than 5 labs to use: centre 0, τ = floor.
+    over n comparisons the sampling error is about √(8/n) (1 + max(u, 0)/2) (the variance of a
+    squared normal residual is twice its square). Normal labs differ in precision too (their item
+    biases vary around their overall bias, which the fit sees as variance): the peers' centre is
+    the median u and their spread τ² = max(floor², MADe(u)² − median(sampling error²)) over the
+    labs in ``use``. With few distinct partners the split of each comparison's variance between
+    the lab and its partners is itself uncertain by about τ² / partners, which is added to the
+    sampling error (``se``). The significance test is one-sided against the centre; the relevance
+    bound is conservative, as for bias. With fewer than 5 labs to use: centre 0, τ = floor.
     """
     u = np.asarray(u, dtype=float)
     n = np.asarray(n, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        se = np.where(n > 0, np.sqrt(8.0 / n) * (1.0 + np.maximum(u, 0.0) / 2.0), np.nan)
-    use = np.asarray(use, dtype=bool) & np.isfinite(u) & np.isfinite(se)
+        sampling = np.where(n > 0, np.sqrt(8.0 / n) * (1.0 + np.maximum(u, 0.0) / 2.0), np.nan)
+    use = np.asarray(use, dtype=bool) & np.isfinite(u) & np.isfinite(sampling)
     centre, tau2 = 0.0, floor**2
     if use.sum() >= 5:
         uu = u[use]
         centre = float(np.median(uu))
         made = 1.4826 * float(np.median(np.abs(uu - centre)))
-        tau2 = max(tau2, made**2 - float(np.median(se[use] ** 2)))
+        tau2 = max(tau2, made**2 - float(np.median(sampling[use] ** 2)))
     tau = math.sqrt(tau2)
+    se = np.sqrt(sampling**2 + tau2 / np.maximum(np.asarray(partners, dtype=float), 1.0))
     with np.errstate(invalid="ignore"):
         z = (u - centre) / se
         p = np.where(np.isfinite(z), stats.norm.sf(z), np.nan)

@@ -457,23 +457,35 @@ class BiasEvidence:
     q: np.ndarray
     conservative: np.ndarray
     peers: PeerSpread
+    peer_z: np.ndarray
     beyond: np.ndarray
 
 
 def _bias_evidence(fit: BiasFit, identifiable: np.ndarray, n_quant: np.ndarray, ep: EvidencePolicy) -> BiasEvidence:
+    """Bias against zero (significance) and against the peers' spread (relevance).
+
+    A bias is relative to its component's median lab, whose own normal bias is unknown: the
+    median of k labs drawn from the peers' spread τ varies by about (π/2) τ² / k (the asymptotic
+    variance of a normal median). That is negligible in the main component and decisive in an
+    isolated triangle, where the middle lab's bias is the anchor; it is added to the fit's
+    variance before the lab is judged.
+    """
     involved = fit.graph.involved & np.isfinite(fit.se)
     bias = np.where(involved, fit.b, np.nan)
-    se = np.where(involved, fit.se, np.nan)
+    judged = identifiable & (n_quant >= ep.min_quantitative_pairs)
+    fit_se = np.where(involved, fit.se, np.nan)
+    peers = peer_spread(bias, fit_se, judged, peer_z=ep.peer_z, tau_floor=ep.tau_floor)
+    anchor_var = (np.pi / 2) * peers.tau**2 / np.maximum(fit.graph.component_size, 1)
+    se = np.sqrt(fit_se**2 + anchor_var)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(involved & (se > 0), bias / se, np.nan)
+        peer_z = bias / np.sqrt(peers.tau**2 + se**2)
     p = 2.0 * stats.norm.sf(np.abs(z))
-    judged = identifiable & (n_quant >= ep.min_quantitative_pairs)
     # The family for the FDR is the labs whose bias is judged at all.
     q = benjamini_hochberg(np.where(judged, p, np.nan))
     conservative = np.maximum(0.0, np.abs(bias) - 2.0 * se)
-    peers = peer_spread(bias, se, judged, peer_z=ep.peer_z, tau_floor=ep.tau_floor)
     beyond = np.maximum(0.0, conservative - ep.peer_z * peers.tau)
-    return BiasEvidence(bias, se, z, p, q, conservative, peers, beyond)
+    return BiasEvidence(bias, se, z, p, q, conservative, peers, peer_z, beyond)
 
 
 # ------------------------------------------------------------------------ 7. sign, Wilcoxon
@@ -546,7 +558,8 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
       arbitrations_lost: raw involvement, before attribution.
     - component, component_size, partners, identifiable, arbitration_suggested: the comparison
       graph; a lab that is not identifiable and has disagreements should go to arbitration.
-    - bias, bias_se, bias_z, bias_p, bias_q (BH over judged labs), bias_conservative =
+    - bias, bias_se (the fit's error and the component anchor's), bias_z, bias_p, bias_q (BH
+      over judged labs), bias_conservative =
       max(0, |bias| − 2 se), bias_tau (τ, the peers' spread), bias_peer_limit (peer_z τ),
       bias_peer_z (bias / sqrt(τ² + se²)), bias_beyond_peers = max(0, conservative − peer_z τ);
       excess_variance; precision_* (the excess variance against the peers': se, centre, τ,
@@ -596,8 +609,8 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     n_comparisons = np.bincount(np.r_[comps.a, comps.b], minlength=n_labs)
     judged = identifiable & (n_quant >= ep.min_quantitative_pairs)
     precision = precision_against_peers(
-        np.where(fit.graph.involved, fit.excess_variance, np.nan), n_comparisons, judged,
-        peer_z=ep.peer_z, floor=ep.tau_floor,
+        np.where(fit.graph.involved, fit.excess_variance, np.nan), n_comparisons,
+        fit.graph.partners, judged, peer_z=ep.peer_z, floor=ep.tau_floor,
     )
     precision_p = np.where(judged, precision.p, np.nan)
 
@@ -665,7 +678,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         bias_conservative=_col(bias.conservative),
         bias_tau=pl.lit(bias.peers.tau, dtype=pl.Float64),
         bias_peer_limit=pl.lit(ep.peer_z * bias.peers.tau, dtype=pl.Float64),
-        bias_peer_z=_col(bias.peers.z),
+        bias_peer_z=_col(bias.peer_z),
         bias_beyond_peers=_col(bias.beyond),
         excess_variance=_col(np.where(graph.involved, fit.excess_variance, np.nan)),
         precision_se=_col(precision.se),

@@ -95,13 +95,24 @@ def test_precision_against_peers_flags_the_noisy_lab():
     n = np.full(101, 100.0)
     u = rng.normal(0.2, 0.1, 101) + rng.normal(0, math.sqrt(8 / 100), 101)
     u[0] = 2.8
-    out = precision_against_peers(u, n, np.ones(101, bool), peer_z=2.326, floor=0.1)
+    out = precision_against_peers(u, n, np.full(101, 30), np.ones(101, bool), peer_z=2.326, floor=0.1)
     assert out.beyond[0] > 0.5
     # one-sided z = (2.8 - centre) / 0.679 ≈ 3.8
     assert out.p[0] < 1e-3
     assert (out.beyond[1:] == 0).mean() >= 0.98
-    # the sampling error by hand: sqrt(8/100) * (1 + 2.8/2) = 0.678823
-    assert out.se[0] == pytest.approx(math.sqrt(0.08) * 2.4)
+    # by hand: sampling sqrt(8/100) * (1 + 2.8/2) = 0.678823, plus τ²/30 for the split between
+    # the lab and its 30 partners
+    assert out.se[0] == pytest.approx(math.sqrt(0.08 * 2.4**2 + out.tau**2 / 30))
+
+
+def test_precision_with_few_partners_is_judged_more_cautiously():
+    rng = np.random.default_rng(4)
+    n = np.full(60, 100.0)
+    u = rng.normal(0.2, 0.3, 60)
+    many = precision_against_peers(u, n, np.full(60, 30), np.ones(60, bool), peer_z=2.0, floor=0.1)
+    few = precision_against_peers(u, n, np.full(60, 2), np.ones(60, bool), peer_z=2.0, floor=0.1)
+    assert np.all(few.se > many.se)
+    assert np.all(few.beyond <= many.beyond)
 
 
 def test_qualitative_disagreements_fall_on_the_careless_lab():

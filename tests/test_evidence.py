@@ -284,3 +284,26 @@ def test_qualitative_rate_hand():
     assert got["A"] == (10, pytest.approx(2.0), pytest.approx(0.1))
     assert got["B"] == (20, pytest.approx(0.0), pytest.approx(0.025))
     assert got["C"] == (10, pytest.approx(0.0), pytest.approx(1 / 30))
+
+
+def test_an_isolated_pair_is_not_identifiable_and_goes_to_arbitration():
+    # X and Y only ever retest each other (X reads 2 σR high, so they disagree often); the main
+    # group A..E retest each other. Nothing tells whether X or Y is wrong.
+    rng = np.random.default_rng(2)
+    rows = []
+    for _ in range(60):
+        s = 2.0 / math.sqrt(2) + rng.normal()
+        rows.append({"lab_1": "X", "lab_2": "Y", "s": s,
+                     "outcome": "discrepant" if abs(s) > 1.98 else "consistent"})
+    labs = list("ABCDE")
+    for i in range(200):
+        a, b = rng.choice(labs, 2, replace=False)
+        rows.append({"lab_1": a, "lab_2": b, "s": float(rng.normal())})
+    ev = lab_evidence(scored(rows), overall_policy(), as_of=AS_OF)
+    r = {x["lab_code"]: x for x in ev.iter_rows(named=True)}
+    assert (r["X"]["component_size"], r["X"]["partners"]) == (2, 1)
+    assert not r["X"]["identifiable"] and not r["Y"]["identifiable"]
+    assert r["X"]["arbitration_suggested"] and r["Y"]["arbitration_suggested"]
+    assert r["A"]["identifiable"] and not r["A"]["arbitration_suggested"]
+    # a pair's biases split the difference: neither is judged (no FDR family membership)
+    assert r["X"]["bias_q"] is None and r["Y"]["bias_q"] is None

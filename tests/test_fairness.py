@@ -21,7 +21,6 @@ import pytest
 from fairness import FAIR_CONFIG, run, summarise
 
 SEEDS = range(8)
-IN_PROGRESS = pytest.mark.xfail(strict=False, reason="scoring fairness in progress")
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +82,54 @@ def test_worlds_have_enough_labs_for_the_targets(summary) -> None:
     assert summary["partners"] >= 100 and summary["others"] >= 100
 
 
+# What the grading achieves on these worlds is asserted as it stands (a regression that makes it
+# worse fails); where that falls short of the project's target, the target is kept beside it as a
+# strict expected failure, so reaching it is noticed too. Figures pooled over the 8 worlds at the
+# time of writing: normal labs below the mode 16/1129; biased caught 36/44, noisy 39/45, shading
+# 24/41; innocent isolated labs downgraded 1/28; the triangle's biased lab caught 1/7. A biased
+# lab whose own normal bias runs against its extra shift, or the biased corner of a triangle
+# (whose anchor is one normal lab), cannot be told from a normal lab without downgrading normal
+# labs too (docs/methods.md, "Calibration in simulation").
+GAP = pytest.mark.xfail(strict=True, reason="target not reached; see the figures above")
+
+
 @pytest.mark.slow
-@IN_PROGRESS
 def test_normal_labs_are_rarely_graded_below_the_modal_class(summary) -> None:
     assert summary["normal_below_mode"] <= 0.02, summary["normal_below_mode"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["biased", pytest.param("noisy", marks=IN_PROGRESS)])
-def test_biased_and_noisy_labs_with_80_pairs_are_caught(summary, kind: str) -> None:
-    assert summary["caught"][kind]["share"] >= 0.9, summary["caught"][kind]
+@pytest.mark.parametrize(("kind", "floor"), [("biased", 0.78), ("noisy", 0.8), ("shading", 0.5)])
+def test_bad_labs_with_80_pairs_are_caught_as_now(summary, kind: str, floor: float) -> None:
+    assert summary["caught"][kind]["share"] >= floor, summary["caught"][kind]
 
 
 @pytest.mark.slow
-@IN_PROGRESS
-def test_shading_labs_are_caught(summary) -> None:
-    assert summary["caught"]["shading"]["share"] >= 0.8, summary["caught"]["shading"]
+@GAP
+@pytest.mark.parametrize(("kind", "target"), [("biased", 0.9), ("noisy", 0.9), ("shading", 0.8)])
+def test_bad_labs_with_80_pairs_reach_the_target(summary, kind: str, target: float) -> None:
+    assert summary["caught"][kind]["share"] >= target, summary["caught"][kind]
 
 
 @pytest.mark.slow
-@IN_PROGRESS
+def test_innocent_labs_of_isolated_groups_are_almost_never_downgraded(summary) -> None:
+    assert summary["isolated_innocent_downgraded"] <= 1, summary["isolated_innocent_downgraded"]
+
+
+@pytest.mark.slow
+@GAP
 def test_innocent_labs_of_isolated_groups_are_never_downgraded(summary) -> None:
     assert summary["isolated_innocent_downgraded"] == 0, summary["isolated_innocent_downgraded"]
 
 
 @pytest.mark.slow
+def test_the_biased_lab_of_an_isolated_triangle_is_sometimes_caught(summary) -> None:
+    assert summary["triangle_biased"] >= 6
+    assert summary["triangle_biased_caught"] >= 1
+
+
+@pytest.mark.slow
+@GAP
 def test_the_biased_lab_of_an_isolated_triangle_is_caught(summary) -> None:
     assert summary["triangle_biased_caught"] == summary["triangle_biased"] >= 6
 
