@@ -13,7 +13,7 @@ from scipy.stats import norm
 
 from labeval.bench_scoring import generate_pairs, render, run
 from scoring import precision, scores
-from scoring.pairs import PAIR_SCORE_SCHEMA, cd_factor, score_pairs
+from scoring.pairs import PAIR_SCORE_SCHEMA, score_pairs
 from scoring.policy import PairPolicy, Policy
 from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES, PAIR_INPUT_SCHEMA, empty_pairs
 
@@ -328,7 +328,6 @@ def test_cd_probability_policy():
     r = one(policy=PairPolicy(cd_probability=0.99), value_1=5.0, value_2=5.7)
     assert r["cd"] == pytest.approx(0.7285545, rel=1e-6)
     assert r["outcome"] == "consistent"
-    assert cd_factor(0.95) == 2.8
 
 
 def test_sigma_r_above_sigma_R_is_capped():
@@ -497,52 +496,100 @@ def test_invariants_under_side_swap(seed):
 # ---------------------------------------------------------------- 100k agreement test
 
 
-def _ref_outcome(qual, xa, xb, ca, cb, La, Lb, va, vb, lo, up, Ua, Ub, sR, cd):
-    """Scalar reference of the documented outcome rules (NaN = missing, None = no verdict)."""
-    isn = math.isnan
-    def dist(x):
-        cands = [x - lo] if not isn(lo) else []
-        cands += [up - x] if not isn(up) else []
-        return min(cands) if cands else math.nan
+def _nan(v) -> bool:
+    return v is None or math.isnan(v)
 
+
+def _ref_dist(x, lo, up):
+    cands = [x - lo] if not _nan(lo) else []
+    cands += [up - x] if not _nan(up) else []
+    return min(cands) if cands and not _nan(x) else math.nan
+
+
+def _ref_own(S, lo, up):
+    """A side's own verdict (True = pass) from its number or its "<L"; None when undecided."""
+    if S["c"]:
+        L = S["L"]
+        if _nan(L):
+            return None
+        if (_nan(lo) or lo <= 0) and (_nan(up) or L <= up):
+            return True
+        if not _nan(lo) and L <= lo:
+            return False
+        return None
+    dx = _ref_dist(S["x"], lo, up)
+    return None if _nan(dx) else dx >= 0
+
+
+def _ref_outcome(qual, A, B, lo, up, sR, cd):
+    """Scalar reference of the documented outcome rules (NaN = missing, None = no verdict).
+
+    A and B are sides: x (number), c (censored), L (censoring limit), U2 (U at k = 2),
+    v ("pass"/"fail"/None), gb (the rule may be a guard band)."""
+    va, vb = A["v"], B["v"]
     vrev = va is not None and vb is not None and va != vb
     if qual:
         if va is None or vb is None:
             return None
         return "qualitative_reversal" if va != vb else "qualitative_agree"
-    if ca and cb:
+    if A["c"] and B["c"]:
         return "censored_consistent"
-    if (ca and not isn(xb)) or (cb and not isn(xa)):
-        L, x = (La, xb) if ca else (Lb, xa)
-        dx = dist(x)
-        if not isn(L):
-            L_in = isn(lo) and (isn(up) or L <= up)
-            L_out = not isn(lo) and L <= lo
-        else:
-            L_in = L_out = False
-        if vrev or (not isn(dx) and ((dx < 0 and L_in) or (dx >= 0 and L_out))):
-            return "reversal"
-        if isn(L) or x <= L:
+    if (A["c"] and not _nan(B["x"])) or (B["c"] and not _nan(A["x"])):
+        C, N = (A, B) if A["c"] else (B, A)
+        L, x = C["L"], N["x"]
+        dx = _ref_dist(x, lo, up)
+        own_L = _ref_own(C, lo, up)
+        pos_rev = not _nan(dx) and own_L is not None and (dx < 0) == own_L
+        if vrev or pos_rev:
+            w = N["U2"] if not _nan(N["U2"]) else 2 * sR
+            dL = _ref_dist(L, lo, up) if not _nan(L) else math.nan
+            near = (
+                not any(_nan(v) for v in (dx, w, dL, sR))
+                and abs(dx) <= w and abs(dL) <= 2 * sR
+            )
+            return "reversal_within_uncertainty" if near else "reversal"
+        if _nan(L) or x <= L:
             return "censored_consistent"
-        if isn(cd):
+        if _nan(cd):
             return None
         return "censored_consistent" if x <= L + cd else "censored_discrepant"
-    if isn(xa) or isn(xb):
+    if _nan(A["x"]) or _nan(B["x"]):
         return None
-    d = xa - xb
+    d = A["x"] - B["x"]
     if vrev:
-        wa = Ua if not isn(Ua) else 2 * sR
-        wb = Ub if not isn(Ub) else 2 * sR
-        da, db = dist(xa), dist(xb)
-        near = (
-            not any(isn(v) for v in (da, db, wa, wb))
-            and ((abs(da) <= wa and abs(db) <= wb) or ((da >= 0) == (db >= 0)))
-            and (isn(cd) or abs(d) <= cd)
-        )
-        return "reversal_within_uncertainty" if near else "reversal"
-    if isn(cd):
+        ok = not (_nan(lo) and _nan(up)) and not _nan(cd) and abs(d) <= cd
+        for S in (A, B):
+            g = _ref_own(S, lo, up)
+            if g is None or (S["v"] == "pass") == g:
+                continue  # not in question
+            w = S["U2"] if not _nan(S["U2"]) else 2 * sR
+            # only a "fail" for a conforming number within the guard band w is explained
+            ok = ok and g and S["gb"] and not _nan(w) and _ref_dist(S["x"], lo, up) < w
+        return "reversal_within_uncertainty" if ok else "reversal"
+    if _nan(cd):
         return None
     return "discrepant" if abs(d) > cd else "consistent"
+
+
+def _ref_contradicts(S, lo, up, sR):
+    g = _ref_own(S, lo, up)
+    if S["v"] is None or g is None:
+        return None
+    if (S["v"] == "pass") == g:
+        return False
+    if S["c"]:
+        dL = _ref_dist(S["L"], lo, up)
+        return None if _nan(dL) or _nan(sR) else abs(dL) > 2 * sR
+    w = S["U2"] if not _nan(S["U2"]) else 2 * sR
+    return None if _nan(w) else abs(_ref_dist(S["x"], lo, up)) > w
+
+
+def _ref_nd_vs_clear(S, O, cd):
+    if not S["c"] or O["c"]:
+        return False
+    if _nan(O["x"]) or _nan(S["L"]) or _nan(cd):
+        return None
+    return O["x"] > S["L"] + cd
 
 
 def _col(df, name):
@@ -578,7 +625,12 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
         nrep = np.where(nrep >= 1, nrep, 1.0)
         v = df[f"verdict_{j}"].to_list()
         v = [s if s in ("pass", "fail") else None for s in v]
-        side[j] = {"x": x, "c": cens, "L": L, "u": u, "U2": 2 * u, "n": nrep, "v": v}
+        gb = [r != "simple" for r in df[f"decision_rule_{j}"].to_list()]
+        side[j] = {"x": x, "c": cens, "L": L, "u": u, "U2": 2 * u, "n": nrep, "v": v, "gb": gb}
+
+    def at(S, i):
+        return {key: S[key][i] for key in ("x", "c", "L", "U2", "v", "gb")}
+
 
     def pair(a, b):
         A, B = side[a], side[b]
@@ -594,9 +646,7 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
         d = A["x"] - B["x"]
         s = np.where(sR > 0, d / (math.sqrt(2) * np.where(sR > 0, sR, 1.0)), np.nan)
         out = [
-            _ref_outcome(qual[i], A["x"][i], B["x"][i], A["c"][i], B["c"][i], A["L"][i],
-                         B["L"][i], A["v"][i], B["v"][i], lo[i], up[i], A["U2"][i],
-                         B["U2"][i], sR[i], cd[i])
+            _ref_outcome(qual[i], at(A, i), at(B, i), lo[i], up[i], sR[i], cd[i])
             for i in range(n)
         ]
         return {"level": level, "sR": sR, "sr": sr, "cd": cd, "d": d, "s": s, "outcome": out}
@@ -640,11 +690,21 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
     ref["reversal"] = [a is not None and b is not None and a != b
                        for a, b in zip(S1["v"], S2["v"], strict=True)]
     ref["discrepant"] = [None if o is None else o in bad for o in p12["outcome"]]
+    for j, o in (("1", "2"), ("2", "1")):
+        S, O = side[j], side[o]
+        ref[f"verdict_contradicts_{j}"] = [
+            _ref_contradicts(at(S, i), lo[i], up[i], p12["sR"][i]) for i in range(n)
+        ]
+        ref[f"nd_vs_clear_{j}"] = [
+            _ref_nd_vs_clear(at(S, i), at(O, i), p12["cd"][i]) for i in range(n)
+        ]
     return ref
 
 
 def _perturb(df: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """Knock holes in generated data: missing values, verdicts, precision, odd U/k/n."""
+    """Knock holes in generated data: missing values, verdicts, precision, odd U/k/n, and
+    verdicts flipped against their own numbers under every decision rule (the generator's
+    verdicts always follow simple acceptance)."""
     rng = np.random.default_rng(seed)
     n = df.height
 
@@ -653,6 +713,16 @@ def _perturb(df: pl.DataFrame, seed: int) -> pl.DataFrame:
         new = pl.lit(value, dtype=df.schema[col])
         return pl.when(mask).then(new).otherwise(pl.col(col)).alias(col)
 
+    def flip(col, p):
+        mask = pl.Series(rng.random(n) < p)
+        other = pl.when(pl.col(col) == "pass").then(pl.lit("fail")).otherwise(pl.lit("pass"))
+        return pl.when(mask & pl.col(col).is_not_null()).then(other).otherwise(pl.col(col)).alias(col)
+
+    df = df.with_columns(
+        flip("verdict_1", 0.06), flip("verdict_2", 0.06), flip("verdict_3", 0.06),
+        holes("decision_rule_1", 0.05), holes("decision_rule_2", 0.03, "bogus"),
+        holes("decision_rule_3", 0.05), holes("lower_limit", 0.01, 0.0),
+    )
     return df.with_columns(
         holes("value_1", 0.02), holes("value_2", 0.02), holes("verdict_1", 0.03),
         holes("verdict_2", 0.03), holes("verdict_3", 0.03), holes("reproducibility_sd", 0.01),
@@ -684,7 +754,8 @@ def test_agrees_with_scalar_reference_on_100k_pairs(pol):
             got, ref[col], rtol=1e-9, atol=1e-300, equal_nan=True, err_msg=col
         )
     for col in ("outcome", "outcome_13", "outcome_23", "arbiter_sides_with", "reversal",
-                "discrepant"):
+                "discrepant", "verdict_contradicts_1", "verdict_contradicts_2", "nd_vs_clear_1",
+                "nd_vs_clear_2"):
         got = out[col].to_list()
         mism = [i for i, (g, r) in enumerate(zip(got, ref[col], strict=True)) if g != r]
         assert not mism, (col, mism[:5], [(got[i], ref[col][i]) for i in mism[:5]])
@@ -693,6 +764,19 @@ def test_agrees_with_scalar_reference_on_100k_pairs(pol):
     assert set(counts["outcome"].drop_nulls()) == set(OUTCOMES)
     assert out["outcome"].null_count() > 0
     assert out["arbiter_sides_with"].drop_nulls().n_unique() == 4
+    # the flags take all three values, and reversals are excused with a side in question
+    for col in ("verdict_contradicts_1", "verdict_contradicts_2", "nd_vs_clear_1",
+                "nd_vs_clear_2"):
+        assert set(out[col].value_counts()[col].to_list()) == {True, False, None}, col
+    in_question = out.filter(
+        (pl.col("outcome") == "reversal_within_uncertainty")
+        & pl.col("censored_1").not_() & pl.col("censored_2").not_()
+        & ((pl.col("verdict_1") == "fail") & (pl.col("dist_sigma_1") >= 0)
+           | (pl.col("verdict_2") == "fail") & (pl.col("dist_sigma_2") >= 0))
+        & pl.col("upper_limit").is_not_null()
+        & ((pl.col("verdict_1") == "pass") | (pl.col("verdict_2") == "pass"))
+    )
+    assert in_question.height > 10
     en_ok = ~np.isnan(ref["en"])
     signal = out["en_signal"].to_numpy()[en_ok]
     assert list(signal) == list(np.abs(ref["en"][en_ok]) >= 1.0)
