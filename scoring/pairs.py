@@ -17,8 +17,9 @@ Conventions (the choices the standards leave open, decided here):
 * **Precision at the level.** ``absolute``: the item's sd; ``relative``: sd * |level|;
   ``horwitz``: sigma_R = H(|level| * horwitz_scale) / horwitz_scale with H the Horwitz function
   of scoring.precision (Thompson's 2000 modification) and
-  sigma_r = sigma_R / 2 (Horwitz gives no repeatability; r/R ≈ 1/2 to 2/3 is the usual ratio in
-  collaborative studies, 1/2 is the conservative end: it makes the CD largest for n > 1).
+  sigma_r = scoring.precision.HORWITZ_R_RATIO * sigma_R = sigma_R / 2 (Horwitz gives no
+  repeatability; r/R ≈ 1/2 to 2/3 is the usual ratio in collaborative studies, 1/2 is the
+  conservative end: it makes the CD largest for n > 1).
   An absolute sd does not depend on the level, so it is given even when the level is null; the
   other models need a level. A Horwitz item without a positive scale, an unknown model or a
   null sd give null. ``sigma_r_at`` is capped at ``sigma_R_at``
@@ -71,8 +72,8 @@ Conventions (the choices the standards leave open, decided here):
     the conforming region while [0, L] lies inside it, or L <= lower limit while x conforms.
     A conflict is ``reversal_within_uncertainty`` when x is within its tolerance of the limit
     (|dist(x)| <= U2 of x, or 2·sigma_R at level x) *and* the censored side is near (as above);
-    otherwise ``reversal`` (also when L is unknown: ND without censor_limit or LOD). Without a
-    conflict: ``censored_consistent`` if x <= L + CD (CD at level x; also when L is unknown)
+    otherwise ``reversal``, also when nearness cannot be established (L unknown: ND without
+    censor_limit or LOD; no sigma_R). Without a conflict: ``censored_consistent`` if x <= L + CD (CD at level x; also when L is unknown)
     else ``censored_discrepant``.
   - both numeric, verdicts differ: ``reversal_within_uncertainty`` when |d| <= CD *and* every
     side in question is explained near the limit: its verdict is "fail", its number conforms
@@ -115,7 +116,7 @@ import polars.selectors as cs
 from scipy.special import ndtr
 
 from scoring.policy import PairPolicy, Policy
-from scoring.precision import critical_difference_factor, horwitz_expr
+from scoring.precision import HORWITZ_R_RATIO, critical_difference_factor, horwitz_expr
 from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES, PAIR_INPUT_SCHEMA
 
 __all__ = ["PAIR_SCORE_SCHEMA", "score_pairs"]
@@ -284,7 +285,7 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
 
 def _pair_cd(a: str, b: str, sR: pl.Expr, sr: pl.Expr, f: float) -> tuple[pl.Expr, pl.Expr]:
     """(capped sigma_r, CD) from sigma_R and the raw sigma_r of _pair_precision."""
-    sr_raw = pl.when(_t("hor")).then(0.5 * sR).otherwise(sr.fill_null(0.0))
+    sr_raw = pl.when(_t("hor")).then(HORWITZ_R_RATIO * sR).otherwise(sr.fill_null(0.0))
     # ISO 5725-2: a negative between-lab variance is set to 0, i.e. sigma_r is capped at sigma_R.
     sr_cap = pl.when(sR.is_not_null()).then(_min(sr_raw, sR))
     cd = f * (sR * sR - sr_cap * sr_cap * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()

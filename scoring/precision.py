@@ -32,6 +32,7 @@ from scipy.stats import norm
 
 __all__ = [
     "CD_FACTOR_95",
+    "HORWITZ_R_RATIO",
     "critical_difference",
     "critical_difference_factor",
     "horwitz",
@@ -43,6 +44,9 @@ __all__ = [
 
 # ISO 5725-6:1994 §4.1.4 / §5.3: the published rounded value of 1.96 * sqrt(2).
 CD_FACTOR_95 = 2.8
+
+# sigma_r / sigma_R assumed for Horwitz items (module docstring).
+HORWITZ_R_RATIO = 0.5
 
 # Thompson (2000), Analyst 125:385-386, modified Horwitz function breakpoints (mass fractions).
 _HORWITZ_LOW = 1.2e-7
@@ -240,7 +244,9 @@ def reproducibility_at(level: Any, item: Any) -> float | np.ndarray:
     return _sd_at(level, item, "reproducibility_sd", 1.0)
 
 
-def repeatability_at(level: Any, item: Any, *, horwitz_r_ratio: float = 0.5) -> float | np.ndarray:
+def repeatability_at(
+    level: Any, item: Any, *, horwitz_r_ratio: float = HORWITZ_R_RATIO
+) -> float | np.ndarray:
     """Repeatability SD sigma_r of a test item at ``level``; see ``reproducibility_at``.
 
     For Horwitz items sigma_r = horwitz_r_ratio * sigma_R (0.5 by default, module docstring).
