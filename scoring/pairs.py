@@ -73,8 +73,8 @@ Conventions (the choices the standards leave open, decided here):
     A conflict is ``reversal_within_uncertainty`` when x is within its tolerance of the limit
     (|dist(x)| <= U2 of x, or 2·sigma_R at level x) *and* the censored side is near (as above);
     otherwise ``reversal``, also when nearness cannot be established (L unknown: ND without
-    censor_limit or LOD; no sigma_R). Without a conflict: ``censored_consistent`` if x <= L + CD (CD at level x; also when L is unknown)
-    else ``censored_discrepant``.
+    censor_limit or LOD; no sigma_R). Without a conflict: ``censored_consistent`` if
+    x <= L + CD (CD at level x; also when L is unknown) else ``censored_discrepant``.
   - both numeric, verdicts differ: ``reversal_within_uncertainty`` when |d| <= CD *and* every
     side in question is explained near the limit: its verdict is "fail", its number conforms
     with dist < its tolerance w, and its decision rule may be a guard band (so it can give that

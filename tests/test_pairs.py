@@ -691,7 +691,9 @@ def _moves(draw):
         {"lower_limit": limit, "upper_limit": None} if draw(st.booleans())
         else {"upper_limit": limit}
     )
-    row = {**BASE, **spec, f"value_{moving}": limit + x, f"value_{other}": limit + x - away * behind}
+    row = {
+        **BASE, **spec, f"value_{moving}": limit + x, f"value_{other}": limit + x - away * behind,
+    }
     for j in ("1", "2"):
         row |= {
             f"verdict_{j}": draw(_verdicts), f"decision_rule_{j}": draw(_rules),
@@ -964,7 +966,8 @@ def _perturb(df: pl.DataFrame, seed: int) -> pl.DataFrame:
     def flip(col, p):
         mask = pl.Series(rng.random(n) < p)
         other = pl.when(pl.col(col) == "pass").then(pl.lit("fail")).otherwise(pl.lit("pass"))
-        return pl.when(mask & pl.col(col).is_not_null()).then(other).otherwise(pl.col(col)).alias(col)
+        flipped = pl.when(mask & pl.col(col).is_not_null()).then(other)
+        return flipped.otherwise(pl.col(col)).alias(col)
 
     df = df.with_columns(
         flip("verdict_1", 0.06), flip("verdict_2", 0.06), flip("verdict_3", 0.06),
