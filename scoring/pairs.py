@@ -2,35 +2,36 @@
 
 ``score_pairs(pairs, policy)`` takes a LazyFrame with the columns of
 ``scoring.schema.PAIR_INPUT_SCHEMA`` and returns it lazily with the columns of
-``PAIR_SCORE_SCHEMA`` added (DOMAIN.md §3; ISO 13528:2022 clause 9; ISO 5725-6 §5.3). Everything
-is a vectorised polars expression; nothing is collected here.
+``PAIR_SCORE_SCHEMA`` added (ISO 13528:2022 clause 9; ISO 5725-6 §5.3; ILAC-G8:09/2019 for
+decision rules). Everything is a vectorised polars expression; nothing is collected here.
 
-Conventions (the choices the domain brief leaves open, decided here):
+Conventions (the choices the standards leave open, decided here):
 
 * **Side value.** A side is *numeric* when its value is non-null, it is not censored and the item
   is not qualitative; *censored* when ``censored`` is true (its number, if any, is ignored: the
   censoring limit is ``censor_limit``, falling back to the item's ``lod``). A censored value is
-  never replaced by a number.
+  never replaced by a number: "<L" stands for the interval [0, L].
 * **level** is the mean of the numeric sides of the pair (both numeric: their mean; one numeric:
   that one, whether the other is censored or missing); null when no side is numeric (both
   censored, qualitative, missing).
 * **Precision at the level.** ``absolute``: the item's sd; ``relative``: sd * |level|;
   ``horwitz``: sigma_R = H(|level| * horwitz_scale) / horwitz_scale with H the Horwitz function
-  (DOMAIN.md §3: 0.22c for c < 1.2e-7; 0.02c^0.8495 for c <= 0.138; 0.01c^0.5 above) and
-  sigma_r = sigma_R / 2 (Horwitz gives no repeatability; r/R ≈ 1/2 to 2/3 is the usual ratio in
-  collaborative studies, 1/2 is the conservative end: it makes the CD largest for n > 1).
+  of scoring.precision (Thompson's 2000 modification) and
+  sigma_r = scoring.precision.HORWITZ_R_RATIO * sigma_R = sigma_R / 2 (Horwitz gives no
+  repeatability; r/R ≈ 1/2 to 2/3 is the usual ratio in collaborative studies, 1/2 is the
+  conservative end: it makes the CD largest for n > 1).
   An absolute sd does not depend on the level, so it is given even when the level is null; the
   other models need a level. A Horwitz item without a positive scale, an unknown model or a
   null sd give null. ``sigma_r_at`` is capped at ``sigma_R_at``
   (ISO 5725-2 sets a negative between-laboratory variance to zero, i.e. sigma_R >= sigma_r), and a
   null repeatability sd is taken as 0 (the CD is then the single-result one, 2.8*sigma_R).
-* **CD** (ISO 5725-6 §5.3): f * sqrt(sigma_R² - sigma_r²(1 - 1/(2n1) - 1/(2n2))), f = 2.8 at
-  cd_probability 0.95 (ISO's rounded 1.96*sqrt(2)), else Phi^-1((1+p)/2)*sqrt(2). Null or
-  non-positive replicates count as 1. Null when sigma_R_at is null.
+* **CD** (ISO 5725-6 §5.3): f * sqrt(sigma_R² - sigma_r²(1 - 1/(2n1) - 1/(2n2))) with
+  f = scoring.precision.critical_difference_factor(cd_probability) (2.8 at 0.95, ISO's rounded
+  1.96·√2). Null or non-positive replicates count as 1. Null when sigma_R_at is null.
 * **Uncertainty.** A non-positive or null U is "no U". k = coverage_k, else
   ``policy.default_coverage_k`` (also used for non-positive k). u = U/k; U is re-expressed at
-  k = 2 (U2 = 2u) for En, for ``dist_u_j`` and for the uncertainty intervals of the outcome, so a
-  lab quoting k = 3 does not get a wider tolerance than one quoting k = 2.
+  k = 2 (U2 = 2u) for En, for ``dist_u_j`` and for the tolerances below, so a lab quoting k = 3
+  does not get a wider tolerance than one quoting k = 2.
 * **Degenerate scales.** ``d_rel`` is null when the level is 0; ``s``, ``dist_sigma_j`` and
   ``p_disagree`` are null when sigma_R_at is not positive (the CD is then 0, so a zero difference
   is still consistent); En/zeta need U on both sides.
@@ -38,32 +39,64 @@ Conventions (the choices the domain brief leaves open, decided here):
   verdict_1 != verdict_2 with both present, whatever the outcome.
 * **Distances to the specification.** dist = min(x - lower, upper - x) over the limits present:
   positive inside the conforming region, 0 on a limit (a result on the limit conforms), negative
-  outside. ``dist_sigma_j`` divides by sigma_R_at, ``dist_u_j`` by U2_j; both null for a
-  non-numeric side or an item without limits. ``p_disagree`` = 2·Phi(δ)(1 - Phi(δ)) with
-  δ = |dist(level)| / sigma_R_at; Phi is ``scipy.special.ndtr`` applied to whole columns
-  (``map_batches``, elementwise, not per row).
+  outside; |dist| is the distance to the nearest limit. ``dist_sigma_j`` divides by sigma_R_at,
+  ``dist_u_j`` by U2_j; both null for a non-numeric side or an item without limits.
+  ``p_disagree`` = 2·Phi(δ)(1 - Phi(δ)) with δ = |dist(level)| / sigma_R_at; Phi is
+  ``scipy.special.ndtr`` applied to whole columns (``map_batches``, elementwise, not per row).
+* **A side's own verdict.** The verdict its own number gives under simple acceptance: "pass"
+  iff the number lies in the conforming region (dist >= 0); for a censored side, "pass" when
+  [0, L] lies inside it (no lower limit above 0 and L <= upper limit), "fail" when L <= the
+  lower limit, undecided otherwise. A side whose reported verdict differs from its own verdict
+  is *in question*; a side whose verdict matches its own number never is.
+* **Tolerance** of a numeric side: U2, or 2·sigma_R_at where the side has no U (the
+  reproducibility sd taken as the standard uncertainty of a result, ISO 21748). A censored side
+  is *near* the limit when L itself is within 2·sigma_R_at of the nearest limit.
+* **Decision rules** (``decision_rule``, ILAC-G8:09/2019). ``simple``: simple acceptance, the
+  verdict is the side's own verdict, so a side in question under it is never explained by the
+  rule. ``guard_band``: guarded acceptance with w = the side's tolerance (U2; 2·sigma_R_at when
+  the lab reported no U, taken as the U its guard band used): "pass" only when dist >= w (at or
+  below upper - w, at or above lower + w), "fail" otherwise; so it can turn a conforming number
+  within w of a limit into "fail", never a nonconforming number into "pass". Guarded rejection
+  (accepting beyond a limit) is not a value the intake stores, so a "pass" for a number outside
+  the conforming region is never explained by a rule. A missing or unknown rule is given the
+  benefit of the doubt: it may be a guard band.
 * **Outcome** (one of ``scoring.schema.OUTCOMES``; null when the data cannot decide it:
   a missing value on a quantitative item, a missing verdict on a qualitative item, or no CD where
   one is needed). ``discrepant`` is null exactly when ``outcome`` is null.
 
   - qualitative item: ``qualitative_reversal`` if the two verdicts differ, else
     ``qualitative_agree``.
-  - both censored: ``censored_consistent`` (DOMAIN.md §3), even if the verdicts differ (the
-    ``reversal`` column still records that).
-  - one censored "<L", other numeric x: ``reversal`` when the verdicts differ, or when x lies
-    outside the conforming region while "<L" lies inside it (no lower limit and L <= upper limit)
-    or vice versa (L <= lower limit and x inside); else ``censored_consistent`` if x <= L + CD
-    (CD at level x) else ``censored_discrepant``. A censored value without any limit (ND, no
-    censor_limit, no LOD) can only be compared by verdict: ``censored_consistent`` unless that
-    gives a reversal.
-  - both numeric, verdicts differ: ``reversal_within_uncertainty`` when each result's interval
-    x ± U2 (a side without U uses 2·sigma_R_at, the reproducibility sd taken as its standard
-    uncertainty, ISO 21748) reaches its nearest limit, or when both numbers lie on the same side
-    of the limit (the verdicts then differ only by a decision rule such as a guard band w = U,
-    ILAC-G8), *and* |d| <= CD (DOMAIN.md §3: a reversal with |d| > CD is evidence); else
-    ``reversal`` (also when the item has no limits, so nothing explains it). Verdicts are what is compared: numbers on both sides of a limit with equal or
-    missing verdicts are scored as consistent/discrepant.
+  - both censored: ``censored_consistent``, even if the verdicts differ (the ``reversal``
+    column still records that).
+  - one censored "<L", other numeric x. A *conflict* is: the verdicts differ, or x lies outside
+    the conforming region while [0, L] lies inside it, or L <= lower limit while x conforms.
+    A conflict is ``reversal_within_uncertainty`` when x is within its tolerance of the limit
+    (|dist(x)| <= U2 of x, or 2·sigma_R at level x) *and* the censored side is near (as above);
+    otherwise ``reversal``, also when nearness cannot be established (L unknown: ND without
+    censor_limit or LOD; no sigma_R). Without a conflict: ``censored_consistent`` if
+    x <= L + CD (CD at level x; also when L is unknown) else ``censored_discrepant``.
+  - both numeric, verdicts differ: ``reversal_within_uncertainty`` when |d| <= CD *and* every
+    side in question is explained near the limit: its verdict is "fail", its number conforms
+    with dist < its tolerance w, and its decision rule may be a guard band (so it can give that
+    "fail" there). Otherwise ``reversal``: a side in question far from the limit, a "pass" for a
+    nonconforming number, a simple-acceptance lab contradicting its own number, |d| > CD, an
+    item without limits (nothing explains the verdicts), or a condition that cannot be
+    established (no CD, no tolerance). Verdicts are what is compared: numbers on both sides of a
+    limit with equal or missing verdicts are scored as consistent/discrepant.
   - both numeric, same (or missing) verdicts: ``discrepant`` if |d| > CD else ``consistent``.
+
+* **Per-side flags** (original ``_1`` and retest ``_2``, against the original/retest pair's
+  sigma_R_at and CD), for the data-problem pattern tests:
+
+  - ``verdict_contradicts_j``: the side's verdict differs from its own verdict *beyond its
+    tolerance* (numeric: |dist| > tolerance; censored: L not near the limit). False when the
+    verdict matches its own number; null when undecidable (no verdict, no number or censoring
+    limit, no limits, an undecided censored side, or a needed tolerance is null). A
+    contradiction within the tolerance is not flagged (it may be a guard band or rounding), but
+    can still make the outcome a ``reversal`` as above.
+  - ``nd_vs_clear_j``: the side is censored at L while the partner reports a number
+    x > L + CD (a clear amount). False when the side is not censored or both are censored; null
+    when the side is censored and the partner's value is missing, or L or the CD is null.
 
 * **Arbitration.** ``s_13``/``s_23`` and ``outcome_13``/``outcome_23`` apply the same rules to
   (original, arbiter) and (retest, arbiter), with the level, precision and CD of that pair
@@ -76,7 +109,6 @@ Conventions (the choices the domain brief leaves open, decided here):
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -84,9 +116,10 @@ import polars.selectors as cs
 from scipy.special import ndtr
 
 from scoring.policy import PairPolicy, Policy
+from scoring.precision import HORWITZ_R_RATIO, critical_difference_factor, horwitz_expr
 from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES, PAIR_INPUT_SCHEMA
 
-__all__ = ["PAIR_SCORE_SCHEMA", "cd_factor", "score_pairs"]
+__all__ = ["PAIR_SCORE_SCHEMA", "score_pairs"]
 
 PAIR_SCORE_SCHEMA: dict[str, pl.DataType] = {
     "level": pl.Float64,
@@ -113,6 +146,10 @@ PAIR_SCORE_SCHEMA: dict[str, pl.DataType] = {
     "outcome_13": pl.String,
     "outcome_23": pl.String,
     "arbiter_sides_with": pl.String,
+    "verdict_contradicts_1": pl.Boolean,
+    "verdict_contradicts_2": pl.Boolean,
+    "nd_vs_clear_1": pl.Boolean,
+    "nd_vs_clear_2": pl.Boolean,
 }
 
 _SQRT2 = math.sqrt(2.0)
@@ -124,20 +161,6 @@ _T = "__sp_"
 _CODE = {name: i for i, name in enumerate(OUTCOMES)}
 _BAD_CODES = [_CODE[name] for name in DISCREPANT_OUTCOMES]
 _SIDES_WITH = ("neither", "original", "retest", "both")
-
-
-def cd_factor(probability: float) -> float:
-    """Multiplier f of sigma in the critical difference of two single results.
-
-    ISO 5725-6 §5.3 rounds 1.96·√2 = 2.77 to 2.8 at 95 %; that value is used at exactly 0.95 so
-    results match the standard (and scoring.precision.critical_difference_factor); other levels
-    use Phi^-1((1+p)/2)·√2.
-    """
-    if not 0.0 < probability < 1.0:
-        raise ValueError("cd_probability must be in (0, 1)")
-    if probability == 0.95:
-        return 2.8
-    return NormalDist().inv_cdf((1.0 + probability) / 2.0) * _SQRT2
 
 
 def _c(name: str) -> pl.Expr:
@@ -159,17 +182,6 @@ def _p_disagree(delta: pl.Expr) -> pl.Expr:
         return out.fill_nan(None) if s.null_count() else out
 
     return delta.map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
-
-
-def _horwitz(c: pl.Expr) -> pl.Expr:
-    # DOMAIN.md §3, Thompson's (2000) modification of the Horwitz function; c is a mass fraction.
-    return (
-        pl.when(c < 1.2e-7)
-        .then(0.22 * c)
-        .when(c <= 0.138)
-        .then(0.02 * c.pow(0.8495))
-        .otherwise(0.01 * c.sqrt())
-    )
 
 
 def _min(a: pl.Expr, b: pl.Expr) -> pl.Expr:
@@ -225,6 +237,24 @@ def _stage_side(j: str, default_k: float) -> list[pl.Expr]:
         .when(verdict == "fail")
         .then(False)
         .alias(f"{_T}v{j}"),
+        # Only a declared simple acceptance rules out a guard band (module docstring).
+        (_c(f"decision_rule_{j}") != "simple").fill_null(True).alias(f"{_T}gb{j}"),
+    ]
+
+
+def _stage_own(j: str) -> list[pl.Expr]:
+    """Distances and the side's own verdict (True = pass) from its number or its "<L"."""
+    dist = _dist(_t(f"x{j}"))
+    L = _t(f"L{j}")
+    lower = _c("lower_limit")
+    # [0, L] lies inside when no lower limit exceeds 0 and L is at or below the upper limit;
+    # it lies outside when L is at or below the lower limit.
+    inside = (lower.is_null() | (lower <= 0.0)) & (L <= _t("up"))
+    own_c = pl.when(inside).then(True).when(L <= lower).then(False)
+    return [
+        dist.alias(f"{_T}dist{j}"),
+        _dist(L).alias(f"{_T}distL{j}"),
+        pl.when(_t(f"c{j}")).then(own_c).otherwise(dist >= 0.0).alias(f"{_T}g{j}"),
     ]
 
 
@@ -234,7 +264,7 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
     lvl = pl.coalesce((xa + xb) * 0.5, xa, xb)
     alvl = lvl.abs()
     scale = _c("horwitz_scale")
-    hor = _horwitz(alvl * scale) / scale
+    hor = horwitz_expr(alvl * scale) / scale
     is_abs, is_rel = _t("abs"), _t("rel")
     sR = (
         pl.when(is_abs)
@@ -255,7 +285,7 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
 
 def _pair_cd(a: str, b: str, sR: pl.Expr, sr: pl.Expr, f: float) -> tuple[pl.Expr, pl.Expr]:
     """(capped sigma_r, CD) from sigma_R and the raw sigma_r of _pair_precision."""
-    sr_raw = pl.when(_t("hor")).then(0.5 * sR).otherwise(sr.fill_null(0.0))
+    sr_raw = pl.when(_t("hor")).then(HORWITZ_R_RATIO * sR).otherwise(sr.fill_null(0.0))
     # ISO 5725-2: a negative between-lab variance is set to 0, i.e. sigma_r is capped at sigma_R.
     sr_cap = pl.when(sR.is_not_null()).then(_min(sr_raw, sR))
     cd = f * (sR * sR - sr_cap * sr_cap * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()
@@ -266,6 +296,19 @@ def _lit(name: str) -> pl.Expr:
     return pl.lit(_CODE[name], dtype=pl.UInt8)
 
 
+def _tolerance(j: str, sR: pl.Expr) -> pl.Expr:
+    # U2, or 2·sigma_R where the side has no U (module docstring, "Tolerance").
+    return pl.coalesce(_t(f"U{j}"), 2.0 * sR)
+
+
+def _explained(j: str, w: pl.Expr) -> pl.Expr:
+    """Kleene truth of "side j is not in question, or its verdict is explained near the limit":
+    a "fail" for a conforming number closer to the limit than w under a rule that may be a guard
+    band. A "pass" for a nonconforming number is never explained."""
+    g = _t(f"g{j}")
+    return (_t(f"v{j}") == g) | (g & _t(f"gb{j}") & (_t(f"dist{j}") < w))
+
+
 def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Expr:
     """Outcome code (index into OUTCOMES) of the pair (a, b); null when undecidable."""
     xa, xb = _t(f"x{a}"), _t(f"x{b}")
@@ -274,46 +317,47 @@ def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Ex
     vdiff = va != vb  # null when either verdict is missing
     vrev = vdiff.fill_null(False)
     xa_ok, xb_ok = xa.is_not_null(), xb.is_not_null()
+    two_sR = 2.0 * sR
 
     # Exactly one side censored: L is its limit, x the other side's number.
     L = pl.coalesce(_t(f"L{a}"), _t(f"L{b}"))
     x = pl.coalesce(xa, xb)
     dist_x = pl.coalesce(_t(f"dist{a}"), _t(f"dist{b}"))
-    # "<L" surely conforms when no lower limit exists and L is at or below the upper limit;
-    # it surely does not when L is at or below the lower limit.
-    lower = _c("lower_limit")
-    L_in = lower.is_null() & (L <= _t("up"))
-    L_out = L <= lower
-    pos_rev = ((dist_x < 0) & L_in) | ((dist_x >= 0) & L_out)
+    w_x = pl.when(ca).then(_tolerance(b, sR)).otherwise(_tolerance(a, sR))
+    # The censored side's own verdict: True when [0, L] conforms, False when it surely does not.
+    own_L = pl.when(ca).then(_t(f"g{a}")).otherwise(_t(f"g{b}"))
+    dist_L = pl.coalesce(_t(f"distL{a}"), _t(f"distL{b}"))
+    pos_rev = ((dist_x < 0) & own_L) | ((dist_x >= 0) & own_L.not_())
+    near = (dist_x.abs() <= w_x) & (dist_L.abs() <= two_sR)
     one_censored = (
         pl.when(vrev | pos_rev.fill_null(False))
-        .then(_lit("reversal"))
+        .then(
+            pl.when(near.fill_null(False))
+            .then(_lit("reversal_within_uncertainty"))
+            .otherwise(_lit("reversal"))
+        )
         .when(L.is_null() | (x <= L + cd.fill_null(0.0)))
         .then(_lit("censored_consistent"))
         .when(cd.is_not_null())
         .then(_lit("censored_discrepant"))
     )
 
-    # Both numeric, verdicts differ: do both uncertainty intervals reach the limit, with |d| <= CD?
-    wa = pl.coalesce(_t(f"U{a}"), 2.0 * sR)
-    wb = pl.coalesce(_t(f"U{b}"), 2.0 * sR)
-    absd = d.abs()
-    da, db = _t(f"dist{a}"), _t(f"dist{b}")
-    # Both numbers on the same side of the limit with different verdicts: the verdicts differ
-    # by a decision rule (a guard band of width U, ILAC-G8), not by the measurements.
-    same_side = (da >= 0) == (db >= 0)
-    near = (
-        (((da.abs() <= wa) & (db.abs() <= wb)) | same_side)
-        & (absd <= cd).fill_null(True)
+    # Both numeric, verdicts differ: excused only with |d| <= CD and every side in question
+    # explained near the limit; an item without limits has nothing to explain the verdicts.
+    explained = (
+        _t("has_lim")
+        & (d.abs() <= cd)
+        & _explained(a, _tolerance(a, sR))
+        & _explained(b, _tolerance(b, sR))
     )
     numeric = (
         pl.when(vrev)
         .then(
-            pl.when(near.fill_null(False))
+            pl.when(explained.fill_null(False))
             .then(_lit("reversal_within_uncertainty"))
             .otherwise(_lit("reversal"))
         )
-        .when(absd > cd)
+        .when(d.abs() > cd)
         .then(_lit("discrepant"))
         .when(cd.is_not_null())
         .then(_lit("consistent"))
@@ -336,6 +380,29 @@ def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Ex
     )
 
 
+def _verdict_contradicts(j: str, sR: pl.Expr) -> pl.Expr:
+    """The side's verdict differs from its own verdict beyond its tolerance (docstring)."""
+    g = _t(f"g{j}")
+    beyond = (
+        pl.when(_t(f"c{j}"))
+        .then(_t(f"distL{j}").abs() > 2.0 * sR)
+        .otherwise(_t(f"dist{j}").abs() > _tolerance(j, sR))
+    )
+    v = _t(f"v{j}")
+    return pl.when(v == g).then(False).when(v != g).then(beyond)
+
+
+def _nd_vs_clear(j: str, o: str, cd: pl.Expr) -> pl.Expr:
+    """Side j censored at L while the partner o reports x > L + CD (docstring)."""
+    x = _t(f"x{o}")
+    return (
+        pl.when(~_t(f"c{j}") | _t(f"c{o}"))
+        .then(False)
+        .when(x.is_not_null())
+        .then(x > _t(f"L{j}") + cd)
+    )
+
+
 def _s(d: pl.Expr, sR: pl.Expr) -> pl.Expr:
     return d / (_SQRT2 * pl.when(sR > 0).then(sR))
 
@@ -355,7 +422,7 @@ def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) 
         pp = policy.pairs
     else:
         pp = policy
-    f = cd_factor(pp.cd_probability)
+    f = critical_difference_factor(pp.cd_probability)
     idx = f"{_T}i"
     # Optional inputs (the arbitration side, horwitz_scale, uncertainties, …) may be left out by
     # a caller; they are then null, exactly as if given empty.
@@ -404,7 +471,7 @@ def _prepare(lf: pl.LazyFrame, pp: PairPolicy) -> pl.LazyFrame:
     lf = lf.with_columns(
         [e for j in ("1", "2", "3") for e in _stage_side(j, pp.default_coverage_k)]
     )
-    return lf.with_columns([_dist(_t(f"x{j}")).alias(f"{_T}dist{j}") for j in ("1", "2", "3")])
+    return lf.with_columns([e for j in ("1", "2", "3") for e in _stage_own(j)])
 
 
 def _score_main(base: pl.LazyFrame, pp: PairPolicy, f: float) -> pl.LazyFrame:
@@ -443,6 +510,10 @@ def _score_main(base: pl.LazyFrame, pp: PairPolicy, f: float) -> pl.LazyFrame:
         _p_disagree(_dist(lvl) / sR_ok).alias("p_disagree"),
         (v1 != v2).fill_null(False).alias("reversal"),
         _outcome_code("1", "2", d, cd, sR).alias(f"{_T}o12"),
+        _verdict_contradicts("1", sR).alias("verdict_contradicts_1"),
+        _verdict_contradicts("2", sR).alias("verdict_contradicts_2"),
+        _nd_vs_clear("1", "2", cd).alias("nd_vs_clear_1"),
+        _nd_vs_clear("2", "1", cd).alias("nd_vs_clear_2"),
     )
 
 

@@ -2,6 +2,9 @@
 
 All functions are vectorised: arguments broadcast with numpy rules, and a result computed from
 scalars only is returned as a Python ``float``. Nothing here reads files or global state.
+The Horwitz function and the critical-difference factor live here only: ``horwitz_expr`` is the
+polars form that scoring.pairs applies to whole columns, and ``horwitz`` evaluates that same
+expression on arrays, so the two cannot drift apart.
 
 Conventions that are choices (documented where they are made):
 
@@ -24,13 +27,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import polars as pl
 from scipy.stats import norm
 
 __all__ = [
     "CD_FACTOR_95",
+    "HORWITZ_R_RATIO",
     "critical_difference",
     "critical_difference_factor",
     "horwitz",
+    "horwitz_expr",
     "repeatability_at",
     "reproducibility_at",
     "sigma_pt_from_precision",
@@ -38,6 +44,9 @@ __all__ = [
 
 # ISO 5725-6:1994 §4.1.4 / §5.3: the published rounded value of 1.96 * sqrt(2).
 CD_FACTOR_95 = 2.8
+
+# sigma_r / sigma_R assumed for Horwitz items (module docstring).
+HORWITZ_R_RATIO = 0.5
 
 # Thompson (2000), Analyst 125:385-386, modified Horwitz function breakpoints (mass fractions).
 _HORWITZ_LOW = 1.2e-7
@@ -93,6 +102,22 @@ def sigma_pt_from_precision(sigma_R: Any, sigma_r: Any, m: Any) -> float | np.nd
     return _finish(np.sqrt(radicand))
 
 
+def horwitz_expr(c: pl.Expr) -> pl.Expr:
+    """The Horwitz function (see ``horwitz``) as a polars expression of a mass-fraction column.
+
+    No validation: null gives null, NaN gives NaN, and values outside [0, 1] are evaluated by the
+    same pieces (a vectorised pass over many items must not fail on one bad scale; callers
+    decide which rows use the result).
+    """
+    return (
+        pl.when(c < _HORWITZ_LOW)
+        .then(0.22 * c)
+        .when(c <= _HORWITZ_HIGH)
+        .then(0.02 * c.pow(0.8495))
+        .otherwise(0.01 * c.sqrt())
+    )
+
+
 def horwitz(c: Any) -> float | np.ndarray:
     """Predicted reproducibility SD (as a mass fraction) at mass fraction ``c``.
 
@@ -109,10 +134,9 @@ def horwitz(c: Any) -> float | np.ndarray:
         raise ValueError("horwitz: mass fraction c must be non-negative")
     if np.any(cc > 1):
         raise ValueError("horwitz: mass fraction c must be <= 1 (check horwitz_scale / units)")
-    with np.errstate(invalid="ignore"):
-        mid = 0.02 * np.power(cc, 0.8495)
-        out = np.where(cc < _HORWITZ_LOW, 0.22 * cc, np.where(cc <= _HORWITZ_HIGH, mid, 0.01 * np.sqrt(cc)))
-    return _finish(out)
+    col = pl.Series("c", cc.ravel(), dtype=pl.Float64)
+    out = col.to_frame().select(horwitz_expr(pl.col("c"))).to_series().to_numpy()
+    return _finish(out.reshape(cc.shape))
 
 
 def critical_difference_factor(prob: float = 0.95) -> float:
@@ -220,7 +244,9 @@ def reproducibility_at(level: Any, item: Any) -> float | np.ndarray:
     return _sd_at(level, item, "reproducibility_sd", 1.0)
 
 
-def repeatability_at(level: Any, item: Any, *, horwitz_r_ratio: float = 0.5) -> float | np.ndarray:
+def repeatability_at(
+    level: Any, item: Any, *, horwitz_r_ratio: float = HORWITZ_R_RATIO
+) -> float | np.ndarray:
     """Repeatability SD sigma_r of a test item at ``level``; see ``reproducibility_at``.
 
     For Horwitz items sigma_r = horwitz_r_ratio * sigma_R (0.5 by default, module docstring).

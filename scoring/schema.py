@@ -72,7 +72,7 @@ OUTCOMES = (
     "qualitative_reversal",
 )
 # Outcomes that count as a discrepancy against the pair (reversal_within_uncertainty is reported
-# but never penalised: DOMAIN.md §3).
+# but never penalised: near the limit two unbiased labs disagree often, see scoring.pairs).
 DISCREPANT_OUTCOMES = ("discrepant", "reversal", "censored_discrepant", "qualitative_reversal")
 
 

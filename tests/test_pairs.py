@@ -1,4 +1,4 @@
-"""Tests of scoring.pairs.score_pairs (DOMAIN.md §3)."""
+"""Tests of scoring.pairs.score_pairs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from scipy.stats import norm
 
 from labeval.bench_scoring import generate_pairs, render, run
 from scoring import precision, scores
-from scoring.pairs import PAIR_SCORE_SCHEMA, cd_factor, score_pairs
+from scoring.pairs import PAIR_SCORE_SCHEMA, score_pairs
 from scoring.policy import PairPolicy, Policy
 from scoring.schema import DISCREPANT_OUTCOMES, OUTCOMES, PAIR_INPUT_SCHEMA, empty_pairs
 
@@ -89,10 +89,12 @@ def test_reversal_within_uncertainty_all_scores():
         value_1=9.8, value_2=10.3, verdict_2="fail",
         expanded_uncertainty_1=0.5, expanded_uncertainty_2=0.4,
     )
-    # hand computation (k defaults to 2): distances to limit 10: 0.2 <= U1 0.5 and |-0.3| <= U2
-    # 0.4; |d| = 0.5 <= CD 0.56 -> the verdict difference is within the uncertainty.
+    # hand computation (k defaults to 2): 9.8 "pass" and 10.3 "fail" are the verdicts the two
+    # numbers give (upper limit 10), so no side is in question; |d| = 0.5 <= CD 0.56.
     assert r["outcome"] == "reversal_within_uncertainty"
     assert r["discrepant"] is False and r["reversal"] is True
+    assert r["verdict_contradicts_1"] is False and r["verdict_contradicts_2"] is False
+    assert r["nd_vs_clear_1"] is False and r["nd_vs_clear_2"] is False
     # En = -0.5 / sqrt(0.5² + 0.4²) = -0.5/0.6403124 = -0.7808688
     assert r["en"] == pytest.approx(-0.7808688, rel=1e-7)
     assert r["en_signal"] is False
@@ -109,17 +111,19 @@ def test_reversal_within_uncertainty_all_scores():
 
 
 def test_reversal_far_from_limit():
-    # hand computation: x1 = 9.0 is 1.0 from the limit > U1 0.5 -> not explained -> reversal.
+    # hand computation: 9.0 "pass" and 10.3 "fail" follow their numbers, but
+    # |d| = 1.3 > CD 0.56: the numbers themselves disagree -> reversal.
     r = one(
         value_1=9.0, value_2=10.3, verdict_2="fail",
         expanded_uncertainty_1=0.5, expanded_uncertainty_2=0.4,
     )
     assert r["outcome"] == "reversal" and r["discrepant"] is True
+    assert r["verdict_contradicts_1"] is False and r["verdict_contradicts_2"] is False
 
 
 def test_reversal_with_d_above_cd_is_not_within_uncertainty():
-    # hand computation: both intervals reach the limit (0.4 <= 0.5; 0.35 <= 0.4) but
-    # |d| = |9.6 - 10.35| = 0.75 > CD 0.56: DOMAIN.md §3 counts that as evidence -> reversal.
+    # hand computation: |d| = |9.6 - 10.35| = 0.75 > CD 0.56: a reversal with a significant
+    # difference is evidence, even near the limit -> reversal.
     r = one(
         value_1=9.6, value_2=10.35, verdict_2="fail",
         expanded_uncertainty_1=0.5, expanded_uncertainty_2=0.4,
@@ -128,36 +132,126 @@ def test_reversal_with_d_above_cd_is_not_within_uncertainty():
     assert r["outcome"] == "reversal"
 
 
-def test_reversal_without_u_uses_two_sigma_R():
-    # No U: half-width 2·sigma_R = 0.4. hand computation: x1 = 9.7 (0.3 from the limit),
-    # x2 = 10.2 (0.2), |d| = 0.5 <= 0.56 -> within; x1 = 9.5 (0.5 > 0.4) -> reversal.
-    assert one(value_1=9.7, value_2=10.2, verdict_2="fail")["outcome"] == (
-        "reversal_within_uncertainty"
+def test_verdict_contradicting_its_own_number_far_from_the_limit():
+    # The hole the rule closes: original 5.0 "fail", retest 5.2 "pass", upper limit 10. Side 1's
+    # number gives "pass"; its "fail" is 5.0 from the limit, beyond its tolerance 2·sigma_R = 0.4
+    # and beyond any guard band -> reversal, and side 1 contradicts its own number.
+    for rule in ("guard_band", "simple", None):
+        r = one(value_1=5.0, value_2=5.2, verdict_1="fail", decision_rule_1=rule)
+        assert r["outcome"] == "reversal" and r["discrepant"] is True
+        assert r["verdict_contradicts_1"] is True and r["verdict_contradicts_2"] is False
+
+
+# Hand computations for a side in question. BASE: upper limit 10, sigma_R = 0.2 (absolute), CD
+# 0.56, tolerance 2·sigma_R = 0.4 where U is missing. Side 1 says "fail" for a conforming number,
+# side 2 says "pass" for 9.9 (its own verdict). Columns: side-1 value, U, k, decision rule;
+# expected outcome and verdict_contradicts_1.
+@pytest.mark.parametrize(
+    ("x1", "U1", "k1", "rule", "outcome", "contradicts"),
+    [
+        # U2 = 0.5; dist 10 - 9.7 = 0.3 < 0.5: a guard band w = U gives "fail" there;
+        # |d| = 0.2 <= 0.56
+        (9.7, 0.5, None, "guard_band", "reversal_within_uncertainty", False),
+        # an unstated rule may be a guard band
+        (9.7, 0.5, None, None, "reversal_within_uncertainty", False),
+        (9.7, 0.5, None, "unheard-of", "reversal_within_uncertainty", False),
+        # simple acceptance gives "pass" at 9.7: the rule cannot explain "fail"; 0.3 is within
+        # the tolerance, so the verdict is not flagged as contradicting beyond it
+        (9.7, 0.5, None, "simple", "reversal", False),
+        # U = 0.6 at k = 3 is U2 = 0.4 < dist 0.45: beyond; at k = 2 the same U reaches 0.6
+        (9.55, 0.6, 3.0, "guard_band", "reversal", True),
+        (9.55, 0.6, 2.0, "guard_band", "reversal_within_uncertainty", False),
+        # no U: tolerance 2·sigma_R = 0.4: dist 0.35 inside, 0.45 beyond
+        (9.65, None, None, "guard_band", "reversal_within_uncertainty", False),
+        (9.55, None, None, "guard_band", "reversal", True),
+        # dist 1.0 < U2 1.2, but |d| = 0.9 > CD 0.56
+        (9.0, 1.2, None, "guard_band", "reversal", False),
+    ],
+)
+def test_side_in_question_upper_limit(x1, U1, k1, rule, outcome, contradicts):
+    r = one(
+        value_1=x1, expanded_uncertainty_1=U1, coverage_k_1=k1, decision_rule_1=rule,
+        verdict_1="fail", value_2=9.9, decision_rule_2="simple",
     )
-    assert one(value_1=9.5, value_2=10.2, verdict_2="fail")["outcome"] == "reversal"
+    assert r["outcome"] == outcome
+    assert r["verdict_contradicts_1"] is contradicts
+    assert r["verdict_contradicts_2"] is False
+
+
+@pytest.mark.parametrize(
+    ("x1", "U1", "outcome", "contradicts"),
+    [
+        # lower limit 2 (minimum content): 2.3 conforms; dist 0.3 < U2 0.5 and a guard band
+        # accepts only at or above 2 + 0.5; |d| = |2.3 - 2.1| = 0.2 <= 0.56
+        (2.3, 0.5, "reversal_within_uncertainty", False),
+        # dist 0.6 > 0.5
+        (2.6, 0.5, "reversal", True),
+    ],
+)
+def test_side_in_question_lower_limit(x1, U1, outcome, contradicts):
+    r = one(
+        upper_limit=None, lower_limit=2.0, value_1=x1, expanded_uncertainty_1=U1,
+        decision_rule_1="guard_band", verdict_1="fail", value_2=2.1,
+    )
+    assert r["outcome"] == outcome
+    assert r["verdict_contradicts_1"] is contradicts
+
+
+def test_two_sided_guard_band_uses_the_nearest_limit():
+    # spec [2, 10]: 2.2 is 0.2 from the lower limit, within U2 0.5 -> a guard band gives "fail";
+    # |d| = |2.2 - 2.6| = 0.4 <= 0.56
+    r = one(
+        lower_limit=2.0, value_1=2.2, expanded_uncertainty_1=0.5, decision_rule_1="guard_band",
+        verdict_1="fail", value_2=2.6,
+    )
+    assert r["outcome"] == "reversal_within_uncertainty"
+
+
+def test_pass_for_a_nonconforming_number_is_never_explained():
+    # 10.1 "pass" over the upper limit 10: no stored rule accepts beyond a limit -> reversal,
+    # even though 0.1 is within the tolerance (so not flagged); 10.5 "pass" is 0.5 > 0.4 beyond.
+    # Side 2's "fail" (10.2, then 10.3) follows its number.
+    r = one(value_1=10.1, value_2=10.2, verdict_2="fail", decision_rule_1="guard_band")
+    assert r["outcome"] == "reversal"
+    assert r["verdict_contradicts_1"] is False and r["verdict_contradicts_2"] is False
+    r = one(value_1=10.5, value_2=10.3, verdict_2="fail")
+    assert r["outcome"] == "reversal" and r["verdict_contradicts_1"] is True
+    # both in question: 9.8 "fail" (explained by a guard band U2 0.5) and 10.1 "pass" (never)
+    r = one(value_1=9.8, verdict_1="fail", expanded_uncertainty_1=0.5,
+            decision_rule_1="guard_band", value_2=10.1, verdict_2="pass")
+    assert r["outcome"] == "reversal"
 
 
 def test_guard_band_reversal_on_the_same_side_is_within_uncertainty():
-    # hand computation (demo pair CAB-04, lower limit 12.5, sigma_R 0.08·13.70 = 1.096):
-    # x1 = 14.0552 pass (simple acceptance), x2 = 13.3519 fail under a guard band although it
-    # conforms; x1's interval 14.0552 ± 1.4275 does not reach 12.5, but both numbers are above
-    # the limit and |d| = 0.703 <= CD = 2.8·sigma_R = 2.8·1.09628 = 3.0696 (single results):
-    # the verdicts differ by the decision rule only.
-    r = one(
-        precision_model="relative", repeatability_sd=0.04, reproducibility_sd=0.08,
-        lower_limit=12.5, upper_limit=None,
-        value_1=14.0552, value_2=13.3519, verdict_1="pass", verdict_2="fail",
-        expanded_uncertainty_1=1.42751, expanded_uncertainty_2=1.60251,
-        decision_rule_2="guard_band",
-    )
+    # hand computation (lower limit 12.5, sigma_R 0.08·13.70355 = 1.096284):
+    # x1 = 14.0552 "pass" follows its number; x2 = 13.3519 "fail" under a guard band although it
+    # conforms: dist 0.8519 < U2 1.60251, so the guard band explains it; |d| = 0.7033 <=
+    # CD = 2.8·1.096284 = 3.0696 (single results).
+    kw = {
+        "precision_model": "relative", "repeatability_sd": 0.04, "reproducibility_sd": 0.08,
+        "lower_limit": 12.5, "upper_limit": None,
+        "value_1": 14.0552, "value_2": 13.3519, "verdict_1": "pass", "verdict_2": "fail",
+        "expanded_uncertainty_1": 1.42751, "expanded_uncertainty_2": 1.60251,
+        "decision_rule_2": "guard_band",
+    }
+    r = one(**kw)
     assert abs(r["cd"] - 3.0696) < 1e-4
     assert r["outcome"] == "reversal_within_uncertainty" and r["discrepant"] is False
+    assert r["verdict_contradicts_2"] is False
+    # the same verdict under a declared simple acceptance is not explained by the rule
+    assert one(**{**kw, "decision_rule_2": "simple"})["outcome"] == "reversal"
+    # without U the tolerance is 2·sigma_R = 2.192568 > 0.8519: still explained
+    assert one(**{**kw, "expanded_uncertainty_2": None})["outcome"] == (
+        "reversal_within_uncertainty"
+    )
 
 
 def test_reversal_with_no_limits_is_not_explained():
     r = one(value_1=5.0, value_2=5.1, verdict_2="fail", upper_limit=None)
     assert r["dist_sigma_1"] is None and r["p_disagree"] is None
     assert r["outcome"] == "reversal"
+    # no limit: no own verdict to contradict
+    assert r["verdict_contradicts_1"] is None and r["verdict_contradicts_2"] is None
 
 
 def test_verdicts_decide_reversal_not_the_numbers():
@@ -179,7 +273,7 @@ def test_two_sided_and_lower_limits():
     assert r["dist_sigma_1"] == pytest.approx(25.0)
 
 
-# ---------------------------------------------------------------- censored (DOMAIN.md §3)
+# ---------------------------------------------------------------- censored
 
 
 def test_both_censored_is_consistent():
@@ -229,6 +323,84 @@ def test_censored_vs_value_beyond_limit_is_reversal():
         verdict_1=None, verdict_2=None,
     )
     assert r["outcome"] == "reversal"
+
+
+# Hand computations, one side censored. BASE: upper limit 10, sigma_R = 0.2, so the censored
+# side is near when |10 - L| <= 2·sigma_R = 0.4, and x is near when |10 - x| <= U2 of x (0.4
+# without U). Columns: L, x, x's U, side-1 and side-2 verdicts; expected outcome and the flags.
+@pytest.mark.parametrize(
+    ("L", "x", "Ux", "v1", "v2", "outcome", "nd1", "vc1"),
+    [
+        # verdicts differ; x 0.1 over, L 0.2 under the limit: both near; 10.1 <= 9.8 + 0.56
+        (9.8, 10.1, None, "pass", "fail", "reversal_within_uncertainty", False, False),
+        # L = 9.0 is 1.0 from the limit: the censored side is far; 10.1 > 9.0 + 0.56 is clear
+        (9.0, 10.1, None, "pass", "fail", "reversal", True, False),
+        # x = 10.6 is 0.6 over the limit: far without U, near with U2 = 0.8
+        (9.8, 10.6, None, "pass", "fail", "reversal", True, False),
+        (9.8, 10.6, 0.8, "pass", "fail", "reversal_within_uncertainty", True, False),
+        # a conflict by position alone (no verdicts) is judged the same way
+        (9.8, 10.1, None, None, None, "reversal_within_uncertainty", False, None),
+        # "<0.5" reported "fail": [0, 0.5] conforms, 9.5 from the limit -> contradicts beyond
+        # its tolerance; the verdicts differ and the censored side is far -> reversal (the
+        # amounts agree: 0.9 <= 0.5 + 0.56)
+        (0.5, 0.9, None, "fail", "pass", "reversal", False, True),
+        # no conflict: 0.9 <= 0.5 + 0.56
+        (0.5, 0.9, None, "pass", "pass", "censored_consistent", False, False),
+    ],
+)
+def test_censored_against_a_number_near_and_far(L, x, Ux, v1, v2, outcome, nd1, vc1):
+    r = one(
+        censored_1=True, censor_limit_1=L, value_2=x, expanded_uncertainty_2=Ux,
+        verdict_1=v1, verdict_2=v2,
+    )
+    assert r["outcome"] == outcome
+    assert r["nd_vs_clear_1"] is nd1 and r["nd_vs_clear_2"] is False
+    assert r["verdict_contradicts_1"] is vc1
+
+
+def test_censored_below_a_minimum_content_near_and_far():
+    # lower limit 1 (minimum content): "<0.9" lies wholly below it (own verdict "fail"), 1.2
+    # conforms: a conflict. x is 0.2 and L 0.1 from the limit, both <= 0.4 -> within; "<0.5" is
+    # 0.5 > 0.4 from it -> reversal. The k of x's U counts: U = 0.9 at k = 3 is U2 = 0.6.
+    kw = {"upper_limit": None, "lower_limit": 1.0, "censored_1": True, "verdict_1": "fail"}
+    r = one(**kw, censor_limit_1=0.9, value_2=1.2)
+    assert r["outcome"] == "reversal_within_uncertainty"
+    assert r["verdict_contradicts_1"] is False
+    assert one(**kw, censor_limit_1=0.5, value_2=1.2)["outcome"] == "reversal"
+    # x = 1.5 is 0.5 from the limit: far without U, near with U2 = 0.6 (and L = 0.9 near)
+    assert one(**kw, censor_limit_1=0.9, value_2=1.5)["outcome"] == "reversal"
+    r = one(**kw, censor_limit_1=0.9, value_2=1.5, expanded_uncertainty_2=0.9, coverage_k_2=3.0)
+    assert r["outcome"] == "reversal_within_uncertainty"
+
+
+def test_nd_vs_clear_undecidable_and_not_applicable():
+    # partner's value missing: cannot tell -> null
+    r = one(censored_1=True, censor_limit_1=0.5, value_2=None)
+    assert r["nd_vs_clear_1"] is None and r["outcome"] is None
+    # both censored: no clear amount on either side
+    r = one(censored_1=True, censor_limit_1=0.5, censored_2=True, censor_limit_2=3.0)
+    assert r["nd_vs_clear_1"] is False and r["nd_vs_clear_2"] is False
+    # ND without a limit: no L to compare -> null; the numeric side is never "ND"
+    r = one(censored_2=True, value_1=8.0)
+    assert r["nd_vs_clear_2"] is None and r["nd_vs_clear_1"] is False
+    # censored retest side: 1.2 > 0.5 + 0.56
+    r = one(censored_2=True, censor_limit_2=0.5, value_1=1.2)
+    assert r["nd_vs_clear_2"] is True and r["outcome"] == "censored_discrepant"
+
+
+def test_verdict_contradicts_is_null_when_undecidable():
+    # no verdict; no number; qualitative item
+    assert one(value_1=5.0, value_2=5.0, verdict_1=None)["verdict_contradicts_1"] is None
+    assert one(value_1=None, value_2=5.0)["verdict_contradicts_1"] is None
+    r = one(kind="qualitative", precision_model=None, value_1=5.0, value_2=5.0)
+    assert r["verdict_contradicts_1"] is None and r["verdict_contradicts_2"] is None
+    # a contradiction whose tolerance is unknown: no U and no precision (unknown model)
+    r = one(precision_model="bogus", value_1=5.0, value_2=5.0, verdict_1="fail")
+    assert r["verdict_contradicts_1"] is None and r["verdict_contradicts_2"] is False
+    # ... but a U settles it: 5.0 from the limit > U2 0.5
+    r = one(precision_model="bogus", value_1=5.0, value_2=5.0, verdict_1="fail",
+            expanded_uncertainty_1=0.5)
+    assert r["verdict_contradicts_1"] is True
 
 
 def test_censored_limit_falls_back_to_lod():
@@ -328,7 +500,6 @@ def test_cd_probability_policy():
     r = one(policy=PairPolicy(cd_probability=0.99), value_1=5.0, value_2=5.7)
     assert r["cd"] == pytest.approx(0.7285545, rel=1e-6)
     assert r["outcome"] == "consistent"
-    assert cd_factor(0.95) == 2.8
 
 
 def test_sigma_r_above_sigma_R_is_capped():
@@ -360,7 +531,7 @@ def test_precision_models():
 
 @pytest.mark.parametrize(
     ("delta", "expected"),
-    # DOMAIN.md §3: 0.50 at 0, 0.27 at 1, 0.045 at 2, 0.003 at 3 (2·Phi(δ)(1-Phi(δ)))
+    # 2·Phi(δ)(1-Phi(δ)): 0.50 at 0, 0.27 at 1, 0.045 at 2, 0.003 at 3
     [(0.0, 0.5), (1.0, 0.26696753), (2.0, 0.04446513), (3.0, 0.00269615)],
 )
 def test_p_disagree_table(delta, expected):
@@ -464,7 +635,8 @@ def _swap(df: pl.DataFrame) -> pl.DataFrame:
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_invariants_under_side_swap(seed):
-    df = generate_pairs(500, seed)
+    # perturbed: flipped verdicts, mixed decision rules, holes (_perturb below)
+    df = _perturb(generate_pairs(500, seed), seed)
     a = score_pairs(df.lazy()).collect()
     b = score_pairs(_swap(df).lazy()).collect()
     # antisymmetric scores change sign; symmetric ones do not change
@@ -476,6 +648,9 @@ def test_invariants_under_side_swap(seed):
         np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-12, equal_nan=True)
     for col in ("outcome", "reversal", "discrepant", "exceeds_cd", "en_signal"):
         assert a[col].to_list() == b[col].to_list()
+    for flag in ("verdict_contradicts", "nd_vs_clear"):
+        assert a[f"{flag}_1"].to_list() == b[f"{flag}_2"].to_list()
+        assert a[f"{flag}_2"].to_list() == b[f"{flag}_1"].to_list()
     np.testing.assert_allclose(
         a["dist_sigma_1"].to_numpy(), b["dist_sigma_2"].to_numpy(), equal_nan=True
     )
@@ -494,55 +669,177 @@ def test_invariants_under_side_swap(seed):
     assert (a["cd"].drop_nulls() >= 0).all()
 
 
+# Small grids: the interesting cases sit within a tolerance (0.4 without U) of the limit and a
+# CD (0.56) of each other, and a missing verdict can never make a reversal.
+_verdicts = st.sampled_from(["pass", "fail"])
+_rules = st.sampled_from(["simple", "guard_band", None])
+_U = st.sampled_from([None, 0.3, 0.6, 1.0])
+_near = st.integers(-16, 16).map(lambda i: i / 20)
+_ahead = st.integers(1, 12).map(lambda i: i / 20)
+
+
+@st.composite
+def _moves(draw):
+    """(before, after) rows: one side's number moves away from the limit 5, the other side
+    stays behind it (so |d| grows). Absolute precision: sigma_R 0.2 and CD 0.56 at any level."""
+    limit = 5.0
+    moving, other = draw(st.sampled_from([("1", "2"), ("2", "1")]))
+    x = draw(_near.filter(lambda v: v != 0.0))
+    away = 1.0 if x > 0 else -1.0  # the direction that increases |x - limit|
+    behind = draw(st.integers(0, 6).map(lambda i: i / 20))
+    spec = (
+        {"lower_limit": limit, "upper_limit": None} if draw(st.booleans())
+        else {"upper_limit": limit}
+    )
+    row = {
+        **BASE, **spec, f"value_{moving}": limit + x, f"value_{other}": limit + x - away * behind,
+    }
+    for j in ("1", "2"):
+        row |= {
+            f"verdict_{j}": draw(_verdicts), f"decision_rule_{j}": draw(_rules),
+            f"expanded_uncertainty_{j}": draw(_U),
+            f"coverage_k_{j}": draw(st.sampled_from([None, 2.0, 3.0])),
+        }
+    after = {**row, f"value_{moving}": limit + x + away * draw(_ahead)}
+    return moving, row, after
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_moves(), min_size=30, max_size=30))
+def test_moving_away_from_the_limit_never_excuses_a_reversal(cases):
+    # Farther from the limit with |d| growing: a reversal stays a reversal and a
+    # verdict_contradicts flag of the moved side stays set. 30 cases per frame.
+    rows = [r for _, before, after in cases for r in (before, after)]
+    out = score(*rows)
+    for i, (moving, _, _) in enumerate(cases):
+        before, after = out[2 * i], out[2 * i + 1]
+        if before["outcome"] == "reversal":
+            assert after["outcome"] == "reversal", (before, after)
+        flag = f"verdict_contradicts_{moving}"
+        if before[flag] is True:
+            assert after[flag] is True, (before, after)
+
+
+@st.composite
+def _censored_moves(draw):
+    row = {
+        **BASE, "censored_1": True, "censor_limit_1": 9.0 + draw(_near),
+        "value_2": 10.0 + draw(_near), "verdict_1": draw(_verdicts), "verdict_2": draw(_verdicts),
+        "expanded_uncertainty_2": draw(_U),
+    }
+    return row, {**row, "censor_limit_1": row["censor_limit_1"] - draw(_ahead)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_censored_moves(), min_size=30, max_size=30))
+def test_censored_limit_farther_below_never_excuses_a_reversal(cases):
+    # "<L" against x, upper limit 10: lowering L moves the censored side away from the limit
+    # (x stays), so a reversal stays a reversal and nd_vs_clear can only turn on.
+    out = score(*[r for pair in cases for r in pair])
+    for before, after in zip(out[::2], out[1::2], strict=True):
+        if before["outcome"] == "reversal":
+            assert after["outcome"] == "reversal", (before, after)
+        if before["nd_vs_clear_1"]:
+            assert after["nd_vs_clear_1"] is True
+
+
 # ---------------------------------------------------------------- 100k agreement test
 
 
-def _ref_outcome(qual, xa, xb, ca, cb, La, Lb, va, vb, lo, up, Ua, Ub, sR, cd):
-    """Scalar reference of the documented outcome rules (NaN = missing, None = no verdict)."""
-    isn = math.isnan
-    def dist(x):
-        cands = [x - lo] if not isn(lo) else []
-        cands += [up - x] if not isn(up) else []
-        return min(cands) if cands else math.nan
+def _nan(v) -> bool:
+    return v is None or math.isnan(v)
 
+
+def _ref_dist(x, lo, up):
+    cands = [x - lo] if not _nan(lo) else []
+    cands += [up - x] if not _nan(up) else []
+    return min(cands) if cands and not _nan(x) else math.nan
+
+
+def _ref_own(S, lo, up):
+    """A side's own verdict (True = pass) from its number or its "<L"; None when undecided."""
+    if S["c"]:
+        L = S["L"]
+        if _nan(L):
+            return None
+        if (_nan(lo) or lo <= 0) and (_nan(up) or L <= up):
+            return True
+        if not _nan(lo) and L <= lo:
+            return False
+        return None
+    dx = _ref_dist(S["x"], lo, up)
+    return None if _nan(dx) else dx >= 0
+
+
+def _ref_outcome(qual, A, B, lo, up, sR, cd):
+    """Scalar reference of the documented outcome rules (NaN = missing, None = no verdict).
+
+    A and B are sides: x (number), c (censored), L (censoring limit), U2 (U at k = 2),
+    v ("pass"/"fail"/None), gb (the rule may be a guard band)."""
+    va, vb = A["v"], B["v"]
     vrev = va is not None and vb is not None and va != vb
     if qual:
         if va is None or vb is None:
             return None
         return "qualitative_reversal" if va != vb else "qualitative_agree"
-    if ca and cb:
+    if A["c"] and B["c"]:
         return "censored_consistent"
-    if (ca and not isn(xb)) or (cb and not isn(xa)):
-        L, x = (La, xb) if ca else (Lb, xa)
-        dx = dist(x)
-        if not isn(L):
-            L_in = isn(lo) and (isn(up) or L <= up)
-            L_out = not isn(lo) and L <= lo
-        else:
-            L_in = L_out = False
-        if vrev or (not isn(dx) and ((dx < 0 and L_in) or (dx >= 0 and L_out))):
-            return "reversal"
-        if isn(L) or x <= L:
+    if (A["c"] and not _nan(B["x"])) or (B["c"] and not _nan(A["x"])):
+        C, N = (A, B) if A["c"] else (B, A)
+        L, x = C["L"], N["x"]
+        dx = _ref_dist(x, lo, up)
+        own_L = _ref_own(C, lo, up)
+        pos_rev = not _nan(dx) and own_L is not None and (dx < 0) == own_L
+        if vrev or pos_rev:
+            w = N["U2"] if not _nan(N["U2"]) else 2 * sR
+            dL = _ref_dist(L, lo, up) if not _nan(L) else math.nan
+            near = (
+                not any(_nan(v) for v in (dx, w, dL, sR))
+                and abs(dx) <= w and abs(dL) <= 2 * sR
+            )
+            return "reversal_within_uncertainty" if near else "reversal"
+        if _nan(L) or x <= L:
             return "censored_consistent"
-        if isn(cd):
+        if _nan(cd):
             return None
         return "censored_consistent" if x <= L + cd else "censored_discrepant"
-    if isn(xa) or isn(xb):
+    if _nan(A["x"]) or _nan(B["x"]):
         return None
-    d = xa - xb
+    d = A["x"] - B["x"]
     if vrev:
-        wa = Ua if not isn(Ua) else 2 * sR
-        wb = Ub if not isn(Ub) else 2 * sR
-        da, db = dist(xa), dist(xb)
-        near = (
-            not any(isn(v) for v in (da, db, wa, wb))
-            and ((abs(da) <= wa and abs(db) <= wb) or ((da >= 0) == (db >= 0)))
-            and (isn(cd) or abs(d) <= cd)
-        )
-        return "reversal_within_uncertainty" if near else "reversal"
-    if isn(cd):
+        ok = not (_nan(lo) and _nan(up)) and not _nan(cd) and abs(d) <= cd
+        for S in (A, B):
+            g = _ref_own(S, lo, up)
+            if g is None or (S["v"] == "pass") == g:
+                continue  # not in question
+            w = S["U2"] if not _nan(S["U2"]) else 2 * sR
+            # only a "fail" for a conforming number within the guard band w is explained
+            ok = ok and g and S["gb"] and not _nan(w) and _ref_dist(S["x"], lo, up) < w
+        return "reversal_within_uncertainty" if ok else "reversal"
+    if _nan(cd):
         return None
     return "discrepant" if abs(d) > cd else "consistent"
+
+
+def _ref_contradicts(S, lo, up, sR):
+    g = _ref_own(S, lo, up)
+    if S["v"] is None or g is None:
+        return None
+    if (S["v"] == "pass") == g:
+        return False
+    if S["c"]:
+        dL = _ref_dist(S["L"], lo, up)
+        return None if _nan(dL) or _nan(sR) else abs(dL) > 2 * sR
+    w = S["U2"] if not _nan(S["U2"]) else 2 * sR
+    return None if _nan(w) else abs(_ref_dist(S["x"], lo, up)) > w
+
+
+def _ref_nd_vs_clear(S, O, cd):
+    if not S["c"] or O["c"]:
+        return False
+    if _nan(O["x"]) or _nan(S["L"]) or _nan(cd):
+        return None
+    return O["x"] > S["L"] + cd
 
 
 def _col(df, name):
@@ -578,7 +875,12 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
         nrep = np.where(nrep >= 1, nrep, 1.0)
         v = df[f"verdict_{j}"].to_list()
         v = [s if s in ("pass", "fail") else None for s in v]
-        side[j] = {"x": x, "c": cens, "L": L, "u": u, "U2": 2 * u, "n": nrep, "v": v}
+        gb = [r != "simple" for r in df[f"decision_rule_{j}"].to_list()]
+        side[j] = {"x": x, "c": cens, "L": L, "u": u, "U2": 2 * u, "n": nrep, "v": v, "gb": gb}
+
+    def at(S, i):
+        return {key: S[key][i] for key in ("x", "c", "L", "U2", "v", "gb")}
+
 
     def pair(a, b):
         A, B = side[a], side[b]
@@ -594,9 +896,7 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
         d = A["x"] - B["x"]
         s = np.where(sR > 0, d / (math.sqrt(2) * np.where(sR > 0, sR, 1.0)), np.nan)
         out = [
-            _ref_outcome(qual[i], A["x"][i], B["x"][i], A["c"][i], B["c"][i], A["L"][i],
-                         B["L"][i], A["v"][i], B["v"][i], lo[i], up[i], A["U2"][i],
-                         B["U2"][i], sR[i], cd[i])
+            _ref_outcome(qual[i], at(A, i), at(B, i), lo[i], up[i], sR[i], cd[i])
             for i in range(n)
         ]
         return {"level": level, "sR": sR, "sr": sr, "cd": cd, "d": d, "s": s, "outcome": out}
@@ -640,11 +940,21 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
     ref["reversal"] = [a is not None and b is not None and a != b
                        for a, b in zip(S1["v"], S2["v"], strict=True)]
     ref["discrepant"] = [None if o is None else o in bad for o in p12["outcome"]]
+    for j, o in (("1", "2"), ("2", "1")):
+        S, O = side[j], side[o]
+        ref[f"verdict_contradicts_{j}"] = [
+            _ref_contradicts(at(S, i), lo[i], up[i], p12["sR"][i]) for i in range(n)
+        ]
+        ref[f"nd_vs_clear_{j}"] = [
+            _ref_nd_vs_clear(at(S, i), at(O, i), p12["cd"][i]) for i in range(n)
+        ]
     return ref
 
 
 def _perturb(df: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """Knock holes in generated data: missing values, verdicts, precision, odd U/k/n."""
+    """Knock holes in generated data: missing values, verdicts, precision, odd U/k/n, and
+    verdicts flipped against their own numbers under every decision rule (the generator's
+    verdicts always follow simple acceptance)."""
     rng = np.random.default_rng(seed)
     n = df.height
 
@@ -653,6 +963,17 @@ def _perturb(df: pl.DataFrame, seed: int) -> pl.DataFrame:
         new = pl.lit(value, dtype=df.schema[col])
         return pl.when(mask).then(new).otherwise(pl.col(col)).alias(col)
 
+    def flip(col, p):
+        mask = pl.Series(rng.random(n) < p)
+        other = pl.when(pl.col(col) == "pass").then(pl.lit("fail")).otherwise(pl.lit("pass"))
+        flipped = pl.when(mask & pl.col(col).is_not_null()).then(other)
+        return flipped.otherwise(pl.col(col)).alias(col)
+
+    df = df.with_columns(
+        flip("verdict_1", 0.06), flip("verdict_2", 0.06), flip("verdict_3", 0.06),
+        holes("decision_rule_1", 0.05), holes("decision_rule_2", 0.03, "bogus"),
+        holes("decision_rule_3", 0.05), holes("lower_limit", 0.01, 0.0),
+    )
     return df.with_columns(
         holes("value_1", 0.02), holes("value_2", 0.02), holes("verdict_1", 0.03),
         holes("verdict_2", 0.03), holes("verdict_3", 0.03), holes("reproducibility_sd", 0.01),
@@ -684,7 +1005,8 @@ def test_agrees_with_scalar_reference_on_100k_pairs(pol):
             got, ref[col], rtol=1e-9, atol=1e-300, equal_nan=True, err_msg=col
         )
     for col in ("outcome", "outcome_13", "outcome_23", "arbiter_sides_with", "reversal",
-                "discrepant"):
+                "discrepant", "verdict_contradicts_1", "verdict_contradicts_2", "nd_vs_clear_1",
+                "nd_vs_clear_2"):
         got = out[col].to_list()
         mism = [i for i, (g, r) in enumerate(zip(got, ref[col], strict=True)) if g != r]
         assert not mism, (col, mism[:5], [(got[i], ref[col][i]) for i in mism[:5]])
@@ -693,6 +1015,19 @@ def test_agrees_with_scalar_reference_on_100k_pairs(pol):
     assert set(counts["outcome"].drop_nulls()) == set(OUTCOMES)
     assert out["outcome"].null_count() > 0
     assert out["arbiter_sides_with"].drop_nulls().n_unique() == 4
+    # the flags take all three values, and reversals are excused with a side in question
+    for col in ("verdict_contradicts_1", "verdict_contradicts_2", "nd_vs_clear_1",
+                "nd_vs_clear_2"):
+        assert set(out[col].value_counts()[col].to_list()) == {True, False, None}, col
+    in_question = out.filter(
+        (pl.col("outcome") == "reversal_within_uncertainty")
+        & pl.col("censored_1").not_() & pl.col("censored_2").not_()
+        & ((pl.col("verdict_1") == "fail") & (pl.col("dist_sigma_1") >= 0)
+           | (pl.col("verdict_2") == "fail") & (pl.col("dist_sigma_2") >= 0))
+        & pl.col("upper_limit").is_not_null()
+        & ((pl.col("verdict_1") == "pass") | (pl.col("verdict_2") == "pass"))
+    )
+    assert in_question.height > 10
     en_ok = ~np.isnan(ref["en"])
     signal = out["en_signal"].to_numpy()[en_ok]
     assert list(signal) == list(np.abs(ref["en"][en_ok]) >= 1.0)

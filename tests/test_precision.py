@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import msgspec
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from scoring.precision import (
     critical_difference,
     critical_difference_factor,
     horwitz,
+    horwitz_expr,
     repeatability_at,
     reproducibility_at,
     sigma_pt_from_precision,
@@ -97,6 +99,23 @@ def test_horwitz_vectorised_nan_and_errors():
         horwitz(-1e-6)
     with pytest.raises(ValueError, match="<= 1"):
         horwitz(2.0)
+
+
+def test_horwitz_expr_on_columns_never_raises():
+    # the polars form used on whole pair frames: hand values as in test_horwitz_branches_hand,
+    # null stays null, and values horwitz() rejects are evaluated rather than raising
+    # (0.01 * sqrt(4) = 0.02; 0.22 * -1e-6 = -2.2e-7).
+    c = pl.Series("c", [1e-8, 0.5, None, 4.0, -1e-6], dtype=pl.Float64)
+    out = c.to_frame().select(horwitz_expr(pl.col("c"))).to_series().to_list()
+    assert out[0] == pytest.approx(2.2e-9, rel=1e-12)
+    assert out[1] == pytest.approx(0.01 * math.sqrt(0.5), rel=1e-12)
+    assert out[2] is None
+    assert out[3] == pytest.approx(0.02, rel=1e-12)
+    assert out[4] == pytest.approx(-2.2e-7, rel=1e-12)
+    # 2-D input keeps its shape through the column round trip
+    grid = np.array([[1e-6, 1e-3], [0.2, 1e-9]])
+    assert horwitz(grid).shape == (2, 2)
+    assert horwitz(grid)[1, 0] == pytest.approx(0.01 * math.sqrt(0.2), rel=1e-12)
 
 
 @settings(max_examples=100, deadline=None)

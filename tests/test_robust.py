@@ -1,12 +1,13 @@
 """Tests of scoring.robust (ISO 13528:2022 Annex C robust statistics).
 
-The 34 atrazine results of ISO 13528:2022 E.3 could not be found in any public source available
-while writing these tests, so the Algorithm A reference values below are hand computations, the
-defining fixed-point equations, and an independent step-by-step trace.
+Reference values: the worked example E.3 of ISO 13528:2022 Annex E (data and printed figures
+below), hand computations, the defining fixed-point equations, and an independent step-by-step
+trace of Algorithm A.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -17,14 +18,19 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from scoring.robust import (
+    ALGORITHM_A_FACTOR,
+    ALGORITHM_A_FACTOR_EXACT,
+    QN_FACTOR,
     AlgorithmAResult,
     algorithm_a,
     algorithm_s,
     algorithm_s_factors,
     hampel,
+    huber_consistency_factor,
     made,
     niqr,
     qn,
+    qn_correction,
     u_robust,
 )
 
@@ -120,6 +126,53 @@ def test_algorithm_a_matches_reference_trace_when_tight():
     r = algorithm_a(data, **TIGHT)
     assert r.location == pytest.approx(trace[-1][0], rel=1e-9)
     assert r.scale == pytest.approx(trace[-1][1], rel=1e-9)
+
+
+# ISO 13528:2022 Annex E, example E.3: atrazine in drinking water, p = 34 results (µg/l).
+ISO_E3 = [
+    0.04, 0.055, 0.178, 0.202, 0.206, 0.227, 0.228, 0.23, 0.23, 0.235, 0.236, 0.237, 0.243,
+    0.244, 0.245, 0.2555, 0.26, 0.264, 0.267, 0.27, 0.273, 0.274, 0.274, 0.278, 0.2811, 0.287,
+    0.287, 0.288, 0.289, 0.295, 0.296, 0.311, 0.331, 0.4246,
+]
+
+
+def test_iso_13528_annex_e3_end_to_end():
+    # Printed in ISO 13528:2022 Annex E, example E.3: median 0.262, nIQR 0.0402 (quartiles by
+    # linear interpolation, R type 7), MADe 0.0386; Algorithm A x* = 0.257, s* = 0.0395,
+    # u(x*) = 1.25 s*/sqrt(p) = 0.0085 after 6 iterations.
+    assert len(ISO_E3) == 34
+    assert round(float(np.median(ISO_E3)), 3) == 0.262
+    assert round(niqr(ISO_E3, method="type7"), 4) == 0.0402
+    assert round(made(ISO_E3), 4) == 0.0386
+    r = algorithm_a(ISO_E3)
+    assert r.converged and r.start == "made" and r.p == 34
+    assert round(r.location, 3) == 0.257
+    assert round(r.scale, 4) == 0.0395
+    assert round(r.uncertainty, 4) == 0.0085
+    assert r.iterations == 6
+    # the other quartile rules do not reproduce the printed nIQR (type 6 gives 0.0423)
+    assert round(niqr(ISO_E3, method="type6"), 4) != 0.0402
+
+
+def test_algorithm_a_factor_iso_and_exact():
+    # E[min(Z², 1.5²)] = (2·0.9331928 - 1) - 3·0.1295176 + 4.5·0.0668072 = 0.7784652;
+    # 1/sqrt(0.7784652) = 1.133393. ISO 13528 C.3 prints 1.134, 0.05 % above the exact value
+    # (which would round to 1.133).
+    assert ALGORITHM_A_FACTOR == 1.134
+    assert ALGORITHM_A_FACTOR_EXACT == pytest.approx(1.133393, abs=1e-6)
+    assert ALGORITHM_A_FACTOR / ALGORITHM_A_FACTOR_EXACT - 1 == pytest.approx(5.36e-4, abs=1e-6)
+    # independent check: the variance of a standard normal clipped at ±1.5 by quadrature
+    z = np.linspace(-12, 12, 2_400_001)
+    second = np.trapezoid(np.minimum(z**2, 2.25) * norm.pdf(z), z)
+    assert huber_consistency_factor(1.5) == pytest.approx(1 / math.sqrt(second), rel=1e-9)
+    # a large c clips nothing: the factor tends to 1
+    assert huber_consistency_factor(8.0) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        huber_consistency_factor(0.0)
+    # the option changes s* by the ratio of the factors at the first step
+    a = algorithm_a([1, 2, 3, 4, 100], max_iter=1)
+    b = algorithm_a([1, 2, 3, 4, 100], max_iter=1, factor=ALGORITHM_A_FACTOR_EXACT)
+    assert b.scale / a.scale == pytest.approx(ALGORITHM_A_FACTOR_EXACT / 1.134, rel=1e-12)
 
 
 def test_u_robust_reproduces_iso_e3_uncertainty():
@@ -278,13 +331,58 @@ def test_niqr_hand():
 
 def test_qn_hand():
     # hand computation, x = 1..5: h = 3, k = 3; distances 1 (x4), 2 (x3), 3 (x2), 4 (x1) ->
-    # the 3rd smallest is 1; b_5 = 0.844 (Croux & Rousseeuw 1992) -> 2.2191 * 1 * 0.844 = 1.87292
-    assert qn([1, 2, 3, 4, 5]) == pytest.approx(2.2191 * 0.844, rel=1e-12)
-    # x = 1..10: h = 6, k = 15; 9 distances of 1 and 8 of 2 -> d_(15) = 2;
-    # b_10 = 10 / 13.8 -> 2.2191 * 2 * 10 / 13.8 = 3.21609
-    assert qn(list(range(1, 11))) == pytest.approx(2.2191 * 2 * 10 / 13.8, rel=1e-12)
-    # x = 1..11: h = 6, k = 15 -> d_(15) = 2; b_11 = 11 / 12.4
-    assert qn(list(range(1, 12))) == pytest.approx(2.2191 * 2 * 11 / 12.4, rel=1e-12)
+    # the 3rd smallest is 1; b_5 = 0.84401 (robustbase Qn(), finite.corr) -> 2.2191 * 0.84401
+    assert qn([1, 2, 3, 4, 5]) == pytest.approx(2.2191 * 0.84401, rel=1e-12)
+    # x = 1..10: h = 6, k = 15; 9 distances of 1 and 8 of 2 -> d_(15) = 2; b_10 = 0.72014
+    assert qn(list(range(1, 11))) == pytest.approx(2.2191 * 2 * 0.72014, rel=1e-12)
+    # x = 1..11: h = 6, k = 15 -> d_(15) = 2; b_11 = 0.88906
+    assert qn(list(range(1, 12))) == pytest.approx(2.2191 * 2 * 0.88906, rel=1e-12)
+    # x = 1..13: h = 7, k = 21; 12 distances of 1, 11 of 2 -> d_(21) = 2; b_13 from the odd
+    # formula: 1/(1 + (1.60188 + (-2.1284 - 5.172/13)/13)/13) = 1/1.1082733 = 0.9023044
+    assert qn(list(range(1, 14))) == pytest.approx(2.2191 * 2 * 0.9023044, rel=1e-6)
+
+
+def test_qn_correction_factors():
+    # p = 2 is exact: Q_2 = 2.21914·|X - Y| and E|X - Y| = 2/sqrt(pi) for standard normals, so
+    # b_2 = sqrt(pi) / (2·2.21914) = 0.399356
+    assert qn_correction(2) == pytest.approx(math.sqrt(math.pi) / (2 * 2.21914), abs=1e-6)
+    # table values of robustbase Qn(), finite.corr (p <= 12)
+    assert [qn_correction(p) for p in (3, 4, 9, 12)] == [0.99365, 0.51321, 0.87344, 0.75743]
+    # p > 12, hand computation: even p = 14: 1/(1 + (3.67561 + (1.9654 + (6.987 - 77/14)/14)
+    # /14)/14) = 1/(1 + 0.2731130) = 0.7854762
+    assert qn_correction(14) == pytest.approx(0.7854762, abs=1e-7)
+    # the fitted formulas continue the simulated table: at p = 11 and 12 within 0.1 %
+    odd = 1 / (1 + (1.60188 + (-2.1284 - 5.172 / 11) / 11) / 11)
+    even = 1 / (1 + (3.67561 + (1.9654 + (6.987 - 77 / 12) / 12) / 12) / 12)
+    assert odd == pytest.approx(qn_correction(11), rel=1e-3)
+    assert even == pytest.approx(qn_correction(12), rel=1e-3)
+    # towards 1 as p grows, from below, for odd and even p alike
+    for parity in (0, 1):
+        f = [qn_correction(p) for p in range(14 + parity, 2000, 2)]
+        assert all(a < b < 1 for a, b in itertools.pairwise(f))
+    assert qn_correction(10**6) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError):
+        qn_correction(1)
+
+
+@pytest.mark.parametrize("p", [10, 13])
+def test_qn_is_unbiased_at_the_normal(p):
+    # Monte Carlo, 200 000 normal samples of size p (seeded): the mean of Qn with the current
+    # factors is 1 within 3 standard errors. At p = 10 the pre-2014 factor 10/13.8 is 0.6 % off,
+    # about 9 standard errors, so this test tells the two tables apart.
+    rng = np.random.default_rng(20240601 + p)
+    n = 200_000
+    x = rng.standard_normal((n, p))
+    i, j = np.triu_indices(p, 1)
+    h = p // 2 + 1
+    k = h * (h - 1) // 2
+    raw = QN_FACTOR * np.partition(np.abs(x[:, i] - x[:, j]), k - 1, axis=1)[:, k - 1]
+    se = raw.std() / math.sqrt(n)
+    assert abs(raw.mean() * qn_correction(p) - 1) < 3 * se * qn_correction(p)
+    if p == 10:
+        assert abs(raw.mean() * 10 / 13.8 - 1) > 6 * se
+    # the vectorised raw value is qn's own d_(k) for one sample
+    assert qn(x[0]) == pytest.approx(raw[0] * qn_correction(p), rel=1e-12)
 
 
 def test_qn_constant_is_normal_consistency():
@@ -397,13 +495,14 @@ def test_hampel_equivariant_and_bounded(xs, a, b):
 
 
 def test_hampel_bimodal_takes_root_nearest_median():
-    # hand computation: x = [0, 0, 0, 11.589, 11.589, 12.463], s = Qn = 1.18503; the median
-    # 5.7945 is more than 4.5 s = 5.333 from every value (no root there). Roots: 0 (the upper
-    # three are beyond 4.5 s, the zeros give psi = 0) and, between 11.589 and 12.463, where the
-    # sum falls linearly from 0.7375 to -1.4751, 11.589 + 0.874 * 0.7375 / 2.2126 = 11.880.
+    # hand computation: x = [0, 0, 0, 11.589, 11.589, 12.463]; Qn: h = 4, k = 6, the distances
+    # sorted are 0, 0, 0, 0, 0.874, 0.874, ... -> s = 2.2191 * 0.874 * b_6 (0.61220) = 1.187358;
+    # the median 5.7945 is more than 4.5 s = 5.343 from every value (no root there). Roots: 0
+    # (the upper three are beyond 4.5 s, the zeros give psi = 0) and, between 11.589 and 12.463,
+    # where the sum falls linearly from 0.7361 to -1.4722, (2 * 11.589 + 12.463) / 3 = 11.880.
     # 0 is nearer the median.
     x = [0.0, 0.0, 0.0, 11.589, 11.589, 12.463]
-    assert qn(x) == pytest.approx(1.18503, abs=1e-5)
+    assert qn(x) == pytest.approx(2.2191 * 0.874 * 0.61220, rel=1e-12)
     assert hampel(x) == 0.0
     assert hampel([3 * v for v in x]) == 0.0
 
