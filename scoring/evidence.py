@@ -34,6 +34,7 @@ import polars as pl
 from scipy import stats
 
 from scoring.attribution import (
+    SQRT2,
     BiasFit,
     PeerSpread,
     blame_shares,
@@ -43,7 +44,13 @@ from scoring.attribution import (
     qualitative_shares,
 )
 from scoring.cusum import cusum_limit, lab_cusum
-from scoring.patterns import PATTERNS, PatternCounts, pattern_counts, pattern_sides
+from scoring.patterns import (
+    PATTERNS,
+    PatternCounts,
+    outlier_counts,
+    pattern_counts,
+    pattern_sides,
+)
 from scoring.policy import EvidencePolicy, Policy
 from scoring.rates import (
     FunnelLimits,
@@ -573,7 +580,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     - sign_*, wilcoxon_*, median_s: tests on the lab's own oriented standardised differences.
     - cusum_*: the chart on numeric discrepancies, in control at the peers' edge.
     - funnel_*: the funnel of attributed rates with overdispersion.
-    - shading_*, nd_hiding_*, verdict_contradiction_*: the data-problem patterns (n, observed,
+    - shading_*, nd_hiding_*, verdict_contradiction_*, outliers_*: the data-problem patterns (n, observed,
       expected, p, q; the FDR family is the labs that could reach significance at all).
     """
     ep = policy.evidence
@@ -635,6 +642,11 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     patterns = pattern_counts(
         sides, fit.b, n_labs, band=ep.shading_band, clear=ep.nd_clear,
         contradiction_floor=ep.contradiction_floor,
+    )
+    # The fit clips s; a gross error is judged on the unclipped difference (biases back in s).
+    raw_residual = comps.s - (fit.b[comps.a] - fit.b[comps.b]) / SQRT2
+    patterns["outliers"] = outlier_counts(
+        comps.a, comps.b, raw_residual, n_labs, limit=ep.outlier_s, floor=ep.outlier_floor
     )
 
     out = (

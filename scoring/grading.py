@@ -131,17 +131,17 @@ _SCORE_RULES: dict[str, _Rule] = {
 STATISTICAL_RULES = frozenset(k for k, r in _SCORE_RULES.items() if r.statistical)
 STATISTICAL_CAPS = frozenset(
     {"fdr_excess", "fdr_bias", "fdr_precision", "fdr_qualitative", "cusum_signal",
-     "data_shading", "data_nd_hiding", "data_verdict_contradiction"}
+     "data_shading", "data_nd_hiding", "data_verdict_contradiction", "data_outliers"}
 )
 # Caps that rest on who is wrong in a pair: they need an identifiable lab.
 _ATTRIBUTED_CAPS = frozenset(
     {"fdr_excess", "fdr_bias", "fdr_precision", "fdr_qualitative", "cusum_signal",
-     "data_shading", "data_nd_hiding"}
+     "data_shading", "data_nd_hiding", "data_outliers"}
 )
 _CAP_ORDER = (
     "falsified_report", "pt_unsuccessful", "fdr_excess", "fdr_bias", "fdr_precision",
     "fdr_qualitative", "cusum_signal",
-    "data_shading", "data_nd_hiding", "data_verdict_contradiction",
+    "data_shading", "data_nd_hiding", "data_verdict_contradiction", "data_outliers",
 )
 _PEER_CAPS = {
     "fdr_excess": ("excess_q", "rate_beyond_peers", "rate"),
@@ -152,6 +152,7 @@ _PATTERN_CAPS = {
     "data_shading": "shading",
     "data_nd_hiding": "nd_hiding",
     "data_verdict_contradiction": "verdict_contradiction",
+    "data_outliers": "outliers",
 }
 
 

@@ -21,6 +21,11 @@ difference of the two labs' fitted biases (σR units, lab minus partner). For tw
 * ``verdict_contradiction`` — a verdict that contradicts the lab's own number beyond its
   uncertainty (the pair scores' ``verdict_contradicts_j``). O = such pairs; E = decidable pairs ×
   the pooled rate of all labs (at least ``floor``): the rate of an honest clerical slip.
+* ``outliers`` — gross errors (a unit slip, transposed digits): comparisons whose residual from
+  the bias fit exceeds ``outlier_s`` in s units, far beyond what the method's precision allows.
+  Each such comparison counts against both of its labs; the innocent partner of a slip meets it
+  once, while a lab that slips meets it with many partners. E = the lab's comparisons × the pooled
+  rate of all labs (at least ``floor``).
 """
 
 from __future__ import annotations
@@ -33,9 +38,16 @@ import polars as pl
 from scipy.special import ndtr
 
 
-__all__ = ["PATTERNS", "PatternCounts", "pattern_counts", "pattern_sides", "poisson_binomial_sf"]
+__all__ = [
+    "PATTERNS",
+    "PatternCounts",
+    "outlier_counts",
+    "pattern_counts",
+    "pattern_sides",
+    "poisson_binomial_sf",
+]
 
-PATTERNS = ("shading", "nd_hiding", "verdict_contradiction")
+PATTERNS = ("shading", "nd_hiding", "verdict_contradiction", "outliers")
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -184,3 +196,14 @@ def pattern_counts(
         "verdict_contradiction", n_labs, c_idx, c_obs, np.full(len(c_idx), rate)
     )
     return out
+
+
+def outlier_counts(
+    lab_a: np.ndarray, lab_b: np.ndarray, residual: np.ndarray, n_labs: int, *, limit: float,
+    floor: float,
+) -> PatternCounts:
+    """The ``outliers`` pattern from the bias fit's comparisons (lab indices and residuals)."""
+    idx = np.r_[lab_a, lab_b].astype(np.int64)
+    far = np.abs(np.r_[residual, residual]) > limit
+    rate = max(float(far.mean()) if len(far) else 0.0, floor)
+    return _counts("outliers", n_labs, idx, far, np.full(len(idx), rate))

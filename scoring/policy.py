@@ -108,6 +108,11 @@ class EvidencePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     nd_clear: Positive = 2.0
     contradiction_floor: Probability = 0.002
     pattern_min_observed: PositiveInt = 3
+    # Gross errors: a comparison whose residual from the bias fit exceeds outlier_s (units of s,
+    # where the method's precision gives sd 1: 5 is a one-in-1.7-million event) is an outlier;
+    # outlier_floor is the least rate of them expected of an honest lab.
+    outlier_s: Positive = 5.0
+    outlier_floor: Probability = 0.002
 
 
 class CusumPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -196,6 +201,7 @@ CapRuleName = Literal[
     "data_shading",  # values shaded just inside a limit (statistical, scoring.patterns)
     "data_nd_hiding",  # not detected where partners find clear amounts (statistical)
     "data_verdict_contradiction",  # verdicts contradicting the lab's own numbers (statistical)
+    "data_outliers",  # gross errors: residuals far beyond the method's precision (statistical)
 ]
 
 
@@ -227,6 +233,7 @@ def _default_caps() -> dict[str, str]:
         "data_shading": "III",
         "data_nd_hiding": "III",
         "data_verdict_contradiction": "III",
+        "data_outliers": "III",
     }
 
 

@@ -27,7 +27,7 @@ import polars as pl
 
 from labeval.devtools.world import BAD_KINDS, World, WorldConfig, build_world
 from scoring.grading import grade
-from scoring.labs import lab_evidence
+from scoring.evidence import lab_evidence
 from scoring.pairs import score_pairs
 from scoring.policy import Policy, load_policy
 

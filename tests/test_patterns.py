@@ -120,3 +120,23 @@ def test_verdict_contradiction_uses_the_pooled_rate_with_a_floor():
     # with no contradiction anywhere the floor keeps E positive
     clean = counts([{**r, "verdict_contradicts_1": False} for r in rows])["verdict_contradiction"]
     assert clean.expected[0] == pytest.approx(50 * 0.002)
+
+
+def test_outliers_count_against_both_labs_with_the_pooled_rate():
+    # Lab 0 slips three times, each time with another partner (1, 2, 3); 200 ordinary comparisons
+    # among 1..4. Residuals in s units; the limit is 5.
+    from scoring.patterns import outlier_counts
+
+    rng = np.random.default_rng(0)
+    a = np.r_[[0, 0, 0], rng.integers(1, 5, 200), [0] * 17]
+    b = np.r_[[1, 2, 3], (a[3:203] % 4) + 1, rng.integers(1, 5, 17)]
+    b[3:203] = np.where(b[3:203] == a[3:203], (b[3:203] % 4) + 1, b[3:203])
+    r = np.r_[[40.0, -9.0, 6.0], rng.normal(0, 1, 217)]
+    out = outlier_counts(a, b, r, 5, limit=5.0, floor=0.002)
+    assert out.observed[0] == 3.0 and out.n[0] == 20
+    assert out.observed[1:4].tolist() == [1.0, 1.0, 1.0]
+    rate = 6 / (2 * 220)  # 3 outlier comparisons, each counted for both labs
+    assert out.expected[0] == pytest.approx(20 * rate)
+    assert out.p[0] == pytest.approx(stats.binom.sf(2, 20, rate))
+    # a partner that met the slip once is not a pattern: p of one outlier is unremarkable
+    assert out.p[1] > 0.05
