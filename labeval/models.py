@@ -89,6 +89,13 @@ class LabGrade(_Grade, kw_only=True, frozen=True):
     lab_code: str
 
 
+class EffectiveGrade(LabGrade, kw_only=True, frozen=True):
+    """A run's grade with the override in force today, if any, and the class that applies."""
+
+    override: Override | None = None
+    effective_class: ClassCode
+
+
 RunStatus = Literal["running", "succeeded", "failed", "abandoned"]
 
 

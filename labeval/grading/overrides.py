@@ -13,10 +13,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import asyncpg
+import msgspec
 
 from labeval.db import events
 from labeval.db import overrides as q
-from labeval.models import Override
+from labeval.models import EffectiveGrade, LabGrade, Override
 
 
 class OverrideRefused(ValueError):
@@ -96,3 +97,15 @@ async def list_overrides(
     today = today or today_utc()
     await expire_due(conn, today)
     return await q.listed(conn, lab_code=lab_code, include_closed=include_closed, today=today)
+
+
+async def effective_grades(conn: asyncpg.Connection, grades: list[LabGrade], today: date | None = None
+                           ) -> list[EffectiveGrade]:
+    """Grades with today's overrides beside them."""
+    active = await q.active(conn, today or today_utc())
+    out = []
+    for g in grades:
+        o = active.get(g.lab_code)
+        out.append(EffectiveGrade(**msgspec.structs.asdict(g), override=o,
+                                  effective_class=o.class_ if o else g.class_))
+    return out
