@@ -211,3 +211,7 @@ async def shadow_inputs_as_of(conn: asyncpg.Connection, at: datetime) -> None:
     await conn.execute("DELETE FROM pg_temp.labs WHERE created_at > $1", at)
     for table in ("results", *_UPSERT_TABLES):
         await conn.execute(f"ANALYZE pg_temp.{table}")
+    # Statements this session prepared earlier are bound to the real tables; creating a table
+    # of the same name does not invalidate them (only the first temporary table of a session
+    # changes the search path), so make every cached statement resolve its names again.
+    await conn.execute("DISCARD PLANS")
