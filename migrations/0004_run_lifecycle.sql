@@ -40,6 +40,16 @@ CREATE UNIQUE INDEX grading_runs_one_running ON grading_runs ((true)) WHERE stat
 -- re-uses the same previous grades and cannot count twice.
 CREATE INDEX grading_runs_period ON grading_runs (as_of DESC, run_id DESC) WHERE status = 'succeeded';
 
+-- When an indicator row was written, for rows written outside intake (intake rows are placed
+-- in time by their import's finish). Verify needs it to leave out rows written after a run read
+-- the data. Rows already present get the migration's time; runs before it have no read time
+-- and are not verifiable anyway.
+ALTER TABLE pt_results          ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE lab_reports         ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE lab_complaints      ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE lab_audit_findings  ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE lab_report_findings ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();
+
 -- Officers' overrides: a class set by hand with a reason, valid through valid_until (inclusive),
 -- then the computed class applies again. Never deleted: revoking keeps who, when and why.
 CREATE TABLE grade_overrides (

@@ -471,3 +471,55 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
             await c.close()
 
     asyncio.run(next_run_marks_it())
+
+
+async def test_runs_api_grades_diff_verify_and_openapi(seeded: asyncpg.Connection, db_url: str) -> None:
+    first = await _run(seeded, db_url, AS_OF)
+    await seeded.execute(
+        """INSERT INTO lab_complaints (lab_code, complaint_no, received_on, upheld) VALUES
+           ('A', 'N1', '2026-06-10', true), ('A', 'N2', '2026-06-11', true), ('A', 'N3', '2026-06-12', true)"""
+    )
+    second = await _run(seeded, db_url, AS_OF + timedelta(days=1))
+    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    async with AsyncTestClient(app) as client:
+        grades = (await client.get(f"/api/v1/runs/{second.run_id}/grades")).json()
+        assert {g["lab_code"]: (g["class"], g["effective_class"]) for g in grades} == {
+            "A": ("II", "II"), "B": ("II", "II"), "C": ("IV", "IV"), "D": ("III", "III"), "E": ("II", "II")}
+        diff = (await client.get(f"/api/v1/runs/{second.run_id}/diff", params={"against": first.run_id})).json()
+        assert [(m["lab_code"], m["class_a"], m["class_b"], m["rule"]) for m in diff["moved"]] == [
+            ("A", "I", "II", "complaints")]
+        verified = (await client.get(f"/api/v1/runs/{first.run_id}/verify")).json()
+        assert verified["identical"] is True and verified["recomputed_input_digest"] == first.input_digest
+        current = (await client.get(f"/api/v1/runs/{first.run_id}/verify", params={"current": "true"})).json()
+        assert [d["lab_code"] for d in current["differences"]] == ["A"]
+        missing = await client.get("/api/v1/runs/999/verify")
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
+        assert (await client.get("/api/v1/runs/999/grades")).status_code == 404
+        listed = (await client.get("/api/v1/runs", params={"status": "succeeded"})).json()
+        assert [r["run_id"] for r in listed] == [second.run_id, first.run_id]
+
+        paths = (await client.get("/schema/openapi.json")).json()["paths"]
+        for path in ("/api/v1/runs/{run_id}/grades", "/api/v1/runs/{run_id}/diff", "/api/v1/runs/{run_id}/verify",
+                     "/api/v1/overrides", "/api/v1/overrides/{override_id}/revoke", "/api/v1/grade-events"):
+            assert path in paths, path
+        refused = paths["/api/v1/runs"]["post"]["responses"]["409"]
+        assert "application/problem+json" in refused["content"]
+
+
+async def test_scheduled_run_is_skipped_while_another_run_holds_the_lock(db_url: str) -> None:
+    from litestar.datastructures import State
+
+    from labeval.db.pool import create_pool
+    from labeval.db.runs import RUN_LOCK_KEY
+    from labeval.scheduler import scheduled_grading
+
+    holder = await asyncpg.connect(db_url)
+    pool = await create_pool(db_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", RUN_LOCK_KEY)
+        await scheduled_grading(State({"settings": Settings(database_url=db_url), "pool": pool}))
+        async with pool.acquire() as c:
+            assert await c.fetchval("SELECT count(*) FROM grading_runs") == 0
+    finally:
+        await pool.close()
+        await holder.close()

@@ -156,7 +156,8 @@ async def stored_grades(conn: asyncpg.Connection, run_id: int) -> list[StoredGra
 # The data as committed at a past instant, as temporary tables that shadow the real ones (pg_temp
 # is searched first), so the run's own queries read the past unchanged. A row's commit time is
 # its import's finish (imports write finished_at just before they commit) or, for a row written
-# outside intake, its created_at. Results: the newest version committed by then. Tables that
+# outside intake, its created_at (the writing transaction's start: exact unless that transaction
+# began before the read time and committed after it; intake rows have no such gap). Results: the newest version committed by then. Tables that
 # intake corrects in place: the state before the first change committed after then (its
 # `before` in import_changes), less rows whose import finished after then.
 _VERSIONED_ASOF = """
@@ -204,8 +205,11 @@ async def shadow_inputs_as_of(conn: asyncpg.Connection, at: datetime) -> None:
         await conn.execute(_upsert_asof(table, kind, key), at)
         if has_import:
             await conn.execute(
-                f"""DELETE FROM pg_temp.{table} t USING public.imports i
-                    WHERE i.import_id = t.import_id AND (i.status <> 'completed' OR i.finished_at > $1)""",
+                f"""DELETE FROM pg_temp.{table} t
+                    WHERE CASE WHEN t.import_id IS NULL THEN t.created_at > $1
+                               ELSE NOT EXISTS (SELECT 1 FROM public.imports i
+                                                WHERE i.import_id = t.import_id AND i.status = 'completed'
+                                                  AND i.finished_at <= $1) END""",
                 at,
             )
     await conn.execute("DELETE FROM pg_temp.labs WHERE created_at > $1", at)
