@@ -75,13 +75,17 @@ async def test_same_day_rerun_does_not_upgrade_and_a_new_policy_restarts_the_cou
     policy = small_policy()  # upgrade_after_runs = 2 (policy default)
     assert policy.grading.upgrade_after_runs == 2
     # A earlier period in which A was graded Ⅱ: A's candidate is now Ⅰ (100 points, 14 pairs).
-    await seeded.execute(
+    run_id = await seeded.fetchval(
         """INSERT INTO grading_runs (as_of, trigger, policy_name, policy_version, policy_hash, policy,
                                      status, finished_at)
-           VALUES ('2026-05-31', 'test', $1, $2, $3, '{}', 'succeeded', now() - interval '1 day');
-           INSERT INTO lab_grades (run_id, lab_code, score, class, change, consecutive_qualifying)
-           VALUES (1, 'A', 80, 'II', 'new', 0)""".replace("$1", f"'{policy.name}'")
-        .replace("$2", f"'{policy.version}'").replace("$3", f"'{policy_hash(policy)}'")
+           VALUES ('2026-05-31', 'test', $1, $2, $3, '{}', 'succeeded', now() - interval '1 day')
+           RETURNING run_id""",
+        policy.name, policy.version, policy_hash(policy),
+    )
+    await seeded.execute(
+        """INSERT INTO lab_grades (run_id, lab_code, score, class, change, consecutive_qualifying)
+           VALUES ($1, 'A', 80, 'II', 'new', 0)""",
+        run_id,
     )
     first = await _run(seeded, db_url, AS_OF)
     assert _grades(first)["A"] == ("II", 100.0, "held", "II")  # one qualifying period of two
@@ -308,7 +312,6 @@ async def test_events_are_append_only(seeded: asyncpg.Connection, db_url: str) -
 async def test_event_seq_has_no_gaps_under_concurrent_writers(seeded: asyncpg.Connection, db_url: str) -> None:
     run = await _run(seeded, db_url, AS_OF)
     start = await seeded.fetchval("SELECT max(seq) FROM grade_events")
-    committed = 0
     rng = random.Random(10)
     plans = [[(rng.randint(1, 3), rng.random() < 0.25, rng.random() * 0.004) for _ in range(15)] for _ in range(6)]
 
@@ -431,7 +434,7 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
 
         held_id = asyncio.run(while_held())
         r = cli(db_url, "grade", "--as-of", "2026-06-30")
-        assert r.exit_code == 4 and "in progress" in r.output + (r.stderr if r.stderr_bytes else "")
+        assert r.exit_code == 4 and f"grading run {held_id}" in r.output and "in progress" in r.output
     finally:
         _kill(proc)
 

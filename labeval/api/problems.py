@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Request, Response
 from litestar.openapi.datastructures import ResponseSpec
-import msgspec
 
 from labeval.db.errors import NotFound
 

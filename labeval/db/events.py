@@ -4,11 +4,10 @@ one-row counter, see migration 0004)."""
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Literal
 
 import asyncpg
 import msgspec
-
-Cause = str  # 'run' | 'override_set' | 'override_revoked' | 'override_expired'
 
 
 class GradeEvent(msgspec.Struct, kw_only=True, frozen=True):
@@ -20,7 +19,7 @@ class GradeEvent(msgspec.Struct, kw_only=True, frozen=True):
     new_class: str | None
     # The class that applies after the change.
     effective_class: str | None
-    cause: str
+    cause: Literal["run", "override_set", "override_revoked", "override_expired"]
     run_id: int | None
     override_id: int | None
     created_at: datetime

@@ -258,5 +258,6 @@ async def _execute(conn: asyncpg.Connection, run_id: int, as_of: date, policy: P
             snapshot_at=read_at, timings=timings, class_counts=dict(sorted(counts.items())),
         )
     run = await q.get_run(conn, run_id)
-    assert run is not None
+    if run is None:  # pragma: no cover - committed just above
+        raise RuntimeError(f"grading run {run_id} vanished after it succeeded")
     return run
