@@ -243,6 +243,7 @@ async def test_override_applies_until_it_expires_then_the_computed_class_returns
     expired = await expire_due(seeded, day + timedelta(days=1))
     assert [x.override_id for x in expired] == [o.override_id] and expired[0].expired_at is not None
     assert await expire_due(seeded, day + timedelta(days=2)) == []  # idempotent: marked once
+    assert await seeded.fetchval("SELECT count(*) FROM grade_events WHERE cause = 'override_expired'") == 1
     tail = await events.after(seeded, 6)
     assert [(e.seq, e.lab_code, e.old_class, e.new_class, e.effective_class, e.cause, e.override_id)
             for e in tail] == [(7, "A", "III", "I", "I", "override_expired", o.override_id)]
@@ -257,6 +258,22 @@ async def test_override_applies_until_it_expires_then_the_computed_class_returns
     assert [(e.old_class, e.new_class, e.effective_class, e.cause) for e in await events.after(seeded, 7)] == [
         ("II", "II", "IV", "override_set"), ("IV", "II", "III", "override_set"), ("III", "II", "II", "override_revoked")
     ]
+
+
+async def test_concurrent_expiry_appends_one_event_per_override(seeded: asyncpg.Connection, db_url: str) -> None:
+    await _run(seeded, db_url, AS_OF)
+    day = date(2030, 3, 1)
+    for lab in ("A", "B", "C"):
+        await set_override(seeded, lab_code=lab, class_="IV", reason="probe", valid_until=day, set_by="x", today=day)
+    conns = [await connect(db_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(expire_due(c, day + timedelta(days=1)) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    assert sorted(o.lab_code for r in results for o in r) == ["A", "B", "C"]
+    rows = await seeded.fetch("SELECT lab_code FROM grade_events WHERE cause = 'override_expired' ORDER BY lab_code")
+    assert [r["lab_code"] for r in rows] == ["A", "B", "C"]
 
 
 async def test_override_cli_and_api(seeded: asyncpg.Connection, db_url: str) -> None:

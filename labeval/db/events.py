@@ -35,6 +35,13 @@ async def after(conn: asyncpg.Connection, seq: int, *, limit: int = 100) -> list
     return [GradeEvent(**dict(r)) for r in rows]
 
 
+async def lock_outbox(conn: asyncpg.Connection) -> None:
+    """First statement of a transaction that will append events: take the counter's row lock
+    now (the seq trigger would only take it at the first insert), so event writers run one after
+    another and each reads the state the previous one committed."""
+    await conn.execute("SELECT last_seq FROM grade_event_counter FOR UPDATE")
+
+
 async def append(
     conn: asyncpg.Connection, *, lab_code: str, old_class: str | None, new_class: str | None,
     effective_class: str | None, cause: str, run_id: int | None = None, override_id: int | None = None,
@@ -50,6 +57,9 @@ async def append_for_run(conn: asyncpg.Connection, run_id: int, today: date) -> 
     """In the run's write transaction, before it is marked succeeded: one event per lab whose
     current computed class this run changes. The current grade is the one of the newest period
     (then the newest run), so a back-dated run changes nothing current and emits nothing."""
+    # Locked in its own statement so that the INSERT below (a new snapshot under READ COMMITTED)
+    # sees an override committed while this waited.
+    await lock_outbox(conn)
     status = await conn.execute(
         """
         WITH before AS (

@@ -69,6 +69,14 @@ async def revoke(conn: asyncpg.Connection, override_id: int, *, by: str, why: st
     return _override(row)
 
 
+async def any_due(conn: asyncpg.Connection, today: date) -> bool:
+    return await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM grade_overrides
+                          WHERE revoked_at IS NULL AND expired_at IS NULL AND valid_until < $1)""",
+        today,
+    )
+
+
 async def mark_expired(conn: asyncpg.Connection, today: date) -> list[Override]:
     """Mark open overrides whose last valid day is before `today`. A concurrent caller waits on
     the row locks and then finds expired_at set, so each override is marked once."""

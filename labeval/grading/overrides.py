@@ -30,7 +30,10 @@ def today_utc() -> date:
 
 async def expire_due(conn: asyncpg.Connection, today: date) -> list[Override]:
     """Mark overrides past their date and append their expiry events (idempotent)."""
+    if not await q.any_due(conn, today):  # the usual case: no lock taken
+        return []
     async with conn.transaction():
+        await events.lock_outbox(conn)
         expired = await q.mark_expired(conn, today)
         for o in expired:
             computed = await q.computed_class(conn, o.lab_code)
@@ -55,6 +58,7 @@ async def set_override(
         raise OverrideRefused("an override needs the name of who sets it")
     await expire_due(conn, today)
     async with conn.transaction():
+        await events.lock_outbox(conn)
         if await q.lock_lab(conn, lab_code) == "revoked":
             raise OverrideRefused(f"lab {lab_code} is revoked and is not graded")
         computed = await q.computed_class(conn, lab_code)
@@ -79,6 +83,7 @@ async def revoke_override(
         raise OverrideRefused("revoking an override needs the name of who revokes it")
     await expire_due(conn, today or today_utc())
     async with conn.transaction():
+        await events.lock_outbox(conn)
         current = await q.get(conn, override_id)
         await q.lock_lab(conn, current.lab_code)
         revoked = await q.revoke(conn, override_id, by=by, why=why.strip())
