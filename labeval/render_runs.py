@@ -11,28 +11,30 @@ from labeval.models import EffectiveGrade, GradingRun, Override
 from labeval.render import ROMAN, _main_reason
 
 
+ROMAN_ORDER = {"I": 0, "II": 1, "III": 2, "IV": 3}
+
+
 def _roman(c: str | None) -> str:
     return ROMAN.get(c or "", "—")
 
 
 def runs_table(rows: list[GradingRun]) -> Table:
     table = Table(title="grading runs")
-    for col in ("run", "status", "as of", "trigger", "actor", "policy", "pairs", "labs", "classes",
-                "started", "input digest"):
+    for col in ("run", "status", "as of", "by", "policy", "pairs", "classes", "started", "input"):
         table.add_column(col)
     for r in rows:
-        classes = " ".join(f"{_roman(k)}:{v}" for k, v in r.class_counts.items())
+        classes = " ".join(f"{_roman(k)}:{v}" for k, v in sorted(r.class_counts.items(), key=lambda kv: ROMAN_ORDER[kv[0]]))
         table.add_row(
             str(r.run_id), r.status + (f" ({r.error})" if r.error and r.status != "succeeded" else ""),
-            str(r.as_of), r.trigger, r.actor or "", f"{r.policy_name} v{r.policy_version} ({r.policy_hash[:8]})",
-            str(r.n_pairs), str(r.n_labs), classes,
-            f"{r.started_at:%Y-%m-%d %H:%M:%S}" if r.started_at else "", (r.input_digest or "")[:12],
+            str(r.as_of), f"{r.trigger}{' ' + r.actor if r.actor else ''}",
+            f"{r.policy_version} {r.policy_hash[:8]}", str(r.n_pairs), classes,
+            f"{r.started_at:%Y-%m-%d %H:%M}" if r.started_at else "", (r.input_digest or "")[:8],
         )
     return table
 
 
 def run_detail(run: GradingRun, grades: list[EffectiveGrade]) -> Table:
-    timings = ", ".join(f"{k} {v:g}" for k, v in run.timings.items())
+    timings = ", ".join(f"{k} {run.timings[k]:g}" for k in ("read_s", "compute_s", "write_s") if k in run.timings)
     table = Table(
         title=f"grading run {run.run_id} · {run.status} · as of {run.as_of} · window {run.window_start}"
         f"–{run.window_end} · {run.trigger}{' by ' + run.actor if run.actor else ''} · policy "
