@@ -10,7 +10,6 @@ from labeval.grading.verify import VerifyReport
 from labeval.models import EffectiveGrade, GradingRun, Override
 from labeval.render import ROMAN, _main_reason
 
-
 ROMAN_ORDER = {"I": 0, "II": 1, "III": 2, "IV": 3}
 
 

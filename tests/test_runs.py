@@ -162,7 +162,13 @@ async def test_rerun_is_identical_and_verify_reads_the_data_as_the_run_did(
     assert r.exit_code == 2
 
 
-async def test_verify_cli_exit_zero_on_an_untouched_run(seeded: asyncpg.Connection, db_url: str) -> None:
+async def test_verify_cli_exit_zero_on_an_untouched_run(
+    seeded: asyncpg.Connection, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import labeval.cli
+
+    # Wide enough that no table cell is cut short, whatever terminal runs the tests.
+    monkeypatch.setattr(labeval.cli.out, "width", 240)
     await seeded.close()
     r = await acli(db_url, "--policy", str(ROOT / "scoring" / "default_policy.toml"), "grade", "--as-of", "2026-06-30",
             "--json")
@@ -177,6 +183,14 @@ async def test_verify_cli_exit_zero_on_an_untouched_run(seeded: asyncpg.Connecti
     shown = json.loads((await acli(db_url, "runs", "show", str(run["run_id"]), "--json")).output)
     assert {g["lab_code"]: (g["class"], g["effective_class"], g["override"]) for g in shown["grades"]}["C"] == (
         "IV", "IV", None)
+    # The terminal renderings of the same commands.
+    until = (date.today() + timedelta(days=3)).isoformat()
+    assert (await acli(db_url, "override", "C", "III", "--reason", "appeal", "--until", until)).exit_code == 0
+    for args, expected in ((("runs", "list"), "succeeded"), (("runs", "show", str(run["run_id"])), "appeal"),
+                           (("runs", "diff", str(run["run_id"]), str(run["run_id"])), "0 of 5 labs moved"),
+                           (("override", "list"), "appeal"), (("events",), "override_set")):
+        r = await acli(db_url, *args)
+        assert r.exit_code == 0 and expected in r.output, (args, r.output)
 
 
 async def test_diff_names_the_rule_that_moved_a_lab(seeded: asyncpg.Connection, db_url: str) -> None:
