@@ -19,20 +19,34 @@ import asyncpg
 import msgspec
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
+from test_grading_run import AS_OF, EXPECTED, seed, small_policy
 
 from labeval.app import create_app
 from labeval.cli import main
 from labeval.config import Settings
 from labeval.db import events
 from labeval.db.pool import connect
+from labeval.grading import verify as verify_module
 from labeval.grading.diff import deciding_rule, diff_runs
-from labeval.grading.overrides import effective_grades, expire_due, revoke_override, set_override
-from labeval.grading.run import HOLD_ENV, RunInProgress, run_grading
+from labeval.grading.overrides import (
+    effective_grades,
+    expire_due,
+    revoke_override,
+    set_override,
+)
+from labeval.grading.run import (
+    HOLD_ENV,
+    Inputs,
+    RunInProgress,
+    canonical_rows,
+    run_grading,
+)
 from labeval.grading.verify import verify_run
 from labeval.ingest import ingest_frame
 from scoring.policy import policy_hash
-from test_grading_run import AS_OF, EXPECTED, seed, small_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,6 +117,44 @@ async def test_same_day_rerun_does_not_upgrade_and_a_new_policy_restarts_the_cou
     # The same next period under the unchanged policy: the second qualifying period → Ⅰ.
     third = await _run(seeded, db_url, AS_OF + timedelta(days=31))
     assert _grades(third)["A"] == ("I", 100.0, "up", "II")
+
+
+async def test_a_failed_run_is_marked_with_its_error_and_shows_no_grades(
+    seeded: asyncpg.Connection, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import labeval.grading.run as run_module
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(run_module, "compute", broken)
+    with pytest.raises(ZeroDivisionError):
+        await _run(seeded, db_url, AS_OF)
+    row = await seeded.fetchrow("SELECT run_id, status, error, finished_at FROM grading_runs")
+    assert (row["status"], row["error"]) == ("failed", "ZeroDivisionError: planted") and row["finished_at"]
+    assert await seeded.fetchval("SELECT count(*) FROM lab_grades") == 0
+    with pytest.raises(verify_module.RunNotVerifiable, match="is failed"):
+        await verify_run(seeded, row["run_id"])
+    monkeypatch.undo()
+    # The lock was released: the next run goes ahead.
+    assert (await _run(seeded, db_url, AS_OF)).status == "succeeded"
+
+
+@given(st.lists(st.tuples(st.sampled_from("ABC"), st.integers(0, 5), st.booleans() | st.none()), max_size=12),
+       st.randoms(use_true_random=False))
+@settings(max_examples=60, deadline=None)
+def test_input_digest_ignores_row_order(rows: list[tuple], rnd) -> None:
+    records = [{"lab_code": lab, "complaint_code": f"C{n}", "upheld": up} for lab, n, up in rows]
+    shuffled = records[:]
+    rnd.shuffle(shuffled)
+
+    def inputs(rs: list[dict]) -> Inputs:
+        return Inputs(pairs_csv=b"pair_id\n", labs=["A", "B"], previous=[],
+                      indicators={"complaints": canonical_rows(rs)})
+
+    assert inputs(records).digest() == inputs(shuffled).digest()
+    if records:
+        assert inputs(records[1:]).digest() != inputs(records).digest() or records[0] in records[1:]
 
 
 # ---------------------------------------------------------------------------------------------

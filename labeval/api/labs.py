@@ -6,8 +6,8 @@ import asyncpg
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 from labeval.db import overrides
 from labeval.db.labs import get_lab, list_labs

@@ -16,7 +16,12 @@ from labeval.api.problems import ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
 from labeval.db.events import GradeEvent
-from labeval.grading.overrides import OverrideRefused, list_overrides, revoke_override, set_override
+from labeval.grading.overrides import (
+    OverrideRefused,
+    list_overrides,
+    revoke_override,
+    set_override,
+)
 from labeval.models import ClassCode, Override
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]

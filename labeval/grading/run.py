@@ -116,7 +116,7 @@ class Inputs(msgspec.Struct, kw_only=True, frozen=True):
         return h.hexdigest()
 
 
-def _sorted_rows(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+def canonical_rows(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
     out = [dict(r) for r in rows]
     out.sort(key=lambda d: tuple((v is None, str(v)) for v in d.values()))
     return out
@@ -128,8 +128,8 @@ async def read_inputs(
     """Inside the read transaction (live, or over a past state rebuilt by verify)."""
     csv = await q.pairs_csv(conn, as_of)
     labs = await q.lab_codes(conn)
-    previous = _sorted_rows(await q.previous_grades(conn, as_of, p_hash, read_at))
-    indicators = {k: _sorted_rows(v) for k, v in (await q.indicator_rows(conn, as_of)).items()}
+    previous = canonical_rows(await q.previous_grades(conn, as_of, p_hash, read_at))
+    indicators = {k: canonical_rows(v) for k, v in (await q.indicator_rows(conn, as_of)).items()}
     return Inputs(pairs_csv=csv, labs=labs, previous=previous, indicators=indicators)
 
 

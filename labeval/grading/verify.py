@@ -61,8 +61,10 @@ async def verify_run(conn: asyncpg.Connection, run_id: int, *, current: bool = F
     """Recompute run `run_id`; with current=True on the data as it is now (what corrections
     since the run would change), else as it stood at the run's read time."""
     record = await runs.get_record(conn, run_id)
-    if record.status != "succeeded" or record.snapshot_at is None:
+    if record.status != "succeeded":
         raise RunNotVerifiable(f"grading run {run_id} is {record.status}: it has no grades to verify")
+    if record.snapshot_at is None:
+        raise RunNotVerifiable(f"grading run {run_id} predates recorded read times: its inputs cannot be rebuilt")
     policy = msgspec.convert(record.policy, Policy)
     if policy_hash(policy) != record.policy_hash:
         raise RunNotVerifiable(f"grading run {run_id}: its stored policy no longer hashes to {record.policy_hash}")
