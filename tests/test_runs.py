@@ -370,6 +370,8 @@ async def test_override_cli_and_api(seeded: asyncpg.Connection, db_url: str) -> 
         missing_reason = await client.post("/api/v1/overrides", json={"lab_code": "A", "class": "IV",
                                                                        "valid_until": until, "set_by": "me"})
         assert missing_reason.status_code == 400
+        assert missing_reason.headers["content-type"].startswith("application/problem+json")
+        assert "reason" in missing_reason.text
         made = await client.post("/api/v1/overrides", json={"lab_code": "A", "class": "IV", "reason": "fraud probe",
                                                              "valid_until": until, "set_by": "me"})
         assert made.status_code == 201, made.text

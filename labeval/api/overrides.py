@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
-from labeval.api.problems import ProblemError, spec
+from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
 from labeval.db.events import GradeEvent
@@ -48,6 +48,7 @@ def _refused(exc: OverrideRefused) -> ProblemError:
 class OverrideController(Controller):
     path = "/api/v1/overrides"
     tags = ["overrides"]
+    exception_handlers = PROBLEM_HANDLERS
 
     @get("/")
     async def list_(
@@ -87,6 +88,7 @@ class OverrideController(Controller):
 class EventController(Controller):
     path = "/api/v1/grade-events"
     tags = ["overrides"]
+    exception_handlers = PROBLEM_HANDLERS
 
     @get("/")
     async def list_(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar import Request, Response
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from labeval.db.errors import NotFound
@@ -11,11 +14,13 @@ from labeval.db.errors import NotFound
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
-class Problem(msgspec.Struct, kw_only=True, frozen=True):
+class Problem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     type: str = "about:blank"
     title: str
     status: int
     detail: str
+    # For a request that fails validation: what was wrong, field by field.
+    errors: list[dict[str, Any]] | None = None
 
 
 class ProblemError(Exception):
@@ -26,6 +31,16 @@ class ProblemError(Exception):
 
 def problem_response(_: Request, exc: ProblemError) -> Response[Problem]:
     return Response(exc.problem, status_code=exc.problem.status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def validation_response(_: Request, exc: ValidationException) -> Response[Problem]:
+    extra = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else None
+    return Response(Problem(title="Bad Request", status=exc.status_code, detail=exc.detail, errors=extra),
+                    status_code=exc.status_code, media_type=PROBLEM_MEDIA_TYPE)
+
+
+# For the controllers whose every error is problem details.
+PROBLEM_HANDLERS = {ValidationException: validation_response}
 
 
 def not_found_response(_: Request, exc: NotFound) -> Response[Problem]:

@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
-from labeval.api.problems import ProblemError, spec
+from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
 from labeval.db.errors import NotFound
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
@@ -41,6 +41,7 @@ async def _run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
 class RunController(Controller):
     path = "/api/v1/runs"
     tags = ["grading"]
+    exception_handlers = PROBLEM_HANDLERS
 
     @get("/")
     async def list_(
