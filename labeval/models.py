@@ -111,7 +111,7 @@ class GradingRun(msgspec.Struct, kw_only=True, frozen=True):
     data_hash: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    status: RunStatus = "succeeded"
+    status: RunStatus
     actor: str | None = None
     window_start: date | None = None
     window_end: date | None = None
