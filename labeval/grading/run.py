@@ -180,7 +180,10 @@ async def run_lock(conn: asyncpg.Connection) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await runs.unlock(conn)
+        # A dead connection has lost the lock with its session; a live pooled one is also
+        # unlocked by asyncpg's reset on release. Either way, do not mask the run's own error.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await runs.unlock(conn)
 
 
 async def recover_abandoned(conn: asyncpg.Connection) -> list[int]:
