@@ -14,12 +14,17 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTI
 
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
+from labeval.api.overrides import EventController, OverrideController
+from labeval.api.problems import ProblemError, not_found_response, problem_response
 from labeval.api.runs import RunController
 from labeval.api.system import health, ready
 from labeval.config import Settings
 from labeval.db.migrate import migrate
-from labeval.db.pool import create_pool
+from labeval.db.errors import NotFound
+from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
+from labeval.grading.overrides import expire_due, today_utc
+from labeval.grading.run import recover_abandoned
 from labeval.scheduler import build_scheduler
 
 async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
@@ -41,9 +46,12 @@ def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
         async with database_url(settings) as url:
-            conn = await asyncpg.connect(url)
+            conn = await connect(url)
             try:
                 await migrate(conn)
+                # A run whose process died shows as abandoned from the moment a server is up.
+                await recover_abandoned(conn)
+                await expire_due(conn, today_utc())
             finally:
                 await conn.close()
             pool = await create_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
@@ -65,11 +73,16 @@ def create_app(settings: Settings) -> Litestar:
             sched.shutdown(wait=False)
 
     return Litestar(
-        route_handlers=[health, ready, LabController, ImportController, RunController],
+        route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
+                        EventController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
-        exception_handlers={asyncpg.IntegrityConstraintViolationError: _constraint_violation},
+        exception_handlers={
+            asyncpg.IntegrityConstraintViolationError: _constraint_violation,
+            ProblemError: problem_response,
+            NotFound: not_found_response,
+        },
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
         logging_config=None,

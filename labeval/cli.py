@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import date
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import asyncpg
 import click
@@ -130,23 +131,232 @@ def db_status(ctx: click.Context) -> None:
     sys.exit(asyncio.run(main_()))
 
 
+def _actor() -> str:
+    return os.environ.get("LABEVAL_ACTOR") or getpass.getuser()
+
+
+def _emit_json(value: object) -> None:
+    sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
+
+
+def _fail(message: str, code: int, as_json: bool) -> NoReturn:
+    if as_json:
+        _emit_json({"error": message})
+    err.print(f"[red]{message}[/red]")
+    sys.exit(code)
+
+
 @main.command()
 @click.option("--as-of", "as_of", default=None, type=click.DateTime(formats=["%Y-%m-%d"]),
-              help="Grade on results reported up to this date (default: today).")
+              help="Grade on results reported up to this date (default: today, UTC).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def grade(ctx: click.Context, as_of, as_json: bool) -> None:
-    """Run a grading run and store it."""
-    from labeval.grading.run import run_grading
+    """Run a grading run and store it. Exit 4 when another run is in progress."""
+    from labeval.grading.run import RunInProgress, run_grading
     from labeval.render import grade_table, run_json
 
     settings = _settings(ctx)
-    day = as_of.date() if as_of else date.today()
-    result = with_connection(settings, lambda conn: run_grading(conn, settings, as_of=day, trigger="cli"))
+    day = as_of.date() if as_of else None
+    try:
+        result = with_connection(
+            settings, lambda conn: run_grading(conn, settings, as_of=day, trigger="cli", actor=_actor())
+        )
+    except RunInProgress as exc:
+        _fail(f"not started: {exc}", 4, as_json)
     if as_json:
         sys.stdout.buffer.write(run_json(result) + b"\n")
     else:
         out.print(grade_table(result))
+
+
+@main.group()
+def runs() -> None:
+    """Grading-run history: list, show, diff, verify."""
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "abandoned"]), default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def runs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """Runs of every status, newest first."""
+    from labeval.db.grading import list_runs
+    from labeval.render_runs import runs_table
+
+    rows = with_connection(_settings(ctx), lambda conn: list_runs(conn, limit=limit, status=status))
+    if as_json:
+        _emit_json(rows)
+    else:
+        out.print(runs_table(rows))
+
+
+@runs.command("show")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
+    """One run: its lifecycle, and each lab's computed class beside today's override."""
+    from labeval.db.grading import get_run
+    from labeval.grading.overrides import effective_grades
+    from labeval.render_runs import run_detail
+
+    async def load(conn: asyncpg.Connection):
+        run = await get_run(conn, run_id)
+        return (run, await effective_grades(conn, run.grades)) if run else (None, [])
+
+    run, grades = with_connection(_settings(ctx), load)
+    if run is None:
+        _fail(f"no grading run {run_id}", 2, as_json)
+    if as_json:
+        _emit_json(msgspec.structs.replace(run, grades=grades))
+    else:
+        out.print(run_detail(run, grades))
+
+
+@runs.command("diff")
+@click.argument("run_a", type=int)
+@click.argument("run_b", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def runs_diff(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None:
+    """Labs whose class differs between runs A and B, with both reasons and the deciding rule."""
+    from labeval.db.errors import NotFound
+    from labeval.grading.diff import diff_runs
+    from labeval.render_runs import diff_table
+
+    try:
+        diff = with_connection(_settings(ctx), lambda conn: diff_runs(conn, run_a, run_b))
+    except NotFound as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(diff)
+    else:
+        out.print(diff_table(diff))
+
+
+@runs.command("verify")
+@click.argument("run_id", type=int)
+@click.option("--current", is_flag=True,
+              help="Recompute on today's data (what corrections since the run would change).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def runs_verify(ctx: click.Context, run_id: int, current: bool, as_json: bool) -> None:
+    """Recompute a run from the data as it read it, under its stored policy.
+    Exit 0: identical; 1: some lab differs; 2: no such run, or not a succeeded one."""
+    from labeval.db.errors import NotFound
+    from labeval.grading.verify import RunNotVerifiable, verify_run
+    from labeval.render_runs import verify_text
+
+    try:
+        report = with_connection(_settings(ctx), lambda conn: verify_run(conn, run_id, current=current))
+    except (NotFound, RunNotVerifiable) as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(report)
+    else:
+        out.print(verify_text(report))
+    sys.exit(0 if report.identical else 1)
+
+
+@main.command()
+@click.option("--after", default=0, show_default=True, type=click.IntRange(0), help="Events after this seq.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def events(ctx: click.Context, after: int, limit: int, as_json: bool) -> None:
+    """Grade-change events in sequence order."""
+    from labeval.db import events as ev
+    from labeval.render_runs import events_table
+
+    rows = with_connection(_settings(ctx), lambda conn: ev.after(conn, after, limit=limit))
+    if as_json:
+        _emit_json(rows)
+    else:
+        out.print(events_table(rows))
+
+
+class _OverrideGroup(click.Group):
+    """`override LAB CLASS …` sets one; `override list|revoke …` are subcommands."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            return "set", self.commands["set"], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "LAB CLASS --reason TEXT --until DATE | list | revoke ID")
+
+
+@main.group(cls=_OverrideGroup)
+def override() -> None:
+    """Officers' overrides: `override LAB CLASS --reason … --until DATE`, `override list`,
+    `override revoke ID --reason …`."""
+
+
+@override.command("set", hidden=True)
+@click.argument("lab")
+@click.argument("class_", metavar="CLASS", type=click.Choice(["I", "II", "III", "IV"]))
+@click.option("--reason", required=True, help="Why (kept with the override).")
+@click.option("--until", "until", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Last day the override applies (inclusive, UTC).")
+@click.option("--by", "by", default=None, help="Who sets it (default: LABEVAL_ACTOR or the login name).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, by: str | None, as_json: bool) -> None:
+    from labeval.db.errors import NotFound
+    from labeval.grading.overrides import OverrideRefused, set_override
+    from labeval.render_runs import overrides_table
+
+    try:
+        o = with_connection(_settings(ctx), lambda conn: set_override(
+            conn, lab_code=lab, class_=class_, reason=reason, valid_until=until.date(), set_by=by or _actor()))
+    except (NotFound, OverrideRefused) as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(o)
+    else:
+        out.print(overrides_table([o]))
+
+
+@override.command("list")
+@click.option("--lab", default=None)
+@click.option("--all", "include_closed", is_flag=True, help="Include revoked and expired overrides.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def override_list(ctx: click.Context, lab: str | None, include_closed: bool, as_json: bool) -> None:
+    """Overrides in force today (with --all: every override ever set)."""
+    from labeval.grading.overrides import list_overrides
+    from labeval.render_runs import overrides_table
+
+    rows = with_connection(_settings(ctx), lambda conn: list_overrides(conn, lab_code=lab, include_closed=include_closed))
+    if as_json:
+        _emit_json(rows)
+    else:
+        out.print(overrides_table(rows))
+
+
+@override.command("revoke")
+@click.argument("override_id", type=int)
+@click.option("--reason", required=True, help="Why it is revoked.")
+@click.option("--by", "by", default=None, help="Who revokes it (default: LABEVAL_ACTOR or the login name).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str | None, as_json: bool) -> None:
+    """End an override now; the computed class applies again."""
+    from labeval.db.errors import NotFound
+    from labeval.grading.overrides import OverrideRefused, revoke_override
+    from labeval.render_runs import overrides_table
+
+    try:
+        o = with_connection(_settings(ctx), lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason))
+    except (NotFound, OverrideRefused) as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(o)
+    else:
+        out.print(overrides_table([o]))
 
 
 @main.command()

@@ -21,6 +21,22 @@ class Ready(msgspec.Struct, kw_only=True, frozen=True):
     schema_version: int | None = None
 
 
+class Override(msgspec.Struct, kw_only=True, frozen=True):
+    """An officer's class for a lab, applied over the computed class through valid_until."""
+
+    override_id: int
+    lab_code: str
+    class_: ClassCode = msgspec.field(name="class")
+    reason: str
+    valid_until: date
+    set_by: str
+    set_at: datetime
+    revoked_by: str | None = None
+    revoked_at: datetime | None = None
+    revoke_reason: str | None = None
+    expired_at: datetime | None = None
+
+
 class LabSummary(msgspec.Struct, kw_only=True, frozen=True):
     code: str
     name: str
@@ -30,6 +46,9 @@ class LabSummary(msgspec.Struct, kw_only=True, frozen=True):
     score: float | None
     last_run: int | None
     last_run_as_of: date | None
+    # current_class is the computed class; an open override, if any, is what applies.
+    override: Override | None = None
+    effective_class: ClassCode | None = None
 
 
 class _Grade(msgspec.Struct, kw_only=True, frozen=True):
@@ -60,12 +79,24 @@ class LabDetail(msgspec.Struct, kw_only=True, frozen=True):
     last_run: int | None
     evidence: dict[str, Any] | None
     history: list[GradeRow]
+    override: Override | None = None
+    effective_class: ClassCode | None = None
 
 
 class LabGrade(_Grade, kw_only=True, frozen=True):
     """One lab's grade (a run's grades)."""
 
     lab_code: str
+
+
+class EffectiveGrade(LabGrade, kw_only=True, frozen=True):
+    """A run's grade with the override in force today, if any, and the class that applies."""
+
+    override: Override | None = None
+    effective_class: ClassCode
+
+
+RunStatus = Literal["running", "succeeded", "failed", "abandoned"]
 
 
 class GradingRun(msgspec.Struct, kw_only=True, frozen=True):
@@ -80,4 +111,16 @@ class GradingRun(msgspec.Struct, kw_only=True, frozen=True):
     data_hash: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    status: RunStatus
+    actor: str | None = None
+    window_start: date | None = None
+    window_end: date | None = None
+    code_version: str | None = None
+    error: str | None = None
+    # The read time: the data as committed at this instant is what the run graded.
+    snapshot_at: datetime | None = None
+    timings: dict[str, float] = {}
+    class_counts: dict[str, int] = {}
+    # SHA-256 of the canonical encoding of every input (pairs, labs, indicators, previous grades).
+    input_digest: str | None = None
     grades: list[LabGrade] = []

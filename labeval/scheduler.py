@@ -13,15 +13,31 @@ from labeval.config import Settings
 log = logging.getLogger(__name__)
 
 GRADING_JOB_ID = "grading-run"
+EXPIRY_JOB_ID = "override-expiry"
 
 
 async def scheduled_grading(state: State) -> None:
-    from labeval.grading.run import run_grading
+    from labeval.grading.run import RunInProgress, run_grading
 
     settings: Settings = state.settings
     async with state.pool.acquire() as conn:
-        result = await run_grading(conn, settings, trigger="schedule")
+        try:
+            result = await run_grading(conn, settings, trigger="schedule", actor="scheduler")
+        except RunInProgress as exc:
+            # Same lock as the CLI and the API: another replica or an officer is running one.
+            log.warning("scheduled grading run skipped: %s", exc)
+            return
     log.info("scheduled grading run %s graded %d labs", result.run_id, len(result.grades))
+
+
+async def scheduled_expiry(state: State) -> None:
+    """Append the expiry events of overrides past their date (reads already ignore them)."""
+    from labeval.grading.overrides import expire_due, today_utc
+
+    async with state.pool.acquire() as conn:
+        expired = await expire_due(conn, today_utc())
+    if expired:
+        log.info("overrides expired: %s", [o.override_id for o in expired])
 
 
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -75,4 +91,8 @@ def build_scheduler(settings: Settings, state: State) -> AsyncIOScheduler:
             misfire_grace_time=3600,
             replace_existing=True,
         )
+    # Hourly: an override lapses at midnight UTC; its event follows within the hour (sooner if a
+    # run or an override command comes first, each of which also calls expire_due).
+    scheduler.add_job(scheduled_expiry, CronTrigger(minute=5, timezone="UTC"), args=[state], id=EXPIRY_JOB_ID,
+                      max_instances=1, coalesce=True, replace_existing=True)
     return scheduler

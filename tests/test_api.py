@@ -15,9 +15,10 @@ async def _seed(url: str) -> None:
             INSERT INTO product_categories (category_code, name) VALUES ('TEX', '纺织服装');
             INSERT INTO labs (lab_code, name, province) VALUES ('L1', '甲检验院', '江苏'), ('L2', '乙检验院', '浙江');
             INSERT INTO lab_scopes VALUES ('L1', 'TEX');
-            INSERT INTO grading_runs (as_of, trigger, policy_name, policy_version, policy_hash, policy, finished_at)
-            VALUES ('2026-01-31', 'test', 'default', '1', 'abc', '{}', now()),
-                   ('2026-02-28', 'test', 'default', '1', 'abc', '{}', now());
+            INSERT INTO grading_runs (as_of, trigger, policy_name, policy_version, policy_hash, policy, finished_at,
+                                      status)
+            VALUES ('2026-01-31', 'test', 'default', '1', 'abc', '{}', now(), 'succeeded'),
+                   ('2026-02-28', 'test', 'default', '1', 'abc', '{}', now(), 'succeeded');
             INSERT INTO lab_grades (run_id, lab_code, score, class, previous_class, change, pairs, reasons)
             VALUES (1, 'L1', 91.5, 'I', NULL, 'new', 12, '[]'),
                    (2, 'L1', 72.0, 'III', 'I', 'down', 30, '[{"rule": "fdr_excess", "effect": "cap III"}]');

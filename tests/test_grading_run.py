@@ -109,13 +109,19 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
         c_reasons = next(g for g in run.grades if g.lab_code == "C").reasons
         assert any(r["rule"] == "falsified_report" and r["effect"].startswith("cap IV") for r in c_reasons)
 
-        # The same data and policy again: same classes, now "held", previous class recorded.
+        # The same data, policy and as-of date again: the same period, so the same previous
+        # grades (none) and the same inputs: identical grades and digest, still "new".
         again = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
-        assert {g.lab_code: g.class_ for g in again.grades} == {k: v[0] for k, v in EXPECTED.items()}
-        assert {g.lab_code: (g.previous_class, g.change) for g in again.grades} == {
-            k: (v[0], "held") for k, v in EXPECTED.items()
+        assert [(g.lab_code, g.class_, g.score, g.change, g.reasons) for g in again.grades] == [
+            (g.lab_code, g.class_, g.score, g.change, g.reasons) for g in run.grades
+        ]
+        assert again.input_digest == run.input_digest and again.data_hash == run.data_hash
+        # The next day is the next period: the same classes, now "held" from the earlier one.
+        later = await run_grading(conn, Settings(database_url=db_url), as_of=date(2026, 7, 1), trigger="test",
+                                  policy=policy)
+        assert {g.lab_code: (g.class_, g.previous_class, g.change) for g in later.grades} == {
+            k: (v[0], v[0], "held") for k, v in EXPECTED.items()
         }
-        assert again.data_hash == run.data_hash
         stored = await conn.fetchval(
             "SELECT count(*) FROM lab_grades WHERE run_id = $1 AND evidence ? 'bias'", run.run_id
         )
@@ -131,7 +137,7 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
         }
         assert labs["R"]["current_class"] is None
         d = (await client.get("/api/v1/labs/D")).json()
-        assert [h["class"] for h in d["history"]] == ["III", "III"]
+        assert [h["class"] for h in d["history"]] == ["III", "III", "III"]
 
 
 async def test_runs_api_starts_lists_and_reads(db_url: str) -> None:

@@ -6,7 +6,7 @@ from litestar.datastructures import State
 
 from labeval.config import Settings
 from labeval.db.pool import create_pool
-from labeval.scheduler import GRADING_JOB_ID, _cron_day_of_week, build_scheduler, scheduled_grading
+from labeval.scheduler import EXPIRY_JOB_ID, GRADING_JOB_ID, _cron_day_of_week, build_scheduler, scheduled_grading
 
 
 def test_grading_job_follows_the_cron_setting() -> None:
@@ -16,7 +16,8 @@ def test_grading_job_follows_the_cron_setting() -> None:
     assert job is not None and job.max_instances == 1 and job.coalesce is True
     fields = {f.name: str(f) for f in job.trigger.fields}
     assert (fields["minute"], fields["hour"], fields["day_of_week"]) == ("30", "3", "mon")
-    assert build_scheduler(Settings(grading_cron=""), state).get_jobs() == []
+    # No grading cron: no grading job; the hourly override expiry job stays.
+    assert [j.id for j in build_scheduler(Settings(grading_cron=""), state).get_jobs()] == [EXPIRY_JOB_ID]
 
 
 @pytest.mark.parametrize(
@@ -39,10 +40,10 @@ async def test_scheduled_run_is_stored_with_its_trigger(db_url: str) -> None:
     try:
         await scheduled_grading(State({"settings": Settings(database_url=db_url), "pool": pool}))
         async with pool.acquire() as c:
-            row = await c.fetchrow("SELECT trigger, n_labs, finished_at IS NOT NULL AS done FROM grading_runs")
+            row = await c.fetchrow("SELECT trigger, n_labs, status FROM grading_runs")
             grade = await c.fetchrow("SELECT class, change FROM lab_grades WHERE lab_code = 'A'")
     finally:
         await pool.close()
-    assert tuple(row) == ("schedule", 1, True)
+    assert tuple(row) == ("schedule", 1, "succeeded")
     # No pairs at all: a new lab is held at the policy's default class.
     assert tuple(grade) == ("II", "new")

@@ -1,14 +1,17 @@
-"""Labs and their current grades."""
+"""Labs and their current grades (the computed class beside an override in force today)."""
 
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
+from labeval.db import overrides
 from labeval.db.labs import get_lab, list_labs
+from labeval.grading.overrides import today_utc
 from labeval.models import LabDetail, LabSummary
 
 
@@ -18,13 +21,21 @@ class LabController(Controller):
 
     @get("/")
     async def list_(self, conn: NamedDependency[asyncpg.Connection]) -> list[LabSummary]:
-        """Every lab with its class from the latest grading run."""
-        return await list_labs(conn)
+        """Every lab with its class from the latest grading run, and the override in force."""
+        active = await overrides.active(conn, today_utc())
+        return [
+            msgspec.structs.replace(
+                lab, override=active.get(lab.code),
+                effective_class=active[lab.code].class_ if lab.code in active else lab.current_class,
+            )
+            for lab in await list_labs(conn)
+        ]
 
     @get("/{code:str}")
     async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
-        """One lab: scopes, current class, evidence and grade history."""
+        """One lab: scopes, current class, override in force, evidence and grade history."""
         lab = await get_lab(conn, code)
         if lab is None:
             raise NotFoundException(f"no lab with code {code!r}")
-        return lab
+        o = (await overrides.active(conn, today_utc())).get(code)
+        return msgspec.structs.replace(lab, override=o, effective_class=o.class_ if o else lab.current_class)

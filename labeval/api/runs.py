@@ -1,32 +1,47 @@
-"""Grading runs: list, read, and start one on demand."""
+"""Grading runs: start one on demand, list them, read one with its grades, diff two, verify one."""
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
 from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery, JSONBody
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
+from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
+from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.db.errors import NotFound
 from labeval.db.grading import get_run, list_runs
-from labeval.grading.run import run_grading
-from labeval.models import GradingRun
+from labeval.grading.diff import RunDiff, diff_runs
+from labeval.grading.overrides import effective_grades
+from labeval.grading.run import RunInProgress, run_grading
+from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
+from labeval.models import EffectiveGrade, GradingRun
+
+# Who asks: set by the gateway in front of the service (there is no login here).
+USER_HEADER = "x-labeval-user"
 
 
 class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    # Grade on results reported up to this date; default today.
+    # Grade on results reported up to this date; default today (UTC).
     as_of: date | None = None
+
+
+async def _run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
+    run = await get_run(conn, run_id)
+    if run is None:
+        raise NotFound(f"no grading run {run_id}")
+    return run
 
 
 class RunController(Controller):
     path = "/api/v1/runs"
     tags = ["grading"]
+    exception_handlers = PROBLEM_HANDLERS
 
     @get("/")
     async def list_(
@@ -34,22 +49,53 @@ class RunController(Controller):
         conn: NamedDependency[asyncpg.Connection],
         limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=500)]] = 50,
         offset: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
+        status: FromQuery[Literal["running", "succeeded", "failed", "abandoned"] | None] = None,
     ) -> list[GradingRun]:
-        """Finished grading runs, newest evaluation date first (grades not included)."""
-        return await list_runs(conn, limit=limit, offset=offset)
+        """Grading runs of every status (or one), newest first (grades not included)."""
+        return await list_runs(conn, limit=limit, offset=offset, status=status)
 
-    @get("/{run_id:int}")
+    @get("/{run_id:int}", responses={404: spec("No such run.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
-        """One run with every lab's grade and reasons."""
-        run = await get_run(conn, run_id)
-        if run is None:
-            raise NotFoundException(f"no finished grading run {run_id}")
-        return run
+        """One run: its lifecycle and every lab's grade and reasons (none unless it succeeded)."""
+        return await _run(conn, run_id)
 
-    @post("/", status_code=HTTP_201_CREATED)
-    async def start(self, state: State, data: JSONBody[RunRequest]) -> GradingRun:
-        """Run a grading run now (the same run as `labeval grade`), and return it."""
-        # Its own connection: the run reads one repeatable-read snapshot and commits on its own,
-        # which cannot nest inside the per-request transaction.
+    @get("/{run_id:int}/grades", responses={404: spec("No such run.")})
+    async def grades(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> list[EffectiveGrade]:
+        """A run's grades, each with the override in force today and the class that applies."""
+        return await effective_grades(conn, (await _run(conn, run_id)).grades)
+
+    @get("/{run_id:int}/diff", responses={404: spec("No such run.")})
+    async def diff(
+        self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int], against: FromQuery[int]
+    ) -> RunDiff:
+        """Labs whose class differs between run `against` (a) and this run (b), with the reasons on
+        both sides and the rule that made the difference."""
+        return await diff_runs(conn, against, run_id)
+
+    @get("/{run_id:int}/verify", responses={404: spec("No such run."), 409: spec("The run did not succeed.")})
+    async def verify(
+        self, state: State, run_id: FromPath[int], current: FromQuery[bool] = False
+    ) -> VerifyReport:
+        """Recompute the run from the data as it read it (current=true: today's data) under its
+        stored policy; `identical` is true when every lab's class, score and reasons agree."""
+        # Its own connection: verify builds the past state in temporary tables in one transaction.
         async with state.pool.acquire() as conn:
-            return await run_grading(conn, state.settings, as_of=data.as_of, trigger="api")
+            try:
+                return await verify_run(conn, run_id, current=current)
+            except RunNotVerifiable as exc:
+                raise ProblemError(HTTP_409_CONFLICT, "Run not verifiable", str(exc)) from exc
+
+    @post("/", status_code=HTTP_201_CREATED, responses={409: spec("Another grading run is in progress.")})
+    async def start(
+        self, state: State, data: JSONBody[RunRequest],
+        actor: Annotated[str | None, HeaderParameter(name=USER_HEADER)] = None,
+    ) -> GradingRun:
+        """Run a grading run now (the same run as `labeval grade`), and return it. 409 while
+        another run holds the run lock."""
+        # Its own connection: the run holds the run lock on its session, reads one snapshot and
+        # commits on its own, which cannot nest inside the per-request transaction.
+        async with state.pool.acquire() as conn:
+            try:
+                return await run_grading(conn, state.settings, as_of=data.as_of, trigger="api", actor=actor)
+            except RunInProgress as exc:
+                raise ProblemError(HTTP_409_CONFLICT, "Grading run in progress", str(exc)) from exc

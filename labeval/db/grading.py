@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date
-from typing import Any
+from datetime import date, datetime
 
 import asyncpg
 
@@ -60,17 +59,28 @@ async def lab_codes(conn: asyncpg.Connection) -> list[str]:
     return [r["lab_code"] for r in rows]
 
 
-async def previous_grades(conn: asyncpg.Connection, as_of: date) -> list[asyncpg.Record]:
-    """Each lab's latest finished grade from runs as of no later than `as_of`."""
+async def previous_grades(
+    conn: asyncpg.Connection, as_of: date, policy_hash: str, finished_before: datetime
+) -> list[asyncpg.Record]:
+    """What hysteresis carries in: each lab's grade from the latest succeeded run of an earlier
+    evaluation period (as_of strictly before this one), among runs finished before
+    `finished_before` (the reading run's read time, so a verify sees what the run saw).
+
+    The period is the as_of date: every run for the same date reads the same previous grades,
+    so a second run that day cannot count as another qualifying period. A grade made under
+    another policy (hash) keeps its class but its consecutive_qualifying restarts at 0.
+    """
     return await conn.fetch(
         """
         SELECT DISTINCT ON (g.lab_code)
-               g.lab_code, g.class, g.score, g.consecutive_qualifying
+               g.lab_code, g.class, g.score,
+               CASE WHEN r.policy_hash = $2 THEN g.consecutive_qualifying ELSE 0 END
+                   AS consecutive_qualifying
         FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
-        WHERE r.finished_at IS NOT NULL AND r.as_of <= $1
+        WHERE r.status = 'succeeded' AND r.as_of < $1 AND r.finished_at < $3
         ORDER BY g.lab_code, r.as_of DESC, r.run_id DESC
         """,
-        as_of,
+        as_of, policy_hash, finished_before,
     )
 
 
@@ -106,29 +116,6 @@ async def indicator_rows(conn: asyncpg.Connection, as_of: date) -> dict[str, lis
     return {name: await conn.fetch(sql, as_of) for name, sql in INDICATOR_QUERIES.items()}
 
 
-async def insert_run(
-    conn: asyncpg.Connection,
-    *,
-    as_of: date,
-    trigger: str,
-    policy_name: str,
-    policy_version: str,
-    policy_hash: str,
-    policy: Any,
-    data_hash: str,
-    n_pairs: int,
-) -> int:
-    return await conn.fetchval(
-        """
-        INSERT INTO grading_runs (as_of, trigger, policy_name, policy_version, policy_hash, policy,
-                                  data_hash, n_pairs)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        RETURNING run_id
-        """,
-        as_of, trigger, policy_name, policy_version, policy_hash, policy, data_hash, n_pairs,
-    )
-
-
 GRADE_COLUMNS = ("lab_code", "score", "class", "previous_class", "change", "pairs", "reasons", "evidence",
                  "consecutive_qualifying", "sufficient_evidence", "selection_weight", "eligible")
 
@@ -146,44 +133,38 @@ async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tupl
     )
 
 
-async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> asyncpg.Record:
-    return await conn.fetchrow(
-        """
-        UPDATE grading_runs SET finished_at = clock_timestamp(), n_labs = $2
-        WHERE run_id = $1
-        RETURNING run_id, as_of, policy_hash, policy_name, policy_version, trigger, n_pairs, n_labs,
-                  data_hash, started_at, finished_at
-        """,
-        run_id, n_labs,
-    )
-
-
 _RUN_COLUMNS = """run_id, as_of, policy_hash, policy_name, policy_version, trigger, n_pairs, n_labs,
-                  data_hash, started_at, finished_at"""
+                  data_hash, started_at, finished_at, status, actor, window_start, window_end,
+                  code_version, error, snapshot_at, timings, class_counts, input_digest"""
 
 
 def _run(row: asyncpg.Record, grades: list | None = None) -> GradingRun:
     return GradingRun(**dict(row), grades=grades or [])
 
 
-async def list_runs(conn: asyncpg.Connection, *, limit: int = 50, offset: int = 0) -> list[GradingRun]:
+async def list_runs(
+    conn: asyncpg.Connection, *, limit: int = 50, offset: int = 0, status: str | None = None
+) -> list[GradingRun]:
+    """Runs of every status (or one), newest first."""
     rows = await conn.fetch(
-        f"""SELECT {_RUN_COLUMNS} FROM grading_runs WHERE finished_at IS NOT NULL
-            ORDER BY as_of DESC, run_id DESC LIMIT $1 OFFSET $2""",
-        limit, offset,
+        f"""SELECT {_RUN_COLUMNS} FROM grading_runs WHERE ($3::text IS NULL OR status = $3)
+            ORDER BY run_id DESC LIMIT $1 OFFSET $2""",
+        limit, offset, status,
     )
     return [_run(r) for r in rows]
 
 
 async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun | None:
     row = await conn.fetchrow(
-        f"SELECT {_RUN_COLUMNS} FROM grading_runs WHERE run_id = $1 AND finished_at IS NOT NULL", run_id
+        f"SELECT {_RUN_COLUMNS} FROM grading_runs WHERE run_id = $1", run_id
     )
     if row is None:
         return None
+    # Only a succeeded run has grades to show; the status filter keeps it so whatever wrote them.
     grades = await conn.fetch(
-        """SELECT lab_code, class, score, previous_class, change, pairs, reasons
-           FROM lab_grades WHERE run_id = $1 ORDER BY lab_code""",
+        """SELECT g.lab_code, g.class, g.score, g.previous_class, g.change, g.pairs, g.reasons
+           FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
+           WHERE g.run_id = $1 AND r.status = 'succeeded' ORDER BY g.lab_code""",
         run_id,
     )
     return _run(row, [

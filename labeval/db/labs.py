@@ -13,7 +13,7 @@ _LATEST = """
            g.lab_code, g.class, g.score, g.run_id, r.as_of, g.evidence
     FROM lab_grades g
     JOIN grading_runs r ON r.run_id = g.run_id
-    WHERE r.finished_at IS NOT NULL
+    WHERE r.status = 'succeeded'
     ORDER BY g.lab_code, r.as_of DESC, r.run_id DESC
 """
 
@@ -56,7 +56,7 @@ async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail | None:
         SELECT g.run_id, r.as_of, g.class, g.score, g.previous_class, g.change, g.pairs,
                g.reasons, g.evidence
         FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
-        WHERE g.lab_code = $1 AND r.finished_at IS NOT NULL
+        WHERE g.lab_code = $1 AND r.status = 'succeeded'
         ORDER BY r.as_of DESC, r.run_id DESC
         """,
         code,

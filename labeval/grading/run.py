@@ -1,16 +1,26 @@
 """A grading run: pairs from PostgreSQL → scoring/ → grades stored in one transaction.
 
-A run is reproducible: it records the policy (and its canonical hash) and a digest of the pairs
-it scored; the same data, policy and previous grades give the same classes.
+Lifecycle: under the run lock (one run at a time across processes and replicas), a 'running'
+row is committed first; the inputs are read in one snapshot at a recorded read time; the grades,
+their change events and the 'succeeded' status are written in one transaction, so a run that
+fails or dies shows no grades. A run is reproducible: it records the policy (and its canonical
+hash) and a digest of every input; the same data, policy and previous grades give the same
+classes (`labeval runs verify` checks it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import logging
 import math
-from datetime import date
+import os
+from collections.abc import AsyncIterator
+from datetime import date, datetime, timedelta
+from importlib import metadata
+from time import perf_counter
 from typing import Any
 
 import asyncpg
@@ -18,14 +28,18 @@ import msgspec
 import polars as pl
 
 from labeval.config import Settings
+from labeval.db import events, runs
 from labeval.db import grading as q
-from labeval.models import GradingRun, LabGrade
+from labeval.grading.overrides import expire_due, today_utc
+from labeval.models import GradingRun
 from scoring import indicators as ind
 from scoring.grading import PREVIOUS_GRADES_SCHEMA, grade
 from scoring.evidence import lab_evidence
 from scoring.pairs import score_pairs
 from scoring.policy import Policy, load_policy, policy_hash
 from scoring.schema import PAIR_INPUT_SCHEMA
+
+log = logging.getLogger(__name__)
 
 _BOOL_COLUMNS = [f"censored_{s}" for s in ("1", "2", "3")]
 _INDICATOR_SCHEMAS = {
@@ -36,6 +50,31 @@ _INDICATOR_SCHEMAS = {
     "report_findings": ind.REPORT_FINDINGS_SCHEMA,
 }
 
+# Test hook for the kill -9 tests: when set to a path, a run that has written its grades (not yet
+# committed) creates that file and waits up to a minute, so a test can kill it at a known point.
+HOLD_ENV = "LABEVAL_TEST_HOLD_RUN"
+
+
+class RunInProgress(RuntimeError):
+    """Another grading run holds the run lock."""
+
+    def __init__(self, current: runs.RunningRun | None) -> None:
+        self.current = current
+        if current is None:
+            msg = "a grading run is already in progress"
+        else:
+            by = f", by {current.actor}" if current.actor else ""
+            msg = (f"grading run {current.run_id} (as of {current.as_of}, {current.trigger}{by}) "
+                   f"is in progress since {current.started_at:%Y-%m-%d %H:%M:%S %Z}")
+        super().__init__(msg)
+
+
+def code_version() -> str:
+    try:
+        return metadata.version("labeval")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
 
 def pairs_frame(csv: bytes) -> pl.DataFrame:
     """Parse the COPY output with the pair schema (PostgreSQL writes booleans as t/f)."""
@@ -44,8 +83,8 @@ def pairs_frame(csv: bytes) -> pl.DataFrame:
     return frame.with_columns([(pl.col(c) == "t").alias(c) for c in _BOOL_COLUMNS]).select(list(PAIR_INPUT_SCHEMA))
 
 
-def _records_frame(rows: list[asyncpg.Record], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
+def _records_frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,6 +94,43 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     return value
+
+
+class Inputs(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything a run reads, rows sorted so that the same data always encodes the same way."""
+
+    pairs_csv: bytes
+    labs: list[str]
+    previous: list[dict[str, Any]]
+    indicators: dict[str, list[dict[str, Any]]]
+
+    def digest(self) -> str:
+        """SHA-256 over the pairs CSV (ordered by pair id) and the canonical JSON of the rest."""
+        h = hashlib.sha256()
+        h.update(b"pairs\n")
+        h.update(self.pairs_csv)
+        h.update(b"\nrest\n")
+        h.update(msgspec.json.encode(
+            {"labs": self.labs, "previous": self.previous, "indicators": self.indicators}, order="sorted"
+        ))
+        return h.hexdigest()
+
+
+def canonical_rows(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    out = [dict(r) for r in rows]
+    out.sort(key=lambda d: tuple((v is None, str(v)) for v in d.values()))
+    return out
+
+
+async def read_inputs(
+    conn: asyncpg.Connection, as_of: date, p_hash: str, read_at: datetime
+) -> Inputs:
+    """Inside the read transaction (live, or over a past state rebuilt by verify)."""
+    csv = await q.pairs_csv(conn, as_of)
+    labs = await q.lab_codes(conn)
+    previous = canonical_rows(await q.previous_grades(conn, as_of, p_hash, read_at))
+    indicators = {k: canonical_rows(v) for k, v in (await q.indicator_rows(conn, as_of)).items()}
+    return Inputs(pairs_csv=csv, labs=labs, previous=previous, indicators=indicators)
 
 
 def compute(
@@ -75,29 +151,12 @@ def compute(
     return grades, evidence
 
 
-async def run_grading(
-    conn: asyncpg.Connection,
-    settings: Settings,
-    *,
-    as_of: date | None = None,
-    trigger: str = "cli",
-    policy: Policy | None = None,
-) -> GradingRun:
-    as_of = as_of or date.today()
-    policy = policy or load_policy(settings.policy)
-    p_hash = policy_hash(policy)
-
-    # Read everything in one snapshot so the run sees one consistent state of the data.
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        csv = await q.pairs_csv(conn, as_of)
-        labs = await q.lab_codes(conn)
-        previous = _records_frame(await q.previous_grades(conn, as_of), PREVIOUS_GRADES_SCHEMA)
-        raw_indicators = await q.indicator_rows(conn, as_of)
-    indicator_frames = {k: _records_frame(v, _INDICATOR_SCHEMAS[k]) for k, v in raw_indicators.items()}
-    pairs = pairs_frame(csv)
-
-    grades, evidence = await asyncio.to_thread(compute, pairs, labs, previous, indicator_frames, policy, as_of)
-
+async def grade_inputs(inputs: Inputs, policy: Policy, as_of: date) -> tuple[pl.DataFrame, list[tuple]]:
+    """(pairs frame, grade rows in q.GRADE_COLUMNS order) for a set of inputs."""
+    pairs = pairs_frame(inputs.pairs_csv)
+    previous = _records_frame(inputs.previous, PREVIOUS_GRADES_SCHEMA)
+    frames = {k: _records_frame(v, _INDICATOR_SCHEMAS[k]) for k, v in inputs.indicators.items()}
+    grades, evidence = await asyncio.to_thread(compute, pairs, inputs.labs, previous, frames, policy, as_of)
     evidence_by_lab = {
         row["lab_code"]: {k: _jsonable(v) for k, v in row.items()} for row in evidence.iter_rows(named=True)
     }
@@ -110,24 +169,98 @@ async def run_grading(
             int(g["consecutive_qualifying"] or 0), bool(g["sufficient_evidence"]),
             _jsonable(g["selection_weight"]), bool(g["eligible"]),
         ))
+    return pairs, rows
 
-    async with conn.transaction():
-        run_id = await q.insert_run(
-            conn, as_of=as_of, trigger=trigger, policy_name=policy.name, policy_version=policy.version,
-            policy_hash=p_hash, policy=msgspec.to_builtins(policy), data_hash=hashlib.sha256(csv).hexdigest(),
-            n_pairs=pairs.height,
+
+@contextlib.asynccontextmanager
+async def run_lock(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Hold the run lock on this connection's session, or raise RunInProgress."""
+    if not await runs.try_lock(conn):
+        raise RunInProgress(await runs.running(conn))
+    try:
+        yield
+    finally:
+        # A dead connection has lost the lock with its session; a live pooled one is also
+        # unlocked by asyncpg's reset on release. Either way, do not mask the run's own error.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await runs.unlock(conn)
+
+
+async def recover_abandoned(conn: asyncpg.Connection) -> list[int]:
+    """At server start: mark runs whose process died as abandoned (skipped while a run is live)."""
+    try:
+        async with run_lock(conn):
+            return await runs.abandon_running(conn)
+    except RunInProgress:
+        return []
+
+
+async def _hold_for_tests() -> None:
+    path = os.environ.get(HOLD_ENV)
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+        await asyncio.sleep(60)
+
+
+async def run_grading(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    *,
+    as_of: date | None = None,
+    trigger: str = "cli",
+    actor: str | None = None,
+    policy: Policy | None = None,
+) -> GradingRun:
+    """Grade every lab as of `as_of` (default today, UTC). Raises RunInProgress when another
+    run holds the lock."""
+    as_of = as_of or today_utc()
+    policy = policy or load_policy(settings.policy)
+    p_hash = policy_hash(policy)
+
+    async with run_lock(conn):
+        abandoned = await runs.abandon_running(conn)
+        if abandoned:
+            log.warning("grading runs %s had died mid-run; marked abandoned", abandoned)
+        await expire_due(conn, today_utc())
+        run_id = await runs.start_run(
+            conn, as_of=as_of, trigger=trigger, actor=actor, policy_name=policy.name,
+            policy_version=policy.version, policy_hash=p_hash, policy=msgspec.to_builtins(policy),
+            window_start=as_of - timedelta(days=policy.evidence.window_days), window_end=as_of,
+            code_version=code_version(),
         )
-        await q.insert_grades(conn, run_id, rows)
-        run = await q.finish_run(conn, run_id, len(rows))
+        try:
+            return await _execute(conn, run_id, as_of, policy, p_hash)
+        except BaseException as exc:
+            # Shielded: a cancelled request must still leave the run marked, not 'running'.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(runs.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}"))
+            raise
 
-    return GradingRun(
-        run_id=run["run_id"], as_of=run["as_of"], policy_hash=run["policy_hash"],
-        policy_name=run["policy_name"], policy_version=run["policy_version"], trigger=run["trigger"],
-        n_pairs=run["n_pairs"], n_labs=run["n_labs"], data_hash=run["data_hash"],
-        started_at=run["started_at"], finished_at=run["finished_at"],
-        grades=[
-            LabGrade(lab_code=r[0], score=r[1], class_=r[2], previous_class=r[3], change=r[4], pairs=r[5],
-                     reasons=r[6])
-            for r in rows
-        ],
-    )
+
+async def _execute(conn: asyncpg.Connection, run_id: int, as_of: date, policy: Policy, p_hash: str) -> GradingRun:
+    t0 = perf_counter()
+    async with conn.transaction(isolation="repeatable_read"):
+        read_at = await runs.lock_inputs(conn)
+        inputs = await read_inputs(conn, as_of, p_hash, read_at)
+    t1 = perf_counter()
+    pairs, rows = await grade_inputs(inputs, policy, as_of)
+    t2 = perf_counter()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r[2]] = counts.get(r[2], 0) + 1
+    async with conn.transaction():
+        await q.insert_grades(conn, run_id, rows)
+        await _hold_for_tests()
+        await events.append_for_run(conn, run_id, today_utc())
+        timings = {"read_s": round(t1 - t0, 3), "compute_s": round(t2 - t1, 3),
+                   "write_s": round(perf_counter() - t2, 3)}
+        await runs.complete_run(
+            conn, run_id, n_pairs=pairs.height, n_labs=len(rows),
+            data_hash=hashlib.sha256(inputs.pairs_csv).hexdigest(), input_digest=inputs.digest(),
+            snapshot_at=read_at, timings=timings, class_counts=dict(sorted(counts.items())),
+        )
+    run = await q.get_run(conn, run_id)
+    if run is None:  # pragma: no cover - committed just above
+        raise RuntimeError(f"grading run {run_id} vanished after it succeeded")
+    return run
