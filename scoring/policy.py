@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -236,13 +234,13 @@ class Policy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Decode a policy TOML file; None loads the default shipped with the package."""
-    if path is None:
-        raw = resources.files("scoring").joinpath("default_policy.toml").read_bytes()
-    else:
-        raw = Path(path).read_bytes()
-    return msgspec.convert(tomllib.loads(raw.decode("utf-8")), Policy, strict=True)
+def policy_from_toml(text: str) -> Policy:
+    """Decode and validate a policy from TOML text (reading the file is the caller's job).
+
+    Raises tomllib.TOMLDecodeError for malformed TOML and msgspec.ValidationError, whose message
+    names the field (``$.evidence.fdr_alpha``), for a value the policy does not allow.
+    """
+    return msgspec.convert(tomllib.loads(text), Policy, strict=True)
 
 
 def policy_hash(policy: Policy) -> str:

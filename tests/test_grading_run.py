@@ -100,7 +100,7 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
     policy = small_policy()
     try:
         await seed(conn)
-        run = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
+        run = await run_grading(conn, policy, as_of=AS_OF, trigger="test")
         got = {g.lab_code: (g.class_, g.score, g.pairs) for g in run.grades}
         assert got == EXPECTED
         assert {g.lab_code: g.change for g in run.grades} == dict.fromkeys(EXPECTED, "new")
@@ -110,7 +110,7 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
         assert any(r["rule"] == "falsified_report" and r["effect"].startswith("cap IV") for r in c_reasons)
 
         # The same data and policy again: same classes, now "held", previous class recorded.
-        again = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
+        again = await run_grading(conn, policy, as_of=AS_OF, trigger="test")
         assert {g.lab_code: g.class_ for g in again.grades} == {k: v[0] for k, v in EXPECTED.items()}
         assert {g.lab_code: (g.previous_class, g.change) for g in again.grades} == {
             k: (v[0], "held") for k, v in EXPECTED.items()

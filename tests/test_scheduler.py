@@ -6,6 +6,7 @@ from litestar.datastructures import State
 
 from labeval.config import Settings
 from labeval.db.pool import create_pool
+from scoring.policy import Policy
 from labeval.scheduler import GRADING_JOB_ID, _cron_day_of_week, build_scheduler, scheduled_grading
 
 
@@ -37,7 +38,7 @@ async def test_scheduled_run_is_stored_with_its_trigger(db_url: str) -> None:
         await conn.close()
     pool = await create_pool(db_url)
     try:
-        await scheduled_grading(State({"settings": Settings(database_url=db_url), "pool": pool}))
+        await scheduled_grading(State({"policy": Policy(), "pool": pool}))
         async with pool.acquire() as c:
             row = await c.fetchrow("SELECT trigger, n_labs, finished_at IS NOT NULL AS done FROM grading_runs")
             grade = await c.fetchrow("SELECT class, change FROM lab_grades WHERE lab_code = 'A'")

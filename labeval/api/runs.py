@@ -52,4 +52,4 @@ class RunController(Controller):
         # Its own connection: the run reads one repeatable-read snapshot and commits on its own,
         # which cannot nest inside the per-request transaction.
         async with state.pool.acquire() as conn:
-            return await run_grading(conn, state.settings, as_of=data.as_of, trigger="api")
+            return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api")
