@@ -1,5 +1,10 @@
 """Numbered plain-SQL migrations: migrations/NNNN_name.sql, each applied in its own transaction.
 
+The files live at the top of the repository and ship inside the package as labeval.migrations
+(setup.py maps the directory), so a checkout, an editable install and an installed wheel all
+find them the same way. A runner that finds no migration file at all refuses to run: an empty
+directory would otherwise "apply" nothing, report success, and leave a database without tables.
+
 Applied files are recorded with their SHA-256 in schema_migrations. The runner holds a
 PostgreSQL advisory lock so that concurrent starts apply each file once, and it refuses to run
 when an applied file has changed or the database knows a migration this code does not.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 
 import asyncpg
@@ -43,11 +49,21 @@ _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 def default_migrations_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """The packaged migrations: labeval/migrations in a wheel, the repository's migrations/ in an
+    editable install (setuptools' editable finder maps the package there)."""
+    try:
+        return Path(str(resources.files("labeval.migrations")))
+    except ModuleNotFoundError as exc:
+        raise MigrationError(
+            "no migrations: the package labeval.migrations is not installed (pip install labeval maps "
+            "the repository's migrations/ into it; running from a bare checkout does not)"
+        ) from exc
 
 
 def discover(directory: Path | None = None) -> list[Migration]:
     directory = directory or default_migrations_dir()
+    if not any(directory.glob("*.sql")):
+        raise MigrationError(f"no migration files (NNNN_name.sql) in {directory}; refusing to run")
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         m = _FILE_RE.match(path.name)
