@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from labeval.bench_scoring import generate_pairs, render, run
+from labeval.devtools.bench_scoring import generate_pairs, render, run
 from scoring import precision, scores
 from scoring.pairs import PAIR_SCORE_SCHEMA, cd_factor, score_pairs
 from scoring.policy import PairPolicy, Policy
