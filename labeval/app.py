@@ -10,13 +10,14 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
+from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
 from labeval.api.runs import RunController
 from labeval.api.system import health, ready
 from labeval.config import Settings
+from labeval.db.errors import NotFound
 from labeval.db.migrate import migrate
 from labeval.db.pool import create_pool
 from labeval.db.server import database_url
@@ -24,11 +25,16 @@ from labeval.policy_file import load_policy
 from labeval.scheduler import build_scheduler
 from scoring.policy import Policy
 
+
 async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
     """One connection and one transaction per request; an exception in the handler rolls back."""
     pool: asyncpg.Pool = state.pool
     async with pool.acquire() as conn, conn.transaction():
         yield conn
+
+
+def _not_found(request: Request, exc: NotFound) -> Response:
+    return Response({"status_code": HTTP_404_NOT_FOUND, "detail": str(exc)}, status_code=HTTP_404_NOT_FOUND)
 
 
 def _constraint_violation(request: Request, exc: asyncpg.IntegrityConstraintViolationError) -> Response:
@@ -76,7 +82,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
-        exception_handlers={asyncpg.IntegrityConstraintViolationError: _constraint_violation},
+        exception_handlers={NotFound: _not_found, asyncpg.IntegrityConstraintViolationError: _constraint_violation},
         state=State({"settings": settings, "policy": policy}),
         openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
         logging_config=None,

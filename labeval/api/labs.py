@@ -6,7 +6,6 @@ import asyncpg
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar.exceptions import NotFoundException
 
 from labeval.db.labs import get_lab, list_labs
 from labeval.models import LabDetail, LabSummary
@@ -24,7 +23,4 @@ class LabController(Controller):
     @get("/{code:str}")
     async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
         """One lab: scopes, current class, evidence and grade history."""
-        lab = await get_lab(conn, code)
-        if lab is None:
-            raise NotFoundException(f"no lab with code {code!r}")
-        return lab
+        return await get_lab(conn, code)

@@ -10,7 +10,6 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
@@ -41,10 +40,7 @@ class RunController(Controller):
     @get("/{run_id:int}")
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
         """One run with every lab's grade and reasons."""
-        run = await get_run(conn, run_id)
-        if run is None:
-            raise NotFoundException(f"no finished grading run {run_id}")
-        return run
+        return await get_run(conn, run_id)
 
     @post("/", status_code=HTTP_201_CREATED)
     async def start(self, state: State, data: JSONBody[RunRequest]) -> GradingRun:

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from labeval.db.errors import NotFound
 from labeval.models import GradingRun, LabGrade
 
 # Side columns in the order of scoring.schema._SIDE; `{a}` is the table alias of that side.
@@ -175,12 +176,12 @@ async def list_runs(conn: asyncpg.Connection, *, limit: int = 50, offset: int = 
     return [_run(r) for r in rows]
 
 
-async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun | None:
+async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
     row = await conn.fetchrow(
         f"SELECT {_RUN_COLUMNS} FROM grading_runs WHERE run_id = $1 AND finished_at IS NOT NULL", run_id
     )
     if row is None:
-        return None
+        raise NotFound("finished grading run", run_id)
     grades = await conn.fetch(
         """SELECT lab_code, class, score, previous_class, change, pairs, reasons
            FROM lab_grades WHERE run_id = $1 ORDER BY lab_code""",

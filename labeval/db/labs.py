@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from labeval.db.errors import NotFound
 from labeval.models import GradeRow, LabDetail, LabSummary
 
 # The latest grade of each lab is the one from its newest run (runs are ordered by as_of, then
@@ -37,7 +38,7 @@ async def list_labs(conn: asyncpg.Connection) -> list[LabSummary]:
     ]
 
 
-async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail | None:
+async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail:
     lab = await conn.fetchrow(
         """
         SELECT l.lab_code, l.name, l.province, l.accreditation_no, l.status,
@@ -50,7 +51,7 @@ async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail | None:
         code,
     )
     if lab is None:
-        return None
+        raise NotFound("lab", code)
     history = await conn.fetch(
         """
         SELECT g.run_id, r.as_of, g.class, g.score, g.previous_class, g.change, g.pairs,

@@ -167,3 +167,8 @@ async def status(conn: asyncpg.Connection, directory: Path | None = None) -> lis
                 )
             )
     return sorted(out, key=lambda s: s.version)
+
+
+async def schema_version(conn: asyncpg.Connection) -> int | None:
+    """The newest applied migration (None before the first)."""
+    return await conn.fetchval("SELECT max(version) FROM schema_migrations")

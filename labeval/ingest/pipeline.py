@@ -1,37 +1,46 @@
 """The intake pipeline: read in batches -> validate (polars) -> COPY into a staging table ->
 cross-row checks and load (set-based SQL), all in one transaction.
 
-Atomicity: one import is one transaction (a savepoint when the caller already holds one, as
-the API does). Either every valid row is loaded and every reject recorded, or - when the
-database refuses something - nothing is, and the import is recorded as failed.
+Atomicity: one import is one transaction. Either every valid row is loaded and every reject
+recorded, or - when the file cannot be read or the database refuses something - nothing is, and
+the import is recorded as failed after the rollback, so the failed record stays. Run an import
+on a connection outside any transaction (a savepoint inside a caller's transaction works, but a
+rollback of that transaction takes the failed record with it).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import io
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import asyncpg
 import polars as pl
 
+from labeval.db.imports import ImportSource, complete_import, first_rejects, record_failed_import, start_import
 from labeval.ingest.errors import IngestError
 from labeval.ingest.read import ROW, Source, open_frame, open_path
-from labeval.ingest.report import REPORT_REJECTS, ImportReport, Reject
+from labeval.ingest.report import REPORT_REJECTS, ImportReport
 from labeval.ingest.spec import Col, Spec, resolve_kind
 from labeval.ingest.validate import RefData, staging_columns, validate_batch
 
+log = logging.getLogger(__name__)
+
 BATCH_ROWS = 100_000
-PROGRESS_MIN_ROWS = 100_000
 NULL = r"\N"
 
 # Tables that carry the id of the import that wrote each row.
 _HAS_IMPORT_ID = {"results", "pt_results", "lab_reports", "lab_complaints", "lab_audit_findings",
                   "lab_report_findings"}
 _HAS_UPDATED_AT = {"labs"}
+
+
+# Reports progress: (rows read so far, estimated rows in the file or None).
+Progress = Callable[[int, int | None], None]
 
 
 async def ingest_path(
@@ -41,7 +50,7 @@ async def ingest_path(
     *,
     source: str = "cli",
     user: str | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
     batch_size: int = BATCH_ROWS,
     file_name: str | None = None,
     today: date | None = None,
@@ -50,9 +59,10 @@ async def ingest_path(
     spec = resolve_kind(kind)
     name = file_name or str(path)
     try:
-        src = open_path(path, spec, batch_size=batch_size, file_name=name)
+        # Opening sniffs the format and the encoding and reads the header (an XLSX sheet whole).
+        src = await asyncio.to_thread(open_path, path, spec, batch_size=batch_size, file_name=name)
     except IngestError as e:
-        await _record_failure(conn, spec.kind, source, user, name, None, str(e))
+        await _record_failure(conn, ImportSource(kind=spec.kind, source=source, user_name=user, file_name=name), str(e))
         raise
     try:
         return await _run(conn, spec, src, source=source, user=user, progress=progress, today=today)
@@ -73,25 +83,24 @@ async def ingest_frame(
     """Import rows already in memory: a polars frame or a JSON array of objects."""
     spec = resolve_kind(kind)
     try:
-        src = open_frame(frame_or_rows, spec, file_name=file_name)
+        src = await asyncio.to_thread(open_frame, frame_or_rows, spec, file_name=file_name)
     except IngestError as e:
-        await _record_failure(conn, spec.kind, source, user, file_name, None, str(e))
-        raise
-    return await _run(conn, spec, src, source=source, user=user, progress=False, today=today)
-
-
-async def _record_failure(
-    conn: asyncpg.Connection, kind: str, source: str, user: str | None, file_name: str | None,
-    checksum: str | None, error: str,
-) -> None:
-    # Best effort: the failure itself is what the caller must see; a connection in an aborted
-    # outer transaction cannot record anything.
-    with contextlib.suppress(Exception):
-        await conn.execute(
-            """INSERT INTO imports (kind, source, user_name, file_name, checksum, status, error, finished_at)
-               VALUES ($1, $2, $3, $4, $5, 'failed', $6, now())""",
-            kind, source, user, file_name, checksum, error,
+        await _record_failure(
+            conn, ImportSource(kind=spec.kind, source=source, user_name=user, file_name=file_name), str(e)
         )
+        raise
+    return await _run(conn, spec, src, source=source, user=user, progress=None, today=today)
+
+
+async def _record_failure(conn: asyncpg.Connection, src: ImportSource, error: str) -> None:
+    """Keep a failed import in the log. Called after the import's own transaction rolled back;
+    the record is lost only if the caller holds an outer transaction that rolls back too (so
+    callers run imports on a connection of their own, as the API does)."""
+    try:
+        await record_failed_import(conn, src, error)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError):
+        # The failure itself is what the caller must see; a broken connection cannot log it.
+        log.exception("could not record the failed %s import of %s", src.kind, src.file_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,54 +366,52 @@ async def _load_upsert(conn: asyncpg.Connection, spec: Spec, stage: str, import_
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
-    if not enabled or not total or total <= PROGRESS_MIN_ROWS:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+async def _stage_batches(
+    conn: asyncpg.Connection, spec: Spec, src: Source, stage: str, import_id: int, refs: RefData, today: date,
+    progress: Progress | None,
+) -> int:
+    """Read, validate and COPY every batch: valid rows into the stage, rejects into the log.
+    Reading and validating are CPU-bound polars work: they run in a worker thread, so the event
+    loop keeps serving other requests during a large import. Returns the rows read."""
+    present = set(src.columns)
+    stage_names = [ROW, *[c.name for c in staging_columns(spec, present)]]
+    rows = 0
+    batches = src.batches()
+    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        rows += batch.height
+        valid, rejects = await asyncio.to_thread(validate_batch, batch, spec, present, refs, today, src.raw_names)
+        if valid.height:
+            await _copy_frame(conn, stage, valid, stage_names)
+        if rejects.height:
+            await _copy_frame(
+                conn, "import_rejects",
+                rejects.select(pl.lit(import_id, pl.Int64).alias("import_id"), ROW, "column", "value", "reason", "raw"),
+                ["import_id", "row_number", "column_name", "value", "reason", "raw"],
+            )
+        if progress is not None:
+            progress(rows, src.estimated_rows)
+    return rows
 
 
 async def _run(
-    conn: asyncpg.Connection, spec: Spec, src: Source, *, source: str, user: str | None, progress: bool,
-    today: date | None,
+    conn: asyncpg.Connection, spec: Spec, src: Source, *, source: str, user: str | None,
+    progress: Progress | None, today: date | None,
 ) -> ImportReport:
     t0 = time.perf_counter()
     today = today or date.today()
-    present = set(src.columns)
-    cols = staging_columns(spec, present)
+    cols = staging_columns(spec, set(src.columns))
+    who = ImportSource(
+        kind=spec.kind, source=source, user_name=user, file_name=src.file_name, checksum=src.checksum,
+        format=src.format, encoding=src.encoding,
+    )
     try:
         async with conn.transaction():
-            import_id = await conn.fetchval(
-                """INSERT INTO imports (kind, source, user_name, file_name, checksum, format, encoding)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING import_id""",
-                spec.kind, source, user, src.file_name, src.checksum, src.format, src.encoding,
-            )
+            import_id = await start_import(conn, who)
             refs = await load_refs(conn, spec)
             stage = f"ingest_stage_{import_id}"
             coldefs = ", ".join(f"{c.name} {_sql_type(c)}" for c in cols)
             await conn.execute(f"CREATE TEMP TABLE {stage} (_row bigint NOT NULL, {coldefs}) ON COMMIT DROP")
-            stage_names = [ROW, *[c.name for c in cols]]
-            rows = 0
-            with _progress_bar(progress, src.estimated_rows, f"{spec.kind} {Path(src.file_name).name}") as advance:
-                for batch in src.batches():
-                    rows += batch.height
-                    valid, rejects = validate_batch(batch, spec, present, refs, today, src.raw_names)
-                    if valid.height:
-                        await _copy_frame(conn, stage, valid, stage_names)
-                    if rejects.height:
-                        await _copy_frame(
-                            conn, "import_rejects",
-                            rejects.select(pl.lit(import_id, pl.Int64).alias("import_id"), ROW, "column", "value", "reason", "raw"),
-                            ["import_id", "row_number", "column_name", "value", "reason", "raw"],
-                        )
-                    advance(batch.height)
+            rows = await _stage_batches(conn, spec, src, stage, import_id, refs, today, progress)
             if spec.kind == "results":
                 # The cross-row rules look up other rows of the same sample and item in the file
                 # (EXISTS … OR EXISTS … cannot become a hash join): without an index each lookup
@@ -420,22 +427,12 @@ async def _run(
             else:
                 accepted, dups, corrections = await _load_upsert(conn, spec, stage, import_id, cols)
             await conn.execute(f"DROP TABLE {stage}")
-            rejected, lines = await conn.fetchrow(
-                "SELECT count(DISTINCT row_number), count(*) FROM import_rejects WHERE import_id = $1", import_id
+            rejected = await complete_import(
+                conn, import_id, rows=rows, accepted=accepted, duplicates=dups, corrections=corrections
             )
-            await conn.execute(
-                """UPDATE imports SET status = 'completed', rows = $2, accepted = $3, rejected = $4,
-                       duplicates = $5, corrections = $6, finished_at = clock_timestamp()
-                   WHERE import_id = $1""",
-                import_id, rows, accepted, rejected, dups, corrections,
-            )
-            first = await conn.fetch(
-                """SELECT row_number, column_name, value, reason FROM import_rejects
-                   WHERE import_id = $1 ORDER BY row_number, column_name NULLS FIRST LIMIT $2""",
-                import_id, REPORT_REJECTS,
-            )
+            first = await first_rejects(conn, import_id, REPORT_REJECTS)
     except Exception as e:
-        await _record_failure(conn, spec.kind, source, user, src.file_name, src.checksum, f"{type(e).__name__}: {e}")
+        await _record_failure(conn, who, f"{type(e).__name__}: {e}")
         raise
     return ImportReport(
         import_id=import_id,
@@ -446,10 +443,10 @@ async def _run(
         checksum=src.checksum,
         rows=rows,
         accepted=accepted,
-        rejected=rejected,
+        rejected=rejected.rows,
         duplicates=dups,
         corrections=corrections,
-        rejects=[Reject(row=r[0], column=r[1], value=r[2], reason=r[3]) for r in first],
-        reject_lines=lines,
+        rejects=first,
+        reject_lines=rejected.lines,
         seconds=round(time.perf_counter() - t0, 3),
     )
