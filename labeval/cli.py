@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
 import click
 import msgspec
+import uvicorn
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
+from labeval.app import create_app
 from labeval.config import Settings
 from labeval.db.migrate import MigrationError, migrate, status
 from labeval.db.pool import connect
 from labeval.db.server import database_url
+from labeval.demo import run_demo
+from labeval.devtools import bench_ingest as ingest_benchmark
+from labeval.devtools import bench_scoring as scoring_benchmark
+from labeval.grading.run import run_grading
 from labeval.ingest import KINDS as INGEST_KINDS
+from labeval.ingest import UnreadableFile, ingest_path, render, report_json
+from labeval.ingest.pipeline import Progress
 from labeval.policy_file import PolicyError, load_policy
+from labeval.render import grade_table, run_json
 from scoring.policy import Policy
 
 T = TypeVar("T")
@@ -99,10 +112,6 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 def _serve(settings: Settings, policy: Policy) -> None:
-    import uvicorn
-
-    from labeval.app import create_app
-
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
     uvicorn.run(create_app(settings, policy), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower())
@@ -153,9 +162,6 @@ def db_status(ctx: click.Context) -> None:
 @click.pass_context
 def grade(ctx: click.Context, as_of, as_json: bool) -> None:
     """Run a grading run and store it."""
-    from labeval.grading.run import run_grading
-    from labeval.render import grade_table, run_json
-
     day = as_of.date() if as_of else date.today()
     policy = _policy(ctx)
     result = with_connection(_settings(ctx), lambda conn: run_grading(conn, policy, as_of=day, trigger="cli"))
@@ -165,6 +171,29 @@ def grade(ctx: click.Context, as_of, as_json: bool) -> None:
         out.print(grade_table(result))
 
 
+# Files smaller than this load in a few seconds: no bar.
+PROGRESS_MIN_ROWS = 100_000
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, *, enabled: bool) -> Iterator[Progress | None]:
+    """A terminal progress bar fed by the intake pipeline's progress callback."""
+    if not enabled:
+        yield None
+        return
+    with RichProgress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None, visible=False)
+
+        def update(rows: int, estimated: int | None) -> None:
+            if estimated and estimated > PROGRESS_MIN_ROWS:
+                bar.update(task, completed=rows, total=max(estimated, rows), visible=True)
+
+        yield update
+
+
 @main.command()
 @click.argument("kind", type=click.Choice(INGEST_KINDS))
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -172,12 +201,11 @@ def grade(ctx: click.Context, as_of, as_json: bool) -> None:
 @click.pass_context
 def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
     """Load a CSV / TSV / XLSX / Parquet file. Exit 0: all rows accepted; 3: some rejected; 2: unreadable."""
-    from labeval.ingest import UnreadableFile, ingest_path, render, report_json
-
     try:
-        report = with_connection(
-            _settings(ctx), lambda conn: ingest_path(conn, kind, file, source="cli", progress=not as_json)
-        )
+        with _progress_bar(f"{kind} {Path(file).name}", enabled=not as_json) as progress:
+            report = with_connection(
+                _settings(ctx), lambda conn: ingest_path(conn, kind, file, source="cli", progress=progress)
+            )
     except UnreadableFile as exc:
         if as_json:
             sys.stdout.buffer.write(msgspec.json.encode({"error": str(exc), "file": file, "kind": kind}) + b"\n")
@@ -199,9 +227,6 @@ def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
 @click.pass_context
 def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str | None, port: int | None) -> None:
     """Generate a synthetic data set, load it through intake, grade it (and serve it)."""
-    from labeval.demo import run_demo
-    from labeval.render import grade_table
-
     settings = msgspec.structs.replace(
         _settings(ctx), **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
@@ -221,9 +246,7 @@ def bench() -> None:
 @click.option("--seed", default=0, type=int)
 def bench_scoring(pairs: int, seed: int) -> None:
     """score_pairs throughput against a bare polars pass computing d."""
-    from labeval.bench_scoring import render, run
-
-    out.print(render(run(pairs=pairs, seed=seed)))
+    out.print(scoring_benchmark.render(scoring_benchmark.run(pairs=pairs, seed=seed)))
 
 
 @bench.command("ingest")
@@ -231,10 +254,8 @@ def bench_scoring(pairs: int, seed: int) -> None:
 @click.pass_context
 def bench_ingest(ctx: click.Context, rows: int) -> None:
     """Results intake throughput against a bare COPY of the same CSV."""
-    from labeval.bench_ingest import render, run
-
-    result = with_connection(_settings(ctx), lambda conn: run(conn, rows=rows))
-    out.print(render(result))
+    result = with_connection(_settings(ctx), lambda conn: ingest_benchmark.run(conn, rows=rows))
+    out.print(ingest_benchmark.render(result))
 
 
 if __name__ == "__main__":

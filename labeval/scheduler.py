@@ -9,6 +9,7 @@ from apscheduler.triggers.cron import CronTrigger
 from litestar.datastructures import State
 
 from labeval.config import Settings
+from labeval.grading.run import run_grading
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +17,6 @@ GRADING_JOB_ID = "grading-run"
 
 
 async def scheduled_grading(state: State) -> None:
-    from labeval.grading.run import run_grading
-
     async with state.pool.acquire() as conn:
         result = await run_grading(conn, state.policy, trigger="schedule")
     log.info("scheduled grading run %s graded %d labs", result.run_id, len(result.grades))

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from labeval.app import create_app
 from labeval.config import Settings
+from labeval.db.pool import connect
 from labeval.grading.run import run_grading
 from scoring.policy import Policy, policy_hash
 
@@ -93,10 +94,7 @@ EXPECTED = {
 
 
 async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    from labeval.db.pool import init_connection
-
-    await init_connection(conn)
+    conn = await connect(db_url)
     policy = small_policy()
     try:
         await seed(conn)

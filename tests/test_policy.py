@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from labeval.app import create_app
 from labeval.cli import main
 from labeval.config import Settings
-
+from labeval.policy_file import PolicyError, load_policy
 from scoring.policy import (
     EvidencePolicy,
     GradingPolicy,
@@ -21,7 +21,6 @@ from scoring.policy import (
     policy_from_toml,
     policy_hash,
 )
-from labeval.policy_file import PolicyError, load_policy
 
 SHIPPED = resources.files("scoring").joinpath("default_policy.toml").read_text("utf-8")
 

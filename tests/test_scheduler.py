@@ -6,8 +6,8 @@ from litestar.datastructures import State
 
 from labeval.config import Settings
 from labeval.db.pool import create_pool
-from scoring.policy import Policy
 from labeval.scheduler import GRADING_JOB_ID, _cron_day_of_week, build_scheduler, scheduled_grading
+from scoring.policy import Policy
 
 
 def test_grading_job_follows_the_cron_setting() -> None:

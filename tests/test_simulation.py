@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
 
+from labeval.policy_file import load_policy
 from scoring.grading import grade
 from scoring.labs import lab_evidence
-import msgspec
-
-from labeval.policy_file import load_policy
 
 # The simulated labs have about 35 pairs each, so an in-control run length of 500 pairs is
 # already long for them; the shipped default (5000) is sized for busy labs with hundreds of

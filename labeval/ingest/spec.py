@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from labeval.ingest.errors import UnknownKind
+
 ColType = Literal["code", "text", "float", "int", "date", "bool", "enum", "value", "codes"]
 
 
@@ -413,8 +415,6 @@ def canonical_header(text: str) -> str | None:
 
 
 def resolve_kind(kind: str) -> Spec:
-    from labeval.ingest.errors import UnknownKind
-
     k = kind.strip().lower().replace("-", "_")
     k = KIND_ALIASES.get(k, k)
     if k not in SPECS:
