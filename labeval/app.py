@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 from litestar import Litestar, Request, Response
@@ -22,7 +23,7 @@ from labeval.db.migrate import migrate
 from labeval.db.pool import create_pool
 from labeval.db.server import database_url
 from labeval.policy_file import load_policy
-from labeval.scheduler import build_scheduler
+from labeval.scheduler import build_scheduler, catch_up_missed_run
 from scoring.policy import Policy
 
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
     async def scheduler(app: Litestar) -> AsyncIterator[None]:
         sched = build_scheduler(settings, app.state)
         sched.start()
+        await catch_up_missed_run(sched, settings, app.state, datetime.now(UTC))
         app.state.scheduler = sched
         try:
             yield

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -192,3 +192,8 @@ async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
                  change=g["change"], pairs=g["pairs"], reasons=g["reasons"])
         for g in grades
     ])
+
+
+async def last_scheduled_start(conn: asyncpg.Connection) -> datetime | None:
+    """When the newest scheduled grading run started (finished or not); None if there was none."""
+    return await conn.fetchval("SELECT max(started_at) FROM grading_runs WHERE trigger = 'schedule'")
