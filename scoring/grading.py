@@ -1,4 +1,4 @@
-"""Turn lab evidence and other indicators into a score, a class and reasons (DOMAIN.md §6).
+"""Turn lab evidence and other indicators into a score, a class and reasons (docs/policy.md).
 
 Procedure for one lab (every step leaves a :class:`Reason`, in this order, so an officer can
 recompute the class by hand from the reasons alone):

@@ -1,4 +1,4 @@
-"""Fair lab-level evidence from scored retest pairs (DOMAIN.md §5).
+"""Fair lab-level evidence from scored retest pairs.
 
 The retest lab is not the truth. Evidence against a lab comes from a pattern over many pairs with
 different partners (a sparse least-squares fit of every lab's bias on the comparison graph) or

@@ -2,7 +2,7 @@
 
 ``score_pairs(pairs, policy)`` takes a LazyFrame with the columns of
 ``scoring.schema.PAIR_INPUT_SCHEMA`` and returns it lazily with the columns of
-``PAIR_SCORE_SCHEMA`` added (DOMAIN.md §3; ISO 13528:2022 clause 9; ISO 5725-6 §5.3). Everything
+``PAIR_SCORE_SCHEMA`` added (ISO 13528:2022 clause 9; ISO 5725-6 §5.3). Everything
 is a vectorised polars expression; nothing is collected here.
 
 Conventions (the choices the domain brief leaves open, decided here):
@@ -16,7 +16,7 @@ Conventions (the choices the domain brief leaves open, decided here):
   censored, qualitative, missing).
 * **Precision at the level.** ``absolute``: the item's sd; ``relative``: sd * |level|;
   ``horwitz``: sigma_R = H(|level| * horwitz_scale) / horwitz_scale with H the Horwitz function
-  (DOMAIN.md §3: 0.22c for c < 1.2e-7; 0.02c^0.8495 for c <= 0.138; 0.01c^0.5 above) and
+  (Thompson 2000: 0.22c for c < 1.2e-7; 0.02c^0.8495 for c <= 0.138; 0.01c^0.5 above) and
   sigma_r = sigma_R / 2 (Horwitz gives no repeatability; r/R ≈ 1/2 to 2/3 is the usual ratio in
   collaborative studies, 1/2 is the conservative end: it makes the CD largest for n > 1).
   An absolute sd does not depend on the level, so it is given even when the level is null; the
@@ -48,7 +48,7 @@ Conventions (the choices the domain brief leaves open, decided here):
 
   - qualitative item: ``qualitative_reversal`` if the two verdicts differ, else
     ``qualitative_agree``.
-  - both censored: ``censored_consistent`` (DOMAIN.md §3), even if the verdicts differ (the
+  - both censored: ``censored_consistent`` (both below their limits agree), even if the verdicts differ (the
     ``reversal`` column still records that).
   - one censored "<L", other numeric x: ``reversal`` when the verdicts differ, or when x lies
     outside the conforming region while "<L" lies inside it (no lower limit and L <= upper limit)
@@ -60,7 +60,7 @@ Conventions (the choices the domain brief leaves open, decided here):
     x ± U2 (a side without U uses 2·sigma_R_at, the reproducibility sd taken as its standard
     uncertainty, ISO 21748) reaches its nearest limit, or when both numbers lie on the same side
     of the limit (the verdicts then differ only by a decision rule such as a guard band w = U,
-    ILAC-G8), *and* |d| <= CD (DOMAIN.md §3: a reversal with |d| > CD is evidence); else
+    ILAC-G8), *and* |d| <= CD (a reversal with |d| > CD is evidence); else
     ``reversal`` (also when the item has no limits, so nothing explains it). Verdicts are what is compared: numbers on both sides of a limit with equal or
     missing verdicts are scored as consistent/discrepant.
   - both numeric, same (or missing) verdicts: ``discrepant`` if |d| > CD else ``consistent``.
@@ -162,7 +162,7 @@ def _p_disagree(delta: pl.Expr) -> pl.Expr:
 
 
 def _horwitz(c: pl.Expr) -> pl.Expr:
-    # DOMAIN.md §3, Thompson's (2000) modification of the Horwitz function; c is a mass fraction.
+    # Thompson's (2000) modification of the Horwitz function; c is a mass fraction.
     return (
         pl.when(c < 1.2e-7)
         .then(0.22 * c)

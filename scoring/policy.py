@@ -7,7 +7,7 @@ stored with every grade, so a grading run can be reproduced and audited.
 Sections (all optional in the TOML; defaults below are the shipped policy, see
 default_policy.toml):
 
-- ``pairs``: conventions for one pair (DOMAIN.md §3).
+- ``pairs``: conventions for one pair (scoring.pairs).
 - ``evidence``: how pairs become lab evidence (scoring.labs): look-back window, baseline rates,
   robust attribution fit, empirical-Bayes target, FDR level, funnel winsorisation.
 - ``cusum``: risk-adjusted Bernoulli CUSUM (Steiner et al. 2000) and its simulated limit.
@@ -34,7 +34,7 @@ Label = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Conventions for scoring one original/retest pair (DOMAIN.md §3)."""
+    """Conventions for scoring one original/retest pair (scoring.pairs)."""
 
     # ISO 13528:2022 9.7.2 treats |En| >= 1.0 as a signal ("iso"); many PT providers write
     # |En| <= 1 satisfactory, i.e. only |En| > 1 is a signal ("inclusive").
@@ -46,7 +46,7 @@ class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
 
 
 class EvidencePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """How scored pairs become lab-level evidence (scoring.labs, DOMAIN.md §5)."""
+    """How scored pairs become lab-level evidence (scoring.labs)."""
 
     # Pairs completed within this many days before as_of are evidence.
     window_days: PositiveInt = 1095
@@ -206,7 +206,7 @@ def _default_selection() -> dict[str, float]:
 
 
 class SelectionPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    # Relative draw weight per class; 0 means not eligible (DOMAIN.md §6: IV excluded).
+    # Relative draw weight per class; 0 means not eligible (the shipped policy excludes IV).
     weights: dict[Label, NonNegative] = msgspec.field(default_factory=_default_selection)
 
 

@@ -72,7 +72,7 @@ OUTCOMES = (
     "qualitative_reversal",
 )
 # Outcomes that count as a discrepancy against the pair (reversal_within_uncertainty is reported
-# but never penalised: DOMAIN.md §3).
+# but never penalised: the verdicts differ only within the results' uncertainty).
 DISCREPANT_OUTCOMES = ("discrepant", "reversal", "censored_discrepant", "qualitative_reversal")
 
 
