@@ -105,7 +105,7 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
         assert run.policy_hash == policy_hash(policy)
         assert run.n_pairs == 26 and run.n_labs == 5
         c_reasons = next(g for g in run.grades if g.lab_code == "C").reasons
-        assert any(r["rule"] == "falsified_report" and r["effect"].startswith("cap IV") for r in c_reasons)
+        assert any(r.rule == "falsified_report" and r.effect.startswith("cap IV") for r in c_reasons)
 
         # The same data and policy again: same classes, now "held", previous class recorded.
         again = await run_grading(conn, policy, as_of=AS_OF, trigger="test")

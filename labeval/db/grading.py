@@ -7,6 +7,7 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from labeval.db.errors import NotFound
 from labeval.models import GradingRun, LabGrade
@@ -61,9 +62,18 @@ async def lab_codes(conn: asyncpg.Connection) -> list[str]:
     return [r["lab_code"] for r in rows]
 
 
-async def previous_grades(conn: asyncpg.Connection, as_of: date) -> list[asyncpg.Record]:
+class PreviousGrade(msgspec.Struct, kw_only=True, frozen=True):
+    """What a run carries forward from a lab's last grade (scoring's PREVIOUS_GRADES_SCHEMA)."""
+
+    lab_code: str
+    class_: str = msgspec.field(name="class")
+    score: float | None
+    consecutive_qualifying: int
+
+
+async def previous_grades(conn: asyncpg.Connection, as_of: date) -> list[PreviousGrade]:
     """Each lab's latest finished grade from runs as of no later than `as_of`."""
-    return await conn.fetch(
+    rows = await conn.fetch(
         """
         SELECT DISTINCT ON (g.lab_code)
                g.lab_code, g.class, g.score, g.consecutive_qualifying
@@ -73,6 +83,11 @@ async def previous_grades(conn: asyncpg.Connection, as_of: date) -> list[asyncpg
         """,
         as_of,
     )
+    return [
+        PreviousGrade(lab_code=r["lab_code"], class_=r["class"], score=r["score"],
+                      consecutive_qualifying=r["consecutive_qualifying"])
+        for r in rows
+    ]
 
 
 # The indicator inputs, in the column names of scoring.indicators' schemas. Events after as_of
@@ -103,8 +118,62 @@ INDICATOR_QUERIES = {
 }
 
 
-async def indicator_rows(conn: asyncpg.Connection, as_of: date) -> dict[str, list[asyncpg.Record]]:
-    return {name: await conn.fetch(sql, as_of) for name, sql in INDICATOR_QUERIES.items()}
+class PtResult(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    scheme_code: str
+    round_code: str
+    round_date: date
+    item_code: str | None
+    z: float
+
+
+class ReportDue(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    report_code: str
+    due_on: date
+    reported_on: date | None
+
+
+class Complaint(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    complaint_code: str
+    received_on: date
+    upheld: bool
+
+
+class AuditFinding(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    finding_code: str
+    found_on: date
+    severity: str
+
+
+class ReportFinding(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    finding_code: str
+    decided_on: date
+    kind: str
+
+
+class Indicators(msgspec.Struct, kw_only=True, frozen=True):
+    """Every indicator input of a run, one list per kind (field names as in INDICATOR_QUERIES)."""
+
+    pt: list[PtResult]
+    timeliness: list[ReportDue]
+    complaints: list[Complaint]
+    audits: list[AuditFinding]
+    report_findings: list[ReportFinding]
+
+
+async def indicator_rows(conn: asyncpg.Connection, as_of: date) -> Indicators:
+    rows = {name: await conn.fetch(sql, as_of) for name, sql in INDICATOR_QUERIES.items()}
+    return Indicators(
+        pt=[PtResult(**r) for r in rows["pt"]],
+        timeliness=[ReportDue(**r) for r in rows["timeliness"]],
+        complaints=[Complaint(**r) for r in rows["complaints"]],
+        audits=[AuditFinding(**r) for r in rows["audits"]],
+        report_findings=[ReportFinding(**r) for r in rows["report_findings"]],
+    )
 
 
 async def insert_run(
@@ -130,12 +199,17 @@ async def insert_run(
     )
 
 
-GRADE_COLUMNS = ("lab_code", "score", "class", "previous_class", "change", "pairs", "reasons", "evidence",
-                 "consecutive_qualifying", "sufficient_evidence", "selection_weight", "eligible")
+class NewGrade(LabGrade, kw_only=True, frozen=True):
+    """A lab's grade as a run stores it: the served grade and what the next run needs."""
+
+    evidence: dict[str, Any]
+    consecutive_qualifying: int
+    sufficient_evidence: bool
+    selection_weight: float | None
+    eligible: bool
 
 
-async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tuple]) -> None:
-    """grades: tuples in GRADE_COLUMNS order."""
+async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[NewGrade]) -> None:
     await conn.executemany(
         """
         INSERT INTO lab_grades (run_id, lab_code, score, class, previous_class, change, pairs,
@@ -143,19 +217,11 @@ async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tupl
                                 selection_weight, eligible)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         """,
-        [(run_id, *g) for g in grades],
-    )
-
-
-async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> asyncpg.Record:
-    return await conn.fetchrow(
-        """
-        UPDATE grading_runs SET finished_at = clock_timestamp(), n_labs = $2
-        WHERE run_id = $1
-        RETURNING run_id, as_of, policy_hash, policy_name, policy_version, trigger, n_pairs, n_labs,
-                  data_hash, started_at, finished_at
-        """,
-        run_id, n_labs,
+        [
+            (run_id, g.lab_code, g.score, g.class_, g.previous_class, g.change, g.pairs, g.reasons, g.evidence,
+             g.consecutive_qualifying, g.sufficient_evidence, g.selection_weight, g.eligible)
+            for g in grades
+        ],
     )
 
 
@@ -163,8 +229,19 @@ _RUN_COLUMNS = """run_id, as_of, policy_hash, policy_name, policy_version, trigg
                   data_hash, started_at, finished_at"""
 
 
-def _run(row: asyncpg.Record, grades: list | None = None) -> GradingRun:
-    return GradingRun(**dict(row), grades=grades or [])
+async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> GradingRun:
+    """Mark a run finished; the run without its grades."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE grading_runs SET finished_at = clock_timestamp(), n_labs = $2
+        WHERE run_id = $1
+        RETURNING {_RUN_COLUMNS}
+        """,
+        run_id, n_labs,
+    )
+    if row is None:
+        raise NotFound("grading run", run_id)
+    return GradingRun(**dict(row))
 
 
 async def list_runs(conn: asyncpg.Connection, *, limit: int = 50, offset: int = 0) -> list[GradingRun]:
@@ -173,7 +250,7 @@ async def list_runs(conn: asyncpg.Connection, *, limit: int = 50, offset: int = 
             ORDER BY as_of DESC, run_id DESC LIMIT $1 OFFSET $2""",
         limit, offset,
     )
-    return [_run(r) for r in rows]
+    return [GradingRun(**dict(r)) for r in rows]
 
 
 async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
@@ -187,11 +264,8 @@ async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
            FROM lab_grades WHERE run_id = $1 ORDER BY lab_code""",
         run_id,
     )
-    return _run(row, [
-        LabGrade(lab_code=g["lab_code"], class_=g["class"], score=g["score"], previous_class=g["previous_class"],
-                 change=g["change"], pairs=g["pairs"], reasons=g["reasons"])
-        for g in grades
-    ])
+    # convert() types the stored reasons (JSON objects) as scoring's Reason structs.
+    return GradingRun(**dict(row), grades=[msgspec.convert(dict(g), LabGrade) for g in grades])
 
 
 async def last_scheduled_start(conn: asyncpg.Connection) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 
 from labeval.db.errors import NotFound
 from labeval.models import GradeRow, LabDetail, LabSummary
@@ -70,12 +71,6 @@ async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail:
         score=latest["score"] if latest else None,
         last_run=latest["run_id"] if latest else None,
         evidence=latest["evidence"] if latest else None,
-        history=[
-            GradeRow(
-                run_id=h["run_id"], as_of=h["as_of"], class_=h["class"], score=h["score"],
-                previous_class=h["previous_class"], change=h["change"], pairs=h["pairs"],
-                reasons=h["reasons"],
-            )
-            for h in history
-        ],
+        # convert() types the stored reasons (JSON objects) as scoring's Reason structs.
+        history=[msgspec.convert({k: v for k, v in h.items() if k != "evidence"}, GradeRow) for h in history],
     )

@@ -22,7 +22,7 @@ from labeval.db import grading as q
 from labeval.models import GradingRun, LabGrade
 from labeval.policy_file import load_policy
 from scoring import indicators as ind
-from scoring.grading import PREVIOUS_GRADES_SCHEMA, grade
+from scoring.grading import PREVIOUS_GRADES_SCHEMA, Reason, grade
 from scoring.labs import lab_evidence
 from scoring.pairs import score_pairs
 from scoring.policy import Policy, policy_hash
@@ -45,8 +45,13 @@ def pairs_frame(csv: bytes) -> pl.DataFrame:
     return frame.with_columns([(pl.col(c) == "t").alias(c) for c in _BOOL_COLUMNS]).select(list(PAIR_INPUT_SCHEMA))
 
 
-def _records_frame(rows: list[asyncpg.Record], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
+def _structs_frame(rows: list[msgspec.Struct], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    # asdict keeps dates as dates (to_builtins would write ISO strings); renamed fields (class_)
+    # take their encoded name.
+    return pl.DataFrame(
+        [{f.encode_name: getattr(r, f.name) for f in msgspec.structs.fields(r)} for r in rows],
+        schema=schema, orient="row",
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -95,9 +100,9 @@ async def run_grading(
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         csv = await q.pairs_csv(conn, as_of)
         labs = await q.lab_codes(conn)
-        previous = _records_frame(await q.previous_grades(conn, as_of), PREVIOUS_GRADES_SCHEMA)
-        raw_indicators = await q.indicator_rows(conn, as_of)
-    indicator_frames = {k: _records_frame(v, _INDICATOR_SCHEMAS[k]) for k, v in raw_indicators.items()}
+        previous = _structs_frame(await q.previous_grades(conn, as_of), PREVIOUS_GRADES_SCHEMA)
+        indicators = await q.indicator_rows(conn, as_of)
+    indicator_frames = {k: _structs_frame(getattr(indicators, k), schema) for k, schema in _INDICATOR_SCHEMAS.items()}
     pairs = pairs_frame(csv)
 
     grades, evidence = await asyncio.to_thread(compute, pairs, labs, previous, indicator_frames, policy, as_of)
@@ -105,15 +110,18 @@ async def run_grading(
     evidence_by_lab = {
         row["lab_code"]: {k: _jsonable(v) for k, v in row.items()} for row in evidence.iter_rows(named=True)
     }
-    rows = []
-    for g in grades.iter_rows(named=True):
-        reasons = [{k: _jsonable(v) for k, v in r.items()} for r in (g["reasons"] or [])]
-        rows.append((
-            g["lab_code"], _jsonable(g["score"]), g["class"], g["previous_class"], g["change"],
-            int(g["pairs_compared"] or 0), reasons, evidence_by_lab.get(g["lab_code"], {}),
-            int(g["consecutive_qualifying"] or 0), bool(g["sufficient_evidence"]),
-            _jsonable(g["selection_weight"]), bool(g["eligible"]),
-        ))
+    new_grades = [
+        q.NewGrade(
+            lab_code=g["lab_code"], score=_jsonable(g["score"]), class_=g["class"],
+            previous_class=g["previous_class"], change=g["change"], pairs=int(g["pairs_compared"] or 0),
+            reasons=[Reason(**{k: _jsonable(v) for k, v in r.items()}) for r in (g["reasons"] or [])],
+            evidence=evidence_by_lab.get(g["lab_code"], {}),
+            consecutive_qualifying=int(g["consecutive_qualifying"] or 0),
+            sufficient_evidence=bool(g["sufficient_evidence"]), selection_weight=_jsonable(g["selection_weight"]),
+            eligible=bool(g["eligible"]),
+        )
+        for g in grades.iter_rows(named=True)
+    ]
 
     async with conn.transaction():
         run_id = await q.insert_run(
@@ -121,17 +129,12 @@ async def run_grading(
             policy_hash=p_hash, policy=msgspec.to_builtins(policy), data_hash=hashlib.sha256(csv).hexdigest(),
             n_pairs=pairs.height,
         )
-        await q.insert_grades(conn, run_id, rows)
-        run = await q.finish_run(conn, run_id, len(rows))
+        await q.insert_grades(conn, run_id, new_grades)
+        run = await q.finish_run(conn, run_id, len(new_grades))
 
-    return GradingRun(
-        run_id=run["run_id"], as_of=run["as_of"], policy_hash=run["policy_hash"],
-        policy_name=run["policy_name"], policy_version=run["policy_version"], trigger=run["trigger"],
-        n_pairs=run["n_pairs"], n_labs=run["n_labs"], data_hash=run["data_hash"],
-        started_at=run["started_at"], finished_at=run["finished_at"],
-        grades=[
-            LabGrade(lab_code=r[0], score=r[1], class_=r[2], previous_class=r[3], change=r[4], pairs=r[5],
-                     reasons=r[6])
-            for r in rows
-        ],
-    )
+    served = [
+        LabGrade(lab_code=g.lab_code, score=g.score, class_=g.class_, previous_class=g.previous_class,
+                 change=g.change, pairs=g.pairs, reasons=g.reasons)
+        for g in new_grades
+    ]
+    return msgspec.structs.replace(run, grades=served)
