@@ -27,9 +27,9 @@ from labeval.db.imports import (
 )
 from labeval.db.results import ResultVersion, result_history
 from labeval.ingest.errors import UnknownKind, UnreadableFile
+from labeval.ingest.kinds import resolve_kind
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 from labeval.ingest.report import ImportReport
-from labeval.ingest.spec import resolve_kind
 
 # Who is importing: set by the gateway in front of the service (there is no login here).
 USER_HEADER = "x-labeval-user"
