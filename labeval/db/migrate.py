@@ -93,24 +93,31 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def _applied(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+class AppliedMigration(msgspec.Struct, kw_only=True, frozen=True):
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime
+
+
+async def _applied(conn: asyncpg.Connection) -> dict[int, AppliedMigration]:
     rows = await conn.fetch("SELECT version, name, checksum, applied_at FROM schema_migrations")
-    return {r["version"]: r for r in rows}
+    return {r["version"]: AppliedMigration(**dict(r)) for r in rows}
 
 
-def _check(files: list[Migration], applied: dict[int, asyncpg.Record]) -> None:
+def _check(files: list[Migration], applied: dict[int, AppliedMigration]) -> None:
     by_version = {m.version: m for m in files}
     for version, row in sorted(applied.items()):
         m = by_version.get(version)
         if m is None:
             raise MigrationError(
-                f"the database has migration {version:04d}_{row['name']} which this code does not "
+                f"the database has migration {version:04d}_{row.name} which this code does not "
                 "know: the database is ahead of the code; refusing to start"
             )
-        if m.checksum != row["checksum"]:
+        if m.checksum != row.checksum:
             raise MigrationError(
                 f"migration {m.path.name} changed after it was applied "
-                f"(recorded {row['checksum'][:12]}…, file {m.checksum[:12]}…); refusing to start"
+                f"(recorded {row.checksum[:12]}…, file {m.checksum[:12]}…); refusing to start"
             )
 
 
@@ -150,11 +157,11 @@ async def status(conn: asyncpg.Connection, directory: Path | None = None) -> lis
         if row is None:
             out.append(MigrationState(version=m.version, name=m.name, state="pending", checksum=m.checksum))
         else:
-            state = "applied" if row["checksum"] == m.checksum else "changed"
+            state = "applied" if row.checksum == m.checksum else "changed"
             out.append(
                 MigrationState(
-                    version=m.version, name=m.name, state=state, checksum=row["checksum"],
-                    applied_at=row["applied_at"],
+                    version=m.version, name=m.name, state=state, checksum=row.checksum,
+                    applied_at=row.applied_at,
                 )
             )
     known = {m.version for m in files}
@@ -162,8 +169,8 @@ async def status(conn: asyncpg.Connection, directory: Path | None = None) -> lis
         if version not in known:
             out.append(
                 MigrationState(
-                    version=version, name=row["name"], state="missing_file",
-                    checksum=row["checksum"], applied_at=row["applied_at"],
+                    version=version, name=row.name, state="missing_file",
+                    checksum=row.checksum, applied_at=row.applied_at,
                 )
             )
     return sorted(out, key=lambda s: s.version)
