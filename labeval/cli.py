@@ -152,7 +152,11 @@ def db_status(ctx: click.Context) -> None:
             out.print(f"{s.version:04d} {s.name:30s} {s.state}")
         return 0 if all(s.state in ("applied", "pending") for s in states) else 1
 
-    sys.exit(asyncio.run(main_()))
+    try:
+        sys.exit(asyncio.run(main_()))
+    except MigrationError as exc:
+        err.print(f"[red]database schema error:[/red] {exc}")
+        sys.exit(2)
 
 
 @main.command()
