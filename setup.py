@@ -2,9 +2,9 @@
 the SQL is reviewed as SQL) ships inside the package as labeval.migrations. Every other setting
 is in pyproject.toml."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
-    packages=[*find_packages(include=["labeval", "labeval.*", "scoring", "scoring.*"]), "labeval.migrations"],
+    packages=[*find_namespace_packages(include=["labeval", "labeval.*", "scoring", "scoring.*"]), "labeval.migrations"],
     package_dir={"labeval.migrations": "migrations"},
 )
