@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# What the build reads (the Dockerfile's build stage copies the same).
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "labeval", "scoring", "migrations")
 
 
 def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -23,8 +26,17 @@ def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> sub
 
 @pytest.mark.slow
 def test_wheel_installs_migrates_and_grades(tmp_path: Path) -> None:
+    # Build from a copy of the files a checkout has (as the Dockerfile does): a build/ directory
+    # left in the working tree by an earlier build would otherwise leak stale modules in.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
     dist = tmp_path / "dist"
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist, ROOT, cwd=tmp_path)
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist, src, cwd=tmp_path)
     (wheel,) = dist.glob("labeval-*.whl")
 
     env_dir = tmp_path / "venv"
