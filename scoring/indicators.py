@@ -1,4 +1,4 @@
-"""Indicators other than retest pairs, as inputs with documented schemas (DOMAIN.md §6).
+"""Indicators other than retest pairs, as inputs with documented schemas.
 
 The service supplies any of five LazyFrames (each optional):
 

@@ -37,7 +37,6 @@ import numpy as np
 import polars as pl
 from scipy.special import ndtr
 
-
 __all__ = [
     "PATTERNS",
     "PatternCounts",

@@ -7,7 +7,7 @@ stored with every grade, so a grading run can be reproduced and audited.
 Sections (all optional in the TOML; defaults below are the shipped policy, see
 default_policy.toml):
 
-- ``pairs``: conventions for one pair (DOMAIN.md §3).
+- ``pairs``: conventions for one pair (scoring.pairs).
 - ``evidence``: how pairs become lab evidence (scoring.evidence): look-back window, baseline rates,
   robust attribution fit, empirical-Bayes target, FDR level, funnel winsorisation.
 - ``cusum``: risk-adjusted Bernoulli CUSUM (Steiner et al. 2000) and its simulated limit.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -37,7 +35,7 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class PairPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Conventions for scoring one original/retest pair (DOMAIN.md §3)."""
+    """Conventions for scoring one original/retest pair (scoring.pairs)."""
 
     # ISO 13528:2022 9.7.2 treats |En| >= 1.0 as a signal ("iso"); many PT providers write
     # |En| <= 1 satisfactory, i.e. only |En| > 1 is a signal ("inclusive").
@@ -251,7 +249,7 @@ def _default_selection() -> dict[str, float]:
 
 
 class SelectionPolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    # Relative draw weight per class; 0 means not eligible (DOMAIN.md §6: IV excluded).
+    # Relative draw weight per class; 0 means not eligible (the shipped policy excludes IV).
     weights: dict[ClassLabel, NonNegative] = msgspec.field(default_factory=_default_selection)
 
 
@@ -275,13 +273,13 @@ class Policy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Decode a policy TOML file; None loads the default shipped with the package."""
-    if path is None:
-        raw = resources.files("scoring").joinpath("default_policy.toml").read_bytes()
-    else:
-        raw = Path(path).read_bytes()
-    return msgspec.convert(tomllib.loads(raw.decode("utf-8")), Policy, strict=True)
+def policy_from_toml(text: str) -> Policy:
+    """Decode and validate a policy from TOML text (reading the file is the caller's job).
+
+    Raises tomllib.TOMLDecodeError for malformed TOML and msgspec.ValidationError, whose message
+    names the field (``$.evidence.fdr_alpha``), for a value the policy does not allow.
+    """
+    return msgspec.convert(tomllib.loads(text), Policy, strict=True)
 
 
 def policy_hash(policy: Policy) -> str:

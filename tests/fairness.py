@@ -26,10 +26,11 @@ import msgspec
 import polars as pl
 
 from labeval.devtools.world import BAD_KINDS, World, WorldConfig, build_world
-from scoring.grading import grade
+from labeval.policy_file import load_policy
 from scoring.evidence import lab_evidence
+from scoring.grading import grade
 from scoring.pairs import score_pairs
-from scoring.policy import Policy, load_policy
+from scoring.policy import Policy
 
 # The worlds the fairness targets are checked on: 300 labs, more biased, noisy and shading labs
 # than the default so that enough of them reach 80 pairs; everything else realistic (defaults).

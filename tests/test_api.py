@@ -21,7 +21,7 @@ async def _seed(url: str) -> None:
                    ('2026-02-28', 'test', 'default', '1', 'abc', '{}', now(), 'succeeded');
             INSERT INTO lab_grades (run_id, lab_code, score, class, previous_class, change, pairs, reasons)
             VALUES (1, 'L1', 91.5, 'I', NULL, 'new', 12, '[]'),
-                   (2, 'L1', 72.0, 'III', 'I', 'down', 30, '[{"rule": "fdr_excess", "effect": "cap III"}]');
+                   (2, 'L1', 72.0, 'III', 'I', 'down', 30, '[{"rule": "fdr_excess", "metric": "fdr_q_excess", "value": 0.01, "threshold": 0.05, "effect": "cap III"}]');
             """
         )
     finally:

@@ -8,7 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from labeval.cli import main
-from labeval.devtools.world import WorldConfig, build_world
+
+from intake_data import reference, results
 
 
 def invoke(db_url: str, *args: str):
@@ -24,7 +25,8 @@ def test_db_status_lists_applied_migrations(db_url: str) -> None:
 
 
 def test_ingest_exit_codes_and_grade_json(db_url: str, tmp_path: Path) -> None:
-    data = build_world(WorldConfig(n_labs=12, seed=7)).intake_tables()
+    # 12 labs, 3 items, 48 samples: 144 pairs, every lab in 24 of them.
+    data = {**reference(12, 3, 48), "results": results(12, 3, 48)}
     for kind in ("categories", "labs", "items", "samples", "results"):
         path = tmp_path / f"{kind}.csv"
         data[kind].write_csv(path)

@@ -23,7 +23,3 @@ def test_bad_values_name_the_field(env: dict[str, str]) -> None:
     with pytest.raises(msgspec.ValidationError, match=r"\$\.(port|log_level)"):
         Settings.from_env(env)
 
-
-def test_settings_are_frozen() -> None:
-    with pytest.raises(AttributeError):
-        Settings().port = 1  # type: ignore[misc]

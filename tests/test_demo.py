@@ -7,8 +7,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from labeval.config import Settings
 from labeval.devtools.demo import demo_world, planted_labs, run_demo
+from scoring.policy import Policy
 
 TODAY = date(2026, 11, 28)
 
@@ -40,7 +40,7 @@ def test_planted_labs_are_the_bad_kinds_and_the_isolated_groups() -> None:
 
 
 async def _graded(conn, db_url: str) -> tuple[dict[str, str], dict[str, int], pl.DataFrame]:
-    run, planted = await run_demo(conn, Settings(database_url=db_url), n_labs=30, seed=11, today=TODAY)
+    run, planted = await run_demo(conn, Policy(), n_labs=30, seed=11, today=TODAY)
     truth = demo_world(30, seed=11, today=TODAY).truth
     assert set(planted) == set(truth.filter((pl.col("kind") != "normal") | (pl.col("group") != "main"))["lab_code"])
     return {g.lab_code: g.class_ for g in run.grades}, {g.lab_code: g.pairs for g in run.grades}, truth

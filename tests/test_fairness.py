@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
 from fairness import FAIR_CONFIG, run, summarise
 
 SEEDS = range(8)

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scoring.classes import CLASSES
+from scoring.evidence import EVIDENCE_SCHEMA
 from scoring.grading import (
     GRADE_SCHEMA,
     PREVIOUS_GRADES_SCHEMA,
@@ -28,8 +30,6 @@ from scoring.indicators import (
     pt_rounds,
     summarise_indicators,
 )
-from scoring.classes import CLASSES
-from scoring.evidence import EVIDENCE_SCHEMA
 from scoring.policy import Policy, policy_hash
 
 POLICY = Policy()

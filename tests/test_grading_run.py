@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from labeval.app import create_app
 from labeval.config import Settings
+from labeval.db.pool import connect
 from labeval.grading.run import run_grading
 from scoring.policy import Policy, policy_hash
 
@@ -93,32 +94,28 @@ EXPECTED = {
 
 
 async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    from labeval.db.pool import init_connection
-
-    await init_connection(conn)
+    conn = await connect(db_url)
     policy = small_policy()
     try:
         await seed(conn)
-        run = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
+        run = await run_grading(conn, policy, as_of=AS_OF, trigger="test")
         got = {g.lab_code: (g.class_, g.score, g.pairs) for g in run.grades}
         assert got == EXPECTED
         assert {g.lab_code: g.change for g in run.grades} == dict.fromkeys(EXPECTED, "new")
         assert run.policy_hash == policy_hash(policy)
         assert run.n_pairs == 26 and run.n_labs == 5
         c_reasons = next(g for g in run.grades if g.lab_code == "C").reasons
-        assert any(r["rule"] == "falsified_report" and r["effect"].startswith("cap IV") for r in c_reasons)
+        assert any(r.rule == "falsified_report" and r.effect.startswith("cap IV") for r in c_reasons)
 
         # The same data, policy and as-of date again: the same period, so the same previous
         # grades (none) and the same inputs: identical grades and digest, still "new".
-        again = await run_grading(conn, Settings(database_url=db_url), as_of=AS_OF, trigger="test", policy=policy)
+        again = await run_grading(conn, policy, as_of=AS_OF, trigger="test")
         assert [(g.lab_code, g.class_, g.score, g.change, g.reasons) for g in again.grades] == [
             (g.lab_code, g.class_, g.score, g.change, g.reasons) for g in run.grades
         ]
         assert again.input_digest == run.input_digest and again.data_hash == run.data_hash
         # The next day is the next period: the same classes, now "held" from the earlier one.
-        later = await run_grading(conn, Settings(database_url=db_url), as_of=date(2026, 7, 1), trigger="test",
-                                  policy=policy)
+        later = await run_grading(conn, policy, as_of=date(2026, 7, 1), trigger="test")
         assert {g.lab_code: (g.class_, g.previous_class, g.change) for g in later.grades} == {
             k: (v[0], v[0], "held") for k, v in EXPECTED.items()
         }

@@ -8,9 +8,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from labeval.db.imports import list_imports, list_rejects, rejects_csv
+from labeval.db.results import result_history
 from labeval.ingest import UnreadableFile, ingest_frame, ingest_path, render, report_json
 from labeval.ingest.errors import MissingColumn
-from labeval.ingest.queries import list_imports, list_rejects, rejects_csv, result_history
+
+from intake_data import load_reference, results
 
 TODAY = date(2025, 6, 1)
 
@@ -201,13 +204,17 @@ async def test_unreadable_files(conn, tmp_path: Path):
 
 
 async def test_200k_rows_exact_counts(conn, tmp_path: Path):
-    from labeval import bench_ingest
-
-    n_samples = bench_ingest.make_results_csv(tmp_path / "r.csv", 200_000)
-    await bench_ingest._reference(conn, n_samples)
+    # 40 labs, 20 items, 5 000 samples: 100 000 pairs, 200 000 rows, read in 4 batches.
+    await load_reference(conn, 40, 20, 5_000)
+    results(40, 20, 5_000).write_csv(tmp_path / "r.csv")
     r = await ingest_path(conn, "results", tmp_path / "r.csv", batch_size=50_000)
-    assert (r.rows, r.accepted, r.rejected) == (200_000, 200_000, 0)
+    assert (r.rows, r.accepted, r.rejected, r.duplicates) == (200_000, 200_000, 0, 0)
     assert await conn.fetchval("SELECT count(*) FROM results") == 200_000
+    # Every fifth retest was written "<0.5": censored at 0.5, no value, the text kept.
+    censored = await conn.fetchrow(
+        "SELECT count(*), min(censor_limit), max(censor_limit), count(value) FROM results WHERE censored"
+    )
+    assert tuple(censored) == (20_000, 0.5, 0.5, 0)
 
 
 async def test_indicators(conn):

@@ -1,29 +1,20 @@
-"""ImportController over HTTP (own minimal app: one connection per test database)."""
+"""Imports over HTTP, through the real application."""
 
 from __future__ import annotations
 
-import asyncpg
+import asyncio
+
 import pytest
-from litestar import Litestar
-from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
-from labeval.api.imports import ImportController
-from labeval.db.pool import connect
+from labeval.app import create_app
+from labeval.config import Settings
+from labeval.ingest import pipeline
 
 
 @pytest.fixture
 async def client(db_url):
-    async def provide_conn():
-        c: asyncpg.Connection = await connect(db_url)
-        try:
-            async with c.transaction():
-                yield c
-        finally:
-            await c.close()
-
-    app = Litestar(route_handlers=[ImportController], dependencies={"conn": Provide(provide_conn)})
-    async with AsyncTestClient(app=app) as cl:
+    async with AsyncTestClient(app=create_app(Settings(database_url=db_url, grading_cron=""))) as cl:
         yield cl
 
 
@@ -98,3 +89,36 @@ async def test_results_as_a_json_array_with_a_correction_and_history(client):
         params={"sample_code": "S1", "item_code": "Q", "role": "retest", "lab_code": "B"},
     )).json()[0]
     assert (censored["value"], censored["censored"], censored["censor_limit"]) == (None, True, 20.0)
+
+
+async def test_a_failed_import_keeps_its_failed_record(client):
+    # Unreadable upload: 400, and the import log keeps the failure (it is not rolled back with
+    # the request).
+    r = await client.post("/api/v1/imports/labs", files={"file": ("labs.xlsx", b"PK\x03\x04 not a workbook", "x")})
+    assert r.status_code == 400, r.text
+    # A JSON body without the required lab_code column: 400, recorded as well.
+    assert (await client.post("/api/v1/imports/labs", json=[{"name": "no code"}])).status_code == 400
+    log = (await client.get("/api/v1/imports")).json()
+    assert [(x["kind"], x["status"], x["source"]) for x in log] == [("labs", "failed", "api")] * 2
+    assert log[1]["file_name"] == "labs.xlsx" and "labs.xlsx" in log[1]["error"]
+    assert "lab_code" in log[0]["error"]
+
+
+async def test_an_upload_is_parsed_and_checked_off_the_event_loop(client, monkeypatch):
+    on_event_loop: list[bool] = []
+    check = pipeline.validate_batch
+
+    def spy(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            on_event_loop.append(True)
+        except RuntimeError:  # a worker thread has no running loop
+            on_event_loop.append(False)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "validate_batch", spy)
+    csv = ("category_code,name\n" + "".join(f"C{i},x\n" for i in range(5))).encode()
+    r = await client.post("/api/v1/imports/categories", files={"file": ("c.csv", csv, "text/csv")})
+    assert r.status_code == 201, r.text
+    assert r.json()["accepted"] == 5
+    assert on_event_loop == [False]

@@ -71,3 +71,14 @@ async def test_failed_migration_rolls_back_alone(empty_conn: asyncpg.Connection,
     # Earlier files stay applied; the broken one left nothing behind.
     assert await empty_conn.fetchval("SELECT to_regclass('half_done')") is None
     assert await empty_conn.fetchval("SELECT max(version) FROM schema_migrations") == discover()[-1].version
+
+
+async def test_a_runner_that_finds_no_migration_files_refuses(empty_db_url: str, tmp_path: Path) -> None:
+    # An install without the packaged SQL must not report an "up to date" empty database.
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        with pytest.raises(MigrationError, match=f"no migration files .* in {tmp_path}"):
+            await migrate(conn, tmp_path)
+        assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
+    finally:
+        await conn.close()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from labeval.bench_scoring import generate_pairs, render, run
+from labeval.devtools.bench_scoring import generate_pairs, render, run
 from scoring import precision, scores
 from scoring.pairs import PAIR_SCORE_SCHEMA, score_pairs
 from scoring.policy import PairPolicy, Policy
@@ -834,12 +834,12 @@ def _ref_contradicts(S, lo, up, sR):
     return None if _nan(w) else abs(_ref_dist(S["x"], lo, up)) > w
 
 
-def _ref_nd_vs_clear(S, O, cd):
-    if not S["c"] or O["c"]:
+def _ref_nd_vs_clear(S, other, cd):
+    if not S["c"] or other["c"]:
         return False
-    if _nan(O["x"]) or _nan(S["L"]) or _nan(cd):
+    if _nan(other["x"]) or _nan(S["L"]) or _nan(cd):
         return None
-    return O["x"] > S["L"] + cd
+    return other["x"] > S["L"] + cd
 
 
 def _col(df, name):
@@ -941,12 +941,12 @@ def _reference(df: pl.DataFrame, pol: PairPolicy) -> dict:
                        for a, b in zip(S1["v"], S2["v"], strict=True)]
     ref["discrepant"] = [None if o is None else o in bad for o in p12["outcome"]]
     for j, o in (("1", "2"), ("2", "1")):
-        S, O = side[j], side[o]
+        S, other = side[j], side[o]
         ref[f"verdict_contradicts_{j}"] = [
             _ref_contradicts(at(S, i), lo[i], up[i], p12["sR"][i]) for i in range(n)
         ]
         ref[f"nd_vs_clear_{j}"] = [
-            _ref_nd_vs_clear(at(S, i), at(O, i), p12["cd"][i]) for i in range(n)
+            _ref_nd_vs_clear(at(S, i), at(other, i), p12["cd"][i]) for i in range(n)
         ]
     return ref
 

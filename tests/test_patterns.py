@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import ndtr
 
-from scoring.patterns import pattern_counts, pattern_sides, poisson_binomial_sf
+from scoring.patterns import outlier_counts, pattern_counts, pattern_sides, poisson_binomial_sf
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
@@ -125,7 +125,6 @@ def test_verdict_contradiction_uses_the_pooled_rate_with_a_floor():
 def test_outliers_count_against_both_labs_with_the_pooled_rate():
     # Lab 0 slips three times, each time with another partner (1, 2, 3); 200 ordinary comparisons
     # among 1..4. Residuals in s units; the limit is 5.
-    from scoring.patterns import outlier_counts
 
     rng = np.random.default_rng(0)
     a = np.r_[[0, 0, 0], rng.integers(1, 5, 200), [0] * 17]

@@ -1,4 +1,4 @@
-"""Grading policy: decoding, validation and the canonical hash."""
+"""Grading policy: decoding, validation, the canonical hash, and the policy file at start-up."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ from importlib import resources
 
 import msgspec
 import pytest
+from click.testing import CliRunner
 
+from labeval.app import create_app
+from labeval.cli import main
+from labeval.config import Settings
+from labeval.policy_file import PolicyError, load_policy
 from scoring.policy import (
     EvidencePolicy,
     GradingPolicy,
     PairPolicy,
     Policy,
-    ScoreRule,
-    load_policy,
+    policy_from_toml,
     policy_hash,
 )
 
@@ -88,16 +92,34 @@ def test_invalid_policies_are_rejected(tmp_path, text):
     f = tmp_path / "p.toml"
     f.write_text(text, "utf-8")
     with pytest.raises(msgspec.ValidationError):
+        policy_from_toml(text)
+    with pytest.raises(PolicyError, match=f"policy {f}: "):
         load_policy(f)
 
 
-def test_structs_are_frozen_and_keyword_only():
-    p = Policy()
-    with pytest.raises(AttributeError):
-        p.version = "3"  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        ScoreRule(0.0, 1.0, 1.0)  # type: ignore[misc]
-    assert msgspec.convert(msgspec.to_builtins(p), Policy) == p
+def test_policy_errors_name_the_file_and_the_field(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[evidence]\nfdr_alpha = 1.5\n", "utf-8")
+    with pytest.raises(PolicyError, match=r"bad\.toml: .*\$\.evidence\.fdr_alpha"):
+        load_policy(f)
+    f.write_text("[evidence\n", "utf-8")
+    with pytest.raises(PolicyError, match=r"bad\.toml: not valid TOML"):
+        load_policy(f)
+    with pytest.raises(PolicyError, match=r"missing\.toml: cannot be read"):
+        load_policy(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("command", [["serve"], ["grade"], ["db", "status"]])
+def test_a_bad_policy_stops_every_command_before_it_starts(tmp_path, command):
+    # No database is reachable at this URL: the command must stop on the policy before it
+    # tries to connect (or to serve).
+    f = tmp_path / "bad.toml"
+    f.write_text("[grading]\ncutoffs = [90.0, 75.0]\n", "utf-8")
+    r = CliRunner().invoke(
+        main, ["--database-url", "postgresql://nobody@127.0.0.1:1/none", "--policy", str(f), *command]
+    )
+    assert r.exit_code == 2, r.output
+    assert f"policy {f}: " in r.output and "got 2 - at `$.grading.cutoffs`" in r.output
 
 
 def test_shipped_file_is_complete():
@@ -106,3 +128,11 @@ def test_shipped_file_is_complete():
     for section, struct in (("evidence", EvidencePolicy), ("grading", GradingPolicy)):
         assert set(raw[section]) == set(struct.__struct_fields__)
     assert set(raw["score"]["rules"]) == set(Policy().score.rules)
+
+
+def test_the_app_refuses_a_bad_policy_before_it_serves(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[caps.rules]\nfdr_excess = \"V\"\n", "utf-8")
+    # the classes are fixed (I..IV): "V" is not one, and the message names the field
+    with pytest.raises(PolicyError, match=r"bad\.toml: Invalid enum value .V. - at `\$\.caps\.rules"):
+        create_app(Settings(database_url="postgresql://nobody@127.0.0.1:1/none", policy=str(f)))

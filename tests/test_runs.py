@@ -21,14 +21,18 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
 from test_grading_run import AS_OF, EXPECTED, seed, small_policy
 
+import labeval.cli
+import labeval.grading.run
 from labeval.app import create_app
 from labeval.cli import main
 from labeval.config import Settings
 from labeval.db import events
-from labeval.db.pool import connect
+from labeval.db.pool import connect, create_pool
+from labeval.db.runs import RUN_LOCK_KEY
 from labeval.grading import verify as verify_module
 from labeval.grading.diff import deciding_rule, diff_runs
 from labeval.grading.overrides import (
@@ -46,6 +50,8 @@ from labeval.grading.run import (
 )
 from labeval.grading.verify import verify_run
 from labeval.ingest import ingest_frame
+from labeval.scheduler import scheduled_grading
+from scoring.grading import Reason
 from scoring.policy import policy_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +67,7 @@ async def acli(db_url: str, *args: str):
 
 
 async def _run(conn: asyncpg.Connection, db_url: str, as_of: date, policy=None):
-    return await run_grading(conn, Settings(database_url=db_url), as_of=as_of, trigger="test",
-                             policy=policy or small_policy())
+    return await run_grading(conn, policy or small_policy(), as_of=as_of, trigger="test")
 
 
 @pytest.fixture
@@ -107,7 +112,7 @@ async def test_same_day_rerun_does_not_upgrade_and_a_new_policy_restarts_the_cou
     second = await _run(seeded, db_url, AS_OF)
     assert _grades(second)["A"] == ("II", 100.0, "held", "II")
     hyst = next(r for r in second.grades if r.lab_code == "A").reasons[-1]
-    assert (hyst["rule"], hyst["value"], hyst["effect"]) == ("hysteresis", 1.0, "hold II")
+    assert (hyst.rule, hyst.value, hyst.effect) == ("hysteresis", 1.0, "hold II")
     assert second.input_digest == first.input_digest
 
     # Under a changed policy the count restarts: the next period is its first qualifying one.
@@ -122,12 +127,10 @@ async def test_same_day_rerun_does_not_upgrade_and_a_new_policy_restarts_the_cou
 async def test_a_failed_run_is_marked_with_its_error_and_shows_no_grades(
     seeded: asyncpg.Connection, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import labeval.grading.run as run_module
-
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(run_module, "compute", broken)
+    monkeypatch.setattr(labeval.grading.run, "compute", broken)
     with pytest.raises(ZeroDivisionError):
         await _run(seeded, db_url, AS_OF)
     row = await seeded.fetchrow("SELECT run_id, status, error, finished_at FROM grading_runs")
@@ -217,7 +220,6 @@ async def test_rerun_is_identical_and_verify_reads_the_data_as_the_run_did(
 async def test_verify_cli_exit_zero_on_an_untouched_run(
     seeded: asyncpg.Connection, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import labeval.cli
 
     # Wide enough that no table cell is cut short, whatever terminal runs the tests.
     monkeypatch.setattr(labeval.cli.out, "width", 240)
@@ -263,8 +265,9 @@ async def test_diff_names_the_rule_that_moved_a_lab(seeded: asyncpg.Connection, 
 
 
 def test_deciding_rule_cases() -> None:
-    def reasons(candidate: str, **effects: str) -> list[dict]:
-        return [{"rule": k, "effect": v} for k, v in effects.items()] + [{"rule": "candidate", "effect": candidate}]
+    def reasons(candidate: str, **effects: str) -> list[Reason]:
+        return [Reason(rule=k, metric="m", effect=v) for k, v in effects.items()] + [
+            Reason(rule="candidate", metric="class", effect=candidate)]
 
     # A cap that fired on one side only decides, whatever the score did.
     assert deciding_rule(reasons("class I", bias="deduct 0.00", fdr_excess="no cap"),
@@ -471,6 +474,7 @@ def _start_held_run(db_url: str, hold: Path) -> subprocess.Popen:
 def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
+    proc.stderr.close()
 
 
 async def _wait_lock_free(db_url: str) -> None:
@@ -501,7 +505,7 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
             c = await connect(db_url)
             try:
                 with pytest.raises(RunInProgress, match=r"grading run \d+ \(as of 2026-06-30, cli"):
-                    await run_grading(c, Settings(database_url=db_url), as_of=AS_OF, trigger="test")
+                    await run_grading(c, small_policy(), as_of=AS_OF, trigger="test")
                 running = await c.fetchrow("SELECT run_id, status FROM grading_runs")
                 # Its grades are written but not committed: nobody else can see them.
                 assert await c.fetchval("SELECT count(*) FROM lab_grades") == 0
@@ -549,8 +553,7 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
         c = await connect(db_url)
         try:
             killed = await c.fetchval("SELECT max(run_id) FROM grading_runs")
-            run = await run_grading(c, Settings(database_url=db_url), as_of=AS_OF, trigger="test",
-                                    policy=small_policy())
+            run = await run_grading(c, small_policy(), as_of=AS_OF, trigger="test")
             statuses = dict(await c.fetch("SELECT run_id, status FROM grading_runs ORDER BY run_id"))
             assert statuses == {held_id: "abandoned", killed: "abandoned", run.run_id: "succeeded"}
             assert await c.fetchval("SELECT count(DISTINCT run_id) FROM lab_grades") == 1
@@ -595,17 +598,13 @@ async def test_runs_api_grades_diff_verify_and_openapi(seeded: asyncpg.Connectio
 
 
 async def test_scheduled_run_is_skipped_while_another_run_holds_the_lock(db_url: str) -> None:
-    from litestar.datastructures import State
 
-    from labeval.db.pool import create_pool
-    from labeval.db.runs import RUN_LOCK_KEY
-    from labeval.scheduler import scheduled_grading
 
     holder = await asyncpg.connect(db_url)
     pool = await create_pool(db_url)
     try:
         assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", RUN_LOCK_KEY)
-        await scheduled_grading(State({"settings": Settings(database_url=db_url), "pool": pool}))
+        await scheduled_grading(State({"policy": small_policy(), "pool": pool}))
         async with pool.acquire() as c:
             assert await c.fetchval("SELECT count(*) FROM grading_runs") == 0
     finally:

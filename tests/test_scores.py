@@ -58,7 +58,8 @@ def test_broadcasting_shapes():
     x_pt = np.array([0.0, 0.5, 1.0])  # (3,)
     out = z(x, x_pt, 0.5)
     assert out.shape == (2, 3)
-    np.testing.assert_allclose(out, (x - x_pt) / 0.5)
+    # row x = 1: (1 - 0, 1 - 0.5, 1 - 1) / 0.5; row x = 2: (2, 1.5, 1) / 0.5
+    np.testing.assert_allclose(out, [[2.0, 1.0, 0.0], [4.0, 3.0, 2.0]])
     out = en(np.array([1.0, 2.0, 3.0]), 2.0, np.array([0.3, 0.3, 0.3]), 0.4)
     np.testing.assert_allclose(out, [-2.0, 0.0, 2.0])
 

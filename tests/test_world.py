@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from labeval.db.grading import pairs_csv
-from labeval.devtools.world import BAD_KINDS, WorldConfig, build_world
+from labeval.devtools.world import BAD_KINDS, WorldConfig, _horwitz, build_world
 from labeval.grading.run import pairs_frame
 from labeval.ingest import ingest_path
 from scoring.schema import PAIR_INPUT_SCHEMA
@@ -247,7 +247,6 @@ async def test_world_loads_through_intake_and_gives_the_same_pairs(conn, tmp_pat
 
 
 def test_horwitz_precision_matches_thompsons_function() -> None:
-    from labeval.devtools.world import _horwitz
 
     # Thompson (2000): RSD 22 % below 1.2e-7; 2 %·c^-0.1505 up to 0.138 (16 % at 1 ppm, the
     # classic Horwitz figure); 1 %/√c above (2 % at c = 0.25).

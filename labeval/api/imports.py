@@ -9,28 +9,27 @@ from pathlib import Path
 
 import asyncpg
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import UploadFile
+from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import ClientException, NotFoundException, SerializationException
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED
 
-from labeval.ingest.errors import UnknownKind, UnreadableFile
-from labeval.ingest.pipeline import ingest_frame, ingest_path
-from labeval.ingest.queries import (
+from labeval.db.imports import (
     ChangeRecord,
     ImportRecord,
     RejectRecord,
-    ResultVersion,
     get_import,
     list_changes,
     list_imports,
     list_rejects,
     rejects_csv,
-    result_history,
 )
+from labeval.db.results import ResultVersion, result_history
+from labeval.ingest.errors import UnknownKind, UnreadableFile
+from labeval.ingest.kinds import resolve_kind
+from labeval.ingest.pipeline import ingest_frame, ingest_path
 from labeval.ingest.report import ImportReport
-from labeval.ingest.spec import resolve_kind
 
 # Who is importing: set by the gateway in front of the service (there is no login here).
 USER_HEADER = "x-labeval-user"
@@ -42,34 +41,40 @@ class ImportController(Controller):
     tags = ["imports"]
 
     @post("/{kind:str}", status_code=HTTP_201_CREATED)
-    async def create(
-        self, request: Request, conn: NamedDependency[asyncpg.Connection], kind: FromPath[str]
-    ) -> ImportReport:
+    async def create(self, request: Request, state: State, kind: FromPath[str]) -> ImportReport:
         """Import rows of KIND: a multipart upload (field `file`: CSV, XLSX or Parquet) or a JSON
         array of objects whose keys are the column headers. 201 with the import report (which
-        may list rejects); 400 when the input is not a readable table; 404 for an unknown kind."""
+        may list rejects); 400 when the input is not a readable table; 404 for an unknown kind.
+        A failed import stays in the import log with its error."""
         try:
             resolve_kind(kind)
         except UnknownKind as e:
             raise NotFoundException(str(e)) from e
         user = request.headers.get(USER_HEADER)
         ctype = request.headers.get("content-type", "")
-        try:
-            if ctype.startswith("multipart/form-data"):
-                form = await request.form()
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    raise ClientException("multipart upload needs a `file` field")
-                return await _ingest_upload(conn, kind, upload, user)
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ClientException("multipart upload needs a `file` field")
+            rows = None
+        else:
+            upload = None
             try:
                 rows = await request.json()
-            except Exception as e:
+            except SerializationException as e:
                 raise ClientException(f"body is not JSON: {e}") from e
             if not isinstance(rows, list):
                 raise ClientException("a JSON body must be an array of objects (one per row)")
-            return await ingest_frame(conn, kind, rows, file_name=None, source="api", user=user)
-        except UnreadableFile as e:
-            raise ClientException(str(e)) from e
+        # The import is its own unit of work on a connection of its own, not the per-request
+        # transaction: a failure rolls the import back but must keep its `failed` record.
+        async with state.pool.acquire() as conn:
+            try:
+                if upload is not None:
+                    return await _ingest_upload(conn, kind, upload, user)
+                return await ingest_frame(conn, kind, rows, file_name=None, source="api", user=user)
+            except UnreadableFile as e:
+                raise ClientException(str(e)) from e
 
     @get("/")
     async def list_(
@@ -81,10 +86,7 @@ class ImportController(Controller):
 
     @get("/{import_id:int}")
     async def detail(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> ImportRecord:
-        rec = await get_import(conn, import_id)
-        if rec is None:
-            raise NotFoundException(f"no import {import_id}")
-        return rec
+        return await get_import(conn, import_id)
 
     @get("/{import_id:int}/rejects")
     async def rejects(
@@ -92,8 +94,7 @@ class ImportController(Controller):
         format: FromQuery[str] = "json", limit: FromQuery[int | None] = None, offset: FromQuery[int] = 0,
     ) -> Response:
         """Every rejected row with its reasons; ?format=csv for a CSV download."""
-        if await get_import(conn, import_id) is None:
-            raise NotFoundException(f"no import {import_id}")
+        await get_import(conn, import_id)  # NotFound: 404
         if format == "csv":
             return Response(
                 await rejects_csv(conn, import_id),

@@ -6,7 +6,6 @@ import asyncpg
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
 from labeval.db import overrides
@@ -35,7 +34,5 @@ class LabController(Controller):
     async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
         """One lab: scopes, current class, override in force, evidence and grade history."""
         lab = await get_lab(conn, code)
-        if lab is None:
-            raise NotFoundException(f"no lab with code {code!r}")
         o = (await overrides.active(conn, today_utc())).get(code)
         return msgspec.structs.replace(lab, override=o, effective_class=o.class_ if o else lab.current_class)

@@ -14,7 +14,6 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
-from labeval.db.errors import NotFound
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
 from labeval.grading.overrides import effective_grades
@@ -29,13 +28,6 @@ USER_HEADER = "x-labeval-user"
 class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Grade on results reported up to this date; default today (UTC).
     as_of: date | None = None
-
-
-async def _run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
-    run = await get_run(conn, run_id)
-    if run is None:
-        raise NotFound(f"no grading run {run_id}")
-    return run
 
 
 class RunController(Controller):
@@ -57,12 +49,12 @@ class RunController(Controller):
     @get("/{run_id:int}", responses={404: spec("No such run.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
         """One run: its lifecycle and every lab's grade and reasons (none unless it succeeded)."""
-        return await _run(conn, run_id)
+        return await get_run(conn, run_id)
 
     @get("/{run_id:int}/grades", responses={404: spec("No such run.")})
     async def grades(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> list[EffectiveGrade]:
         """A run's grades, each with the override in force today and the class that applies."""
-        return await effective_grades(conn, (await _run(conn, run_id)).grades)
+        return await effective_grades(conn, (await get_run(conn, run_id)).grades)
 
     @get("/{run_id:int}/diff", responses={404: spec("No such run.")})
     async def diff(
@@ -96,6 +88,6 @@ class RunController(Controller):
         # commits on its own, which cannot nest inside the per-request transaction.
         async with state.pool.acquire() as conn:
             try:
-                return await run_grading(conn, state.settings, as_of=data.as_of, trigger="api", actor=actor)
+                return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api", actor=actor)
             except RunInProgress as exc:
                 raise ProblemError(HTTP_409_CONFLICT, "Grading run in progress", str(exc)) from exc

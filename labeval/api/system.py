@@ -6,6 +6,7 @@ import asyncpg
 from litestar import Response, get
 from litestar.datastructures import State
 
+from labeval.db.migrate import schema_version
 from labeval.models import Health, Ready
 
 
@@ -21,7 +22,7 @@ async def ready(state: State) -> Response[Ready]:
     pool: asyncpg.Pool = state.pool
     try:
         async with pool.acquire(timeout=2) as conn:
-            version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+            version = await schema_version(conn)
     except Exception as exc:  # any failure to reach the database means not ready
         return Response(Ready(status="unavailable", database=type(exc).__name__), status_code=503)
     return Response(Ready(status="ok", database="ok", schema_version=version))

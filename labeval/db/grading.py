@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 from datetime import date, datetime
+from typing import Any
 
 import asyncpg
+import msgspec
 
+from labeval.db.errors import NotFound
 from labeval.models import GradingRun, LabGrade
 
 # Side columns in the order of scoring.schema._SIDE; `{a}` is the table alias of that side.
@@ -59,9 +62,18 @@ async def lab_codes(conn: asyncpg.Connection) -> list[str]:
     return [r["lab_code"] for r in rows]
 
 
+class PreviousGrade(msgspec.Struct, kw_only=True, frozen=True):
+    """What a run carries forward from a lab's last grade (scoring's PREVIOUS_GRADES_SCHEMA)."""
+
+    lab_code: str
+    class_: str = msgspec.field(name="class")
+    score: float | None
+    consecutive_qualifying: int
+
+
 async def previous_grades(
     conn: asyncpg.Connection, as_of: date, policy_hash: str, finished_before: datetime
-) -> list[asyncpg.Record]:
+) -> list[PreviousGrade]:
     """What hysteresis carries in: each lab's grade from the latest succeeded run of an earlier
     evaluation period (as_of strictly before this one), among runs finished before
     `finished_before` (the reading run's read time, so a verify sees what the run saw).
@@ -70,7 +82,7 @@ async def previous_grades(
     so a second run that day cannot count as another qualifying period. A grade made under
     another policy (hash) keeps its class but its consecutive_qualifying restarts at 0.
     """
-    return await conn.fetch(
+    rows = await conn.fetch(
         """
         SELECT DISTINCT ON (g.lab_code)
                g.lab_code, g.class, g.score,
@@ -82,6 +94,11 @@ async def previous_grades(
         """,
         as_of, policy_hash, finished_before,
     )
+    return [
+        PreviousGrade(lab_code=r["lab_code"], class_=r["class"], score=r["score"],
+                      consecutive_qualifying=r["consecutive_qualifying"])
+        for r in rows
+    ]
 
 
 # The indicator inputs, in the column names of scoring.indicators' schemas. Events after as_of
@@ -112,16 +129,75 @@ INDICATOR_QUERIES = {
 }
 
 
-async def indicator_rows(conn: asyncpg.Connection, as_of: date) -> dict[str, list[asyncpg.Record]]:
-    return {name: await conn.fetch(sql, as_of) for name, sql in INDICATOR_QUERIES.items()}
+class PtResult(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    scheme_code: str
+    round_code: str
+    round_date: date
+    item_code: str | None
+    z: float
 
 
-GRADE_COLUMNS = ("lab_code", "score", "class", "previous_class", "change", "pairs", "reasons", "evidence",
-                 "consecutive_qualifying", "sufficient_evidence", "selection_weight", "eligible")
+class ReportDue(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    report_code: str
+    due_on: date
+    reported_on: date | None
 
 
-async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tuple]) -> None:
-    """grades: tuples in GRADE_COLUMNS order."""
+class Complaint(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    complaint_code: str
+    received_on: date
+    upheld: bool
+
+
+class AuditFinding(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    finding_code: str
+    found_on: date
+    severity: str
+
+
+class ReportFinding(msgspec.Struct, kw_only=True, frozen=True):
+    lab_code: str
+    finding_code: str
+    decided_on: date
+    kind: str
+
+
+class Indicators(msgspec.Struct, kw_only=True, frozen=True):
+    """Every indicator input of a run, one list per kind (field names as in INDICATOR_QUERIES)."""
+
+    pt: list[PtResult]
+    timeliness: list[ReportDue]
+    complaints: list[Complaint]
+    audits: list[AuditFinding]
+    report_findings: list[ReportFinding]
+
+
+async def indicator_rows(conn: asyncpg.Connection, as_of: date) -> Indicators:
+    rows = {name: await conn.fetch(sql, as_of) for name, sql in INDICATOR_QUERIES.items()}
+    return Indicators(
+        pt=[PtResult(**r) for r in rows["pt"]],
+        timeliness=[ReportDue(**r) for r in rows["timeliness"]],
+        complaints=[Complaint(**r) for r in rows["complaints"]],
+        audits=[AuditFinding(**r) for r in rows["audits"]],
+        report_findings=[ReportFinding(**r) for r in rows["report_findings"]],
+    )
+
+
+class NewGrade(LabGrade, kw_only=True, frozen=True):
+    """A lab's grade as a run stores it: the served grade and what the next run needs."""
+
+    evidence: dict[str, Any]
+    consecutive_qualifying: int
+    sufficient_evidence: bool
+    selection_weight: float | None
+    eligible: bool
+
+
+async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[NewGrade]) -> None:
     await conn.executemany(
         """
         INSERT INTO lab_grades (run_id, lab_code, score, class, previous_class, change, pairs,
@@ -129,7 +205,11 @@ async def insert_grades(conn: asyncpg.Connection, run_id: int, grades: list[tupl
                                 selection_weight, eligible)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         """,
-        [(run_id, *g) for g in grades],
+        [
+            (run_id, g.lab_code, g.score, g.class_, g.previous_class, g.change, g.pairs, g.reasons, g.evidence,
+             g.consecutive_qualifying, g.sufficient_evidence, g.selection_weight, g.eligible)
+            for g in grades
+        ],
     )
 
 
@@ -138,8 +218,19 @@ _RUN_COLUMNS = """run_id, as_of, policy_hash, policy_name, policy_version, trigg
                   code_version, error, snapshot_at, timings, class_counts, input_digest"""
 
 
-def _run(row: asyncpg.Record, grades: list | None = None) -> GradingRun:
-    return GradingRun(**dict(row), grades=grades or [])
+async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> GradingRun:
+    """Mark a run finished; the run without its grades."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE grading_runs SET finished_at = clock_timestamp(), n_labs = $2
+        WHERE run_id = $1
+        RETURNING {_RUN_COLUMNS}
+        """,
+        run_id, n_labs,
+    )
+    if row is None:
+        raise NotFound("grading run", run_id)
+    return GradingRun(**dict(row))
 
 
 async def list_runs(
@@ -151,24 +242,31 @@ async def list_runs(
             ORDER BY run_id DESC LIMIT $1 OFFSET $2""",
         limit, offset, status,
     )
-    return [_run(r) for r in rows]
+    return [GradingRun(**dict(r)) for r in rows]
 
 
-async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun | None:
+async def get_run(conn: asyncpg.Connection, run_id: int) -> GradingRun:
     row = await conn.fetchrow(
         f"SELECT {_RUN_COLUMNS} FROM grading_runs WHERE run_id = $1", run_id
     )
     if row is None:
-        return None
-    # Only a succeeded run has grades to show; the status filter keeps it so whatever wrote them.
+        raise NotFound("grading run", run_id)
     grades = await conn.fetch(
         """SELECT g.lab_code, g.class, g.score, g.previous_class, g.change, g.pairs, g.reasons
            FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
            WHERE g.run_id = $1 AND r.status = 'succeeded' ORDER BY g.lab_code""",
         run_id,
     )
-    return _run(row, [
-        LabGrade(lab_code=g["lab_code"], class_=g["class"], score=g["score"], previous_class=g["previous_class"],
-                 change=g["change"], pairs=g["pairs"], reasons=g["reasons"])
-        for g in grades
-    ])
+    # convert() types the stored reasons (JSON objects) as scoring's Reason structs.
+    return GradingRun(**dict(row), grades=[msgspec.convert(dict(g), LabGrade) for g in grades])
+
+
+async def last_scheduled_start(conn: asyncpg.Connection) -> datetime | None:
+    """When the newest scheduled grading run started; None if there was none.
+
+    A run that died with its process (abandoned) did not happen: the schedule is still owed it.
+    A failed run did happen (running it again at start would fail the same way).
+    """
+    return await conn.fetchval(
+        "SELECT max(started_at) FROM grading_runs WHERE trigger = 'schedule' AND status <> 'abandoned'"
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 
+from labeval.db.errors import NotFound
 from labeval.models import GradeRow, LabDetail, LabSummary
 
 # The latest grade of each lab is the one from its newest run (runs are ordered by as_of, then
@@ -37,7 +39,7 @@ async def list_labs(conn: asyncpg.Connection) -> list[LabSummary]:
     ]
 
 
-async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail | None:
+async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail:
     lab = await conn.fetchrow(
         """
         SELECT l.lab_code, l.name, l.province, l.accreditation_no, l.status,
@@ -50,7 +52,7 @@ async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail | None:
         code,
     )
     if lab is None:
-        return None
+        raise NotFound("lab", code)
     history = await conn.fetch(
         """
         SELECT g.run_id, r.as_of, g.class, g.score, g.previous_class, g.change, g.pairs,
@@ -69,12 +71,6 @@ async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail | None:
         score=latest["score"] if latest else None,
         last_run=latest["run_id"] if latest else None,
         evidence=latest["evidence"] if latest else None,
-        history=[
-            GradeRow(
-                run_id=h["run_id"], as_of=h["as_of"], class_=h["class"], score=h["score"],
-                previous_class=h["previous_class"], change=h["change"], pairs=h["pairs"],
-                reasons=h["reasons"],
-            )
-            for h in history
-        ],
+        # convert() types the stored reasons (JSON objects) as scoring's Reason structs.
+        history=[msgspec.convert({k: v for k, v in h.items() if k != "evidence"}, GradeRow) for h in history],
     )

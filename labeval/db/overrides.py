@@ -25,7 +25,7 @@ async def get(conn: asyncpg.Connection, override_id: int, *, for_update: bool = 
         override_id,
     )
     if row is None:
-        raise NotFound(f"no override {override_id}")
+        raise NotFound("override", override_id)
     return _override(row)
 
 
@@ -33,7 +33,7 @@ async def lock_lab(conn: asyncpg.Connection, lab_code: str) -> str:
     """Lock the lab row (overrides of one lab are set one at a time); returns its status."""
     status = await conn.fetchval("SELECT status FROM labs WHERE lab_code = $1 FOR UPDATE", lab_code)
     if status is None:
-        raise NotFound(f"no lab with code {lab_code!r}")
+        raise NotFound("lab", lab_code)
     return status
 
 
@@ -65,7 +65,7 @@ async def revoke(conn: asyncpg.Connection, override_id: int, *, by: str, why: st
         override_id, by, why,
     )
     if row is None:
-        raise NotFound(f"no open override {override_id}")
+        raise NotFound("open override", override_id)
     return _override(row)
 
 

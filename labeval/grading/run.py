@@ -17,7 +17,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from importlib import metadata
 from time import perf_counter
@@ -27,16 +27,15 @@ import asyncpg
 import msgspec
 import polars as pl
 
-from labeval.config import Settings
 from labeval.db import events, runs
 from labeval.db import grading as q
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.models import GradingRun
 from scoring import indicators as ind
-from scoring.grading import PREVIOUS_GRADES_SCHEMA, grade
 from scoring.evidence import lab_evidence
+from scoring.grading import PREVIOUS_GRADES_SCHEMA, Reason, grade
 from scoring.pairs import score_pairs
-from scoring.policy import Policy, load_policy, policy_hash
+from scoring.policy import Policy, policy_hash
 from scoring.schema import PAIR_INPUT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -116,8 +115,15 @@ class Inputs(msgspec.Struct, kw_only=True, frozen=True):
         return h.hexdigest()
 
 
-def canonical_rows(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
-    out = [dict(r) for r in rows]
+def _as_dict(row: msgspec.Struct | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(row, msgspec.Struct):
+        return {f.encode_name: getattr(row, f.name) for f in msgspec.structs.fields(row)}
+    return dict(row)
+
+
+def canonical_rows(rows: Sequence[msgspec.Struct | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as dicts under their column names (dates stay dates), in one canonical order."""
+    out = [_as_dict(r) for r in rows]
     out.sort(key=lambda d: tuple((v is None, str(v)) for v in d.values()))
     return out
 
@@ -129,7 +135,8 @@ async def read_inputs(
     csv = await q.pairs_csv(conn, as_of)
     labs = await q.lab_codes(conn)
     previous = canonical_rows(await q.previous_grades(conn, as_of, p_hash, read_at))
-    indicators = {k: canonical_rows(v) for k, v in (await q.indicator_rows(conn, as_of)).items()}
+    found = await q.indicator_rows(conn, as_of)
+    indicators = {k: canonical_rows(getattr(found, k)) for k in _INDICATOR_SCHEMAS}
     return Inputs(pairs_csv=csv, labs=labs, previous=previous, indicators=indicators)
 
 
@@ -151,8 +158,8 @@ def compute(
     return grades, evidence
 
 
-async def grade_inputs(inputs: Inputs, policy: Policy, as_of: date) -> tuple[pl.DataFrame, list[tuple]]:
-    """(pairs frame, grade rows in q.GRADE_COLUMNS order) for a set of inputs."""
+async def grade_inputs(inputs: Inputs, policy: Policy, as_of: date) -> tuple[pl.DataFrame, list[q.NewGrade]]:
+    """(pairs frame, the grades to store) for a set of inputs."""
     pairs = pairs_frame(inputs.pairs_csv)
     previous = _records_frame(inputs.previous, PREVIOUS_GRADES_SCHEMA)
     frames = {k: _records_frame(v, _INDICATOR_SCHEMAS[k]) for k, v in inputs.indicators.items()}
@@ -160,16 +167,19 @@ async def grade_inputs(inputs: Inputs, policy: Policy, as_of: date) -> tuple[pl.
     evidence_by_lab = {
         row["lab_code"]: {k: _jsonable(v) for k, v in row.items()} for row in evidence.iter_rows(named=True)
     }
-    rows = []
-    for g in grades.iter_rows(named=True):
-        reasons = [{k: _jsonable(v) for k, v in r.items()} for r in (g["reasons"] or [])]
-        rows.append((
-            g["lab_code"], _jsonable(g["score"]), g["class"], g["previous_class"], g["change"],
-            int(g["pairs_compared"] or 0), reasons, evidence_by_lab.get(g["lab_code"], {}),
-            int(g["consecutive_qualifying"] or 0), bool(g["sufficient_evidence"]),
-            _jsonable(g["selection_weight"]), bool(g["eligible"]),
-        ))
-    return pairs, rows
+    new_grades = [
+        q.NewGrade(
+            lab_code=g["lab_code"], score=_jsonable(g["score"]), class_=g["class"],
+            previous_class=g["previous_class"], change=g["change"], pairs=int(g["pairs_compared"] or 0),
+            reasons=[Reason(**{k: _jsonable(v) for k, v in r.items()}) for r in (g["reasons"] or [])],
+            evidence=evidence_by_lab.get(g["lab_code"], {}),
+            consecutive_qualifying=int(g["consecutive_qualifying"] or 0),
+            sufficient_evidence=bool(g["sufficient_evidence"]), selection_weight=_jsonable(g["selection_weight"]),
+            eligible=bool(g["eligible"]),
+        )
+        for g in grades.iter_rows(named=True)
+    ]
+    return pairs, new_grades
 
 
 @contextlib.asynccontextmanager
@@ -205,17 +215,15 @@ async def _hold_for_tests() -> None:
 
 async def run_grading(
     conn: asyncpg.Connection,
-    settings: Settings,
+    policy: Policy,
     *,
     as_of: date | None = None,
     trigger: str = "cli",
     actor: str | None = None,
-    policy: Policy | None = None,
 ) -> GradingRun:
-    """Grade every lab as of `as_of` (default today, UTC). Raises RunInProgress when another
-    run holds the lock."""
+    """Grade every lab as of `as_of` (default today, UTC) under `policy` (loaded and validated
+    once, at start-up). Raises RunInProgress when another run holds the lock."""
     as_of = as_of or today_utc()
-    policy = policy or load_policy(settings.policy)
     p_hash = policy_hash(policy)
 
     async with run_lock(conn):
@@ -248,7 +256,7 @@ async def _execute(conn: asyncpg.Connection, run_id: int, as_of: date, policy: P
     t2 = perf_counter()
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r[2]] = counts.get(r[2], 0) + 1
+        counts[r.class_] = counts.get(r.class_, 0) + 1
     async with conn.transaction():
         await q.insert_grades(conn, run_id, rows)
         await _hold_for_tests()
@@ -260,7 +268,4 @@ async def _execute(conn: asyncpg.Connection, run_id: int, as_of: date, policy: P
             data_hash=hashlib.sha256(inputs.pairs_csv).hexdigest(), input_digest=inputs.digest(),
             snapshot_at=read_at, timings=timings, class_counts=dict(sorted(counts.items())),
         )
-    run = await q.get_run(conn, run_id)
-    if run is None:  # pragma: no cover - committed just above
-        raise RuntimeError(f"grading run {run_id} vanished after it succeeded")
-    return run
+    return await q.get_run(conn, run_id)

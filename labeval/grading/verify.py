@@ -11,6 +11,7 @@ import msgspec
 
 from labeval.db import runs
 from labeval.grading.run import grade_inputs, read_inputs
+from scoring.grading import Reason
 from scoring.policy import Policy, policy_hash
 
 # Recomputed floats may differ in the last bits (parallel sums in polars); anything beyond this
@@ -30,8 +31,8 @@ class LabDifference(msgspec.Struct, kw_only=True, frozen=True):
     recomputed_class: str | None
     stored_score: float | None
     recomputed_score: float | None
-    stored_reasons: list[dict[str, Any]]
-    recomputed_reasons: list[dict[str, Any]]
+    stored_reasons: list[Reason]
+    recomputed_reasons: list[Reason]
 
 
 class VerifyReport(msgspec.Struct, kw_only=True, frozen=True):
@@ -74,7 +75,7 @@ async def verify_run(conn: asyncpg.Connection, run_id: int, *, current: bool = F
             await runs.shadow_inputs_as_of(conn, record.snapshot_at)
         inputs = await read_inputs(conn, record.as_of, record.policy_hash, record.snapshot_at)
     _, rows = await grade_inputs(inputs, policy, record.as_of)
-    recomputed = {r[0]: (r[2], r[1], r[6]) for r in rows}
+    recomputed = {r.lab_code: (r.class_, r.score, r.reasons) for r in rows}
     stored = {g.lab_code: (g.class_, g.score, g.reasons) for g in await runs.stored_grades(conn, run_id)}
     differences = []
     for lab in sorted(set(stored) | set(recomputed)):
@@ -82,7 +83,9 @@ async def verify_run(conn: asyncpg.Connection, run_id: int, *, current: bool = F
         if s is None or r is None:
             fields = ["missing"]
         else:
-            fields = [name for name, a, b in zip(("class", "score", "reasons"), s, r) if not _close(a, b)]
+            # Reasons are compared field by field, numbers within the tolerance.
+            fields = [name for name, a, b in zip(("class", "score", "reasons"), s, r)
+                      if not _close(msgspec.to_builtins(a), msgspec.to_builtins(b))]
         if fields:
             differences.append(LabDifference(
                 lab_code=lab, fields=fields,

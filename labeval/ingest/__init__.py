@@ -4,9 +4,9 @@ See docs/intake.md for the columns of each kind and the Chinese header aliases.
 """
 
 from labeval.ingest.errors import IngestError, MissingColumn, UnknownKind, UnreadableFile
+from labeval.ingest.kinds import SPECS
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 from labeval.ingest.report import ImportReport, Reject, render, report_json
-from labeval.ingest.spec import SPECS
 
 KINDS = tuple(SPECS)
 

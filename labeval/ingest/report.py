@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
+from labeval.db.imports import Reject
+
 # The report carries this many rejects; the database keeps all of them.
 REPORT_REJECTS = 100
-
-
-class Reject(msgspec.Struct, kw_only=True, frozen=True):
-    # 1-based row as a spreadsheet shows it: the header is row 1, the first data row is row 2
-    # (for a JSON array body: the object's 1-based position).
-    row: int
-    column: str | None
-    value: str | None
-    reason: str
 
 
 class ImportReport(msgspec.Struct, kw_only=True, frozen=True):

@@ -1,17 +1,20 @@
-"""What each import kind looks like: columns, types, enums, keys, references, target table.
-
-One generic pipeline (labeval.ingest.pipeline) is driven by these specs; the only per-kind code
-is a small hook for checks that need more than one column (results' value/unit/LOD, items'
-precision data, labs' scope list).
+"""The shape of an import kind's declaration (Spec: columns, keys, checks, cross-row rules,
+load) and the header aliases every kind shares. The kinds themselves are declared in
+labeval.ingest.kinds; one generic pipeline (labeval.ingest.pipeline) runs any of them.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+
+import asyncpg
+import polars as pl
+
+from labeval.db.intake import LoadCounts, Target, load_upsert, load_versioned
 
 ColType = Literal["code", "text", "float", "int", "date", "bool", "enum", "value", "codes"]
 
@@ -43,8 +46,37 @@ class Col:
         return self.header or self.required
 
 
+@dataclass
+class RefData:
+    """Reference data loaded once per import: the codes of every Col.ref, and the Spec's lookups
+    by name."""
+
+    codes: dict[tuple[str, str], pl.Series] = field(default_factory=dict)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class Check:
+    """A row check: rows where `fails` is true are rejected with `reason` against `column`."""
+
+    column: str
+    fails: pl.Expr
+    reason: pl.Expr | str
+    # Column whose raw text goes into the reject's value (default: `column`).
+    value_of: str | None = None
+
+
+# Hooks a kind may declare (see Spec).
+Lookup = Callable[[asyncpg.Connection], Awaitable[pl.DataFrame]]
+Prepare = Callable[[pl.LazyFrame, RefData], tuple[pl.LazyFrame, list[Check]]]
+CrossRowRule = Callable[[asyncpg.Connection, Target, str, int], Awaitable[None]]
+AfterLoad = Callable[[asyncpg.Connection, Target, str, list[str]], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Spec:
+    """One import kind, declared once (labeval.ingest.kinds) and registered by name."""
+
     kind: str
     table: str
     columns: tuple[Col, ...]
@@ -53,10 +85,26 @@ class Spec:
     mode: Literal["versioned", "upsert"] = "upsert"
     # Key columns that may be null (joined through COALESCE(col, '')).
     nullable_key: tuple[str, ...] = ()
-    # Columns that are not columns of `table` (handled by a post-load step), e.g. labs.scopes.
-    virtual: tuple[str, ...] = ()
+    # Columns that are not columns of `table`, each with the SQL of its current value for a
+    # target row t (labs.scopes); written by an after_load step.
+    virtual: Mapping[str, str] = field(default_factory=dict)
     # Extra generated columns written to the target (results: censored, censor_limit, raw_value).
-    derived: tuple[Col, ...] = field(default_factory=tuple)
+    derived: tuple[Col, ...] = ()
+    # The table has import_id (the import that last wrote a row) / updated_at columns.
+    has_import_id: bool = False
+    has_updated_at: bool = False
+    # Reference tables the checks need beyond Col.ref codes, by name (into RefData.tables).
+    lookups: Mapping[str, Lookup] = field(default_factory=dict)
+    # A step over the whole batch before the checks: derived columns and the checks on them.
+    prepare: Prepare | None = None
+    # Checks across the columns of one row (over typed columns, validate.T(name)).
+    row_checks: Callable[[], list[Check]] | None = None
+    # Rules over the whole staged file, after the in-file duplicates, in this order; the stage is
+    # indexed on stage_index first when it is set.
+    cross_row: tuple[CrossRowRule, ...] = ()
+    stage_index: tuple[str, ...] = ()
+    # Steps after the load, given the staged column names.
+    after_load: tuple[AfterLoad, ...] = ()
 
     def col(self, name: str) -> Col:
         for c in self.columns:
@@ -71,248 +119,22 @@ class Spec:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def target(self) -> Target:
+        return Target(
+            kind=self.kind, table=self.table, key=self.key, nullable_key=self.nullable_key,
+            virtual=dict(self.virtual), has_import_id=self.has_import_id, has_updated_at=self.has_updated_at,
+        )
 
-def _syn(**groups: tuple[str, ...]) -> dict[str, str | None]:
-    """Enum synonyms: canonical=(spellings...); canonical "_none" maps to None."""
-    out: dict[str, str | None] = {}
-    for canonical, spellings in groups.items():
-        value = None if canonical == "_none" else canonical
-        out[norm_word(canonical)] = value
-        for s in spellings:
-            out[norm_word(s)] = value
-    return out
+    async def load(self, conn: asyncpg.Connection, stage: str, import_id: int, columns: list[str]) -> LoadCounts:
+        loader = load_versioned if self.mode == "versioned" else load_upsert
+        return await loader(conn, self.target, stage, import_id, columns)
 
 
 def norm_word(text: str) -> str:
     """Normalisation used for enum words (mirrors the polars expression in validate.py)."""
     return " ".join(unicodedata.normalize("NFKC", text).strip().lower().split())
 
-
-ROLE = _syn(
-    original=("原检", "初检", "原始检验", "监督抽查", "抽检"),
-    retest=("复检", "复验", "复测", "re-test", "re-examination"),
-    arbitration=("仲裁", "仲裁检验"),
-)
-VERDICT = _syn(
-    **{
-        "pass": ("合格", "符合", "conform", "conforming", "p", "ok"),
-        "fail": ("不合格", "不符合", "nonconform", "non-conform", "nonconforming", "f", "ng"),
-        "_none": ("none", "无", "/", "-", "—", "--", "不判定", "n/a", "na", "未判定"),
-    }
-)
-KIND = _syn(quantitative=("定量", "quant"), qualitative=("定性", "qual"))
-PRECISION = _syn(absolute=("绝对",), relative=("相对",), horwitz=("霍维茨", "horwitz function"))
-STATUS = _syn(active=("正常", "有效", "在用"), suspended=("暂停",), revoked=("撤销", "注销", "吊销"))
-DECISION_RULE = _syn(
-    simple=("simple acceptance", "简单接受", "简单判定"),
-    guard_band=("guard band", "guardband", "guarded acceptance", "保护带", "防护带"),
-)
-SEVERITY = _syn(minor=("一般", "轻微"), major=("严重", "主要"), critical=("重大", "关键"))
-FINDING = _syn(inaccurate=("不实", "不实报告", "不实检验报告"), falsified=("虚假", "虚假报告", "虚假检验报告"))
-OUTCOME = _syn(
-    satisfactory=("满意", "s"),
-    questionable=("有问题", "可疑", "q"),
-    unsatisfactory=("不满意", "u"),
-)
-
-LAB = ("labs", "lab_code")
-CATEGORY = ("product_categories", "category_code")
-ITEM = ("test_items", "item_code")
-SAMPLE = ("samples", "sample_code")
-
-# ---------------------------------------------------------------------------------------------
-SPECS: dict[str, Spec] = {}
-
-
-def _add(spec: Spec) -> None:
-    SPECS[spec.kind] = spec
-
-
-_add(
-    Spec(
-        kind="categories",
-        table="product_categories",
-        key=("category_code",),
-        columns=(
-            Col("category_code", "code", required=True),
-            Col("name", "text", required=True),
-            Col("name_en", "text"),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="labs",
-        table="labs",
-        key=("lab_code",),
-        virtual=("scopes",),
-        columns=(
-            Col("lab_code", "code", required=True),
-            Col("name", "text", required=True),
-            Col("province", "text"),
-            Col("accreditation_no", "text"),
-            Col("status", "enum", enum=STATUS, default="active"),
-            Col("scopes", "codes", ref=CATEGORY),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="items",
-        table="test_items",
-        key=("item_code",),
-        columns=(
-            Col("item_code", "code", required=True),
-            Col("category_code", "code", required=True, ref=CATEGORY),
-            Col("name", "text", required=True),
-            Col("name_en", "text"),
-            Col("unit", "text"),
-            Col("kind", "enum", required=True, enum=KIND),
-            Col("method", "text"),
-            Col("repeatability_sd", "float", min=0.0, sql="double precision"),
-            Col("reproducibility_sd", "float", min=0.0, min_exclusive=True, sql="double precision"),
-            Col("precision_model", "enum", enum=PRECISION),
-            Col("horwitz_scale", "float", min=0.0, min_exclusive=True, sql="double precision"),
-            Col("lower_limit", "float", sql="double precision"),
-            Col("upper_limit", "float", sql="double precision"),
-            Col("lod", "float", min=0.0, sql="double precision"),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="samples",
-        table="samples",
-        key=("sample_code",),
-        columns=(
-            Col("sample_code", "code", required=True),
-            Col("category_code", "code", required=True, ref=CATEGORY),
-            Col("enterprise", "text"),
-            Col("sampled_on", "date", no_future=True, sql="date"),
-            Col("province", "text"),
-            Col("original_lab_code", "code", ref=LAB),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="results",
-        table="results",
-        key=("sample_code", "item_code", "role", "lab_code"),
-        mode="versioned",
-        columns=(
-            Col("sample_code", "code", required=True, ref=SAMPLE),
-            Col("item_code", "code", required=True, ref=ITEM),
-            Col("lab_code", "code", required=True, ref=LAB),
-            Col("role", "enum", required=True, enum=ROLE),
-            Col("value", "value", header=True, sql="double precision"),
-            Col("unit", "text"),
-            Col("expanded_uncertainty", "float", min=0.0, sql="double precision"),
-            Col("coverage_k", "float", min=0.0, min_exclusive=True, sql="double precision"),
-            Col("replicates", "int", min=1, sql="integer"),
-            Col("verdict", "enum", enum=VERDICT),
-            Col("decision_rule", "enum", enum=DECISION_RULE),
-            Col("reported_on", "date", no_future=True, sql="date"),
-        ),
-        derived=(
-            Col("censored", "bool", sql="boolean"),
-            Col("censor_limit", "float", sql="double precision"),
-            Col("raw_value", "text"),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="pt",
-        table="pt_results",
-        key=("lab_code", "scheme_code", "round_code", "item_code"),
-        nullable_key=("item_code",),
-        columns=(
-            Col("lab_code", "code", required=True, ref=LAB),
-            Col("provider", "text"),
-            Col("scheme_code", "code", required=True),
-            Col("round_code", "code", required=True),
-            Col("round_date", "date", required=True, no_future=True, sql="date"),
-            Col("item_code", "code", ref=ITEM),
-            Col("z_score", "float", header=True, sql="double precision"),
-            Col("en_score", "float", sql="double precision"),
-            Col("outcome", "enum", enum=OUTCOME),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="timeliness",
-        table="lab_reports",
-        key=("lab_code", "report_no"),
-        columns=(
-            Col("lab_code", "code", required=True, ref=LAB),
-            Col("report_no", "code", required=True),
-            # Due date may lie ahead (an outstanding report); the issue date may not.
-            Col("due_on", "date", required=True, sql="date"),
-            Col("reported_on", "date", no_future=True, sql="date"),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="complaints",
-        table="lab_complaints",
-        key=("lab_code", "complaint_no"),
-        columns=(
-            Col("lab_code", "code", required=True, ref=LAB),
-            Col("complaint_no", "code", required=True),
-            Col("received_on", "date", required=True, no_future=True, sql="date"),
-            Col("upheld", "bool", required=True, sql="boolean"),
-            Col("subject", "text"),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="audit_findings",
-        table="lab_audit_findings",
-        key=("lab_code", "finding_no"),
-        columns=(
-            Col("lab_code", "code", required=True, ref=LAB),
-            Col("finding_no", "code", required=True),
-            Col("found_on", "date", required=True, no_future=True, sql="date"),
-            Col("severity", "enum", required=True, enum=SEVERITY),
-            Col("description", "text"),
-        ),
-    )
-)
-_add(
-    Spec(
-        kind="report_findings",
-        table="lab_report_findings",
-        key=("lab_code", "report_no"),
-        columns=(
-            Col("lab_code", "code", required=True, ref=LAB),
-            Col("report_no", "code", required=True),
-            Col("found_on", "date", required=True, no_future=True, sql="date"),
-            Col("finding", "enum", required=True, enum=FINDING),
-            Col("decision_no", "text"),
-            Col("description", "text"),
-        ),
-    )
-)
-
-# Accepted spellings of a kind on the command line / in the URL.
-KIND_ALIASES = {
-    "category": "categories",
-    "lab": "labs",
-    "item": "items",
-    "test_items": "items",
-    "sample": "samples",
-    "result": "results",
-    "pt_results": "pt",
-    "proficiency": "pt",
-    "complaint": "complaints",
-    "audit": "audit_findings",
-    "audits": "audit_findings",
-    "report_finding": "report_findings",
-}
 
 # ---------------------------------------------------------------------------------------------
 # Header aliases (Chinese and English variants) -> canonical column. One table for every kind:
@@ -410,13 +232,3 @@ def canonical_header(text: str) -> str | None:
         key = norm_header(stripped)
         return ALIAS_INDEX.get(key)
     return None
-
-
-def resolve_kind(kind: str) -> Spec:
-    from labeval.ingest.errors import UnknownKind
-
-    k = kind.strip().lower().replace("-", "_")
-    k = KIND_ALIASES.get(k, k)
-    if k not in SPECS:
-        raise UnknownKind(kind, sorted(SPECS))
-    return SPECS[k]

@@ -5,24 +5,18 @@ validate_batch returns the valid rows, typed and ready for the staging table, an
 line per problem (a row with two problems gives two lines). Checks that need every row of the
 file at once (duplicates inside the file, a retest with no original, a retest by the original
 lab) cannot be decided one batch at a time without holding the whole file in memory; they run
-as set-based SQL over the staging table (labeval.ingest.pipeline).
+as set-based SQL over the staging table (labeval.db.intake).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import date
 
 import polars as pl
 
 from labeval.ingest.read import ROW
-from labeval.ingest.spec import Col, Spec
+from labeval.ingest.spec import Check, Col, RefData, Spec
 
-# The spellings of "not detected" (compared after NFKC, lower case, whitespace collapsed).
-NOT_DETECTED = ("未检出", "nd", "n.d.", "n.d", "not detected", "未检出(nd)", "nd(未检出)", "<lod", "<检出限")
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_LESS_THAN = rf"^(?:<|≤|<=|小于)\s*({_NUM})$"
-_ND_WITH_LIMIT = rf"^(?:未检出|nd|n\.d\.)\s*\(\s*(?:<|≤|<=)?\s*({_NUM})\s*\)$"
 _TRUE = ("true", "t", "yes", "y", "1", "是", "成立", "属实", "upheld")
 _FALSE = ("false", "f", "no", "n", "0", "否", "不成立", "不属实", "rejected", "not upheld")
 _DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%Y年%m月%d日")
@@ -38,30 +32,12 @@ def T(name: str) -> str:  # typed value
     return f"__t_{name}"
 
 
-@dataclass
-class RefData:
-    """Codes known to the database, loaded once per import."""
-
-    codes: dict[tuple[str, str], pl.Series] = field(default_factory=dict)
-    # results: item_code, unit, lod, kind of every test item
-    items: pl.DataFrame | None = None
-
-
-@dataclass
-class Check:
-    column: str
-    fails: pl.Expr
-    reason: pl.Expr | str
-    # Column whose raw text goes into the reject's value (default: `column`).
-    value_of: str | None = None
-
-
-def _word(e: pl.Expr) -> pl.Expr:
+def word(e: pl.Expr) -> pl.Expr:
     """Enum word normalisation (mirrors spec.norm_word): NFKC, trim, lower, single spaces."""
     return e.str.normalize("NFKC").str.strip_chars().str.to_lowercase().str.replace_all(r"\s+", " ")
 
 
-def _num_text(e: pl.Expr) -> pl.Expr:
+def num_text(e: pl.Expr) -> pl.Expr:
     # NFKC turns full-width digits/signs into ASCII; U+2212 MINUS SIGN is not folded by NFKC.
     return e.str.normalize("NFKC").str.replace_all("\u2212", "-", literal=True).str.strip_chars()
 
@@ -80,7 +56,7 @@ def _enum_expr(e: pl.Expr, mapping: dict[str, str | None]) -> pl.Expr:
     """Map spellings to canonical values: None -> '' (recognised, no value), unknown -> null."""
     old = list(mapping)
     new = ["" if v is None else v for v in mapping.values()]
-    return _word(e).replace_strict(old, new, default=None, return_dtype=pl.String)
+    return word(e).replace_strict(old, new, default=None, return_dtype=pl.String)
 
 
 def _bounds(col: Col, t: pl.Expr) -> tuple[pl.Expr, str] | None:
@@ -102,21 +78,21 @@ def _typed(spec: Spec, refs: RefData, today: date) -> tuple[list[pl.Expr], list[
         if col.type in ("code", "text"):
             exprs.append(c.alias(T(n)))
         elif col.type == "float":
-            exprs.append(_num_text(c).cast(pl.Float64, strict=False).alias(T(n)))
+            exprs.append(num_text(c).cast(pl.Float64, strict=False).alias(T(n)))
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a number"))
             checks.append(Check(n, t.is_not_null() & ~_finite(t), f"{n}: not a finite number"))
         elif col.type == "int":
-            f = _num_text(c).cast(pl.Float64, strict=False)
+            f = num_text(c).cast(pl.Float64, strict=False)
             ok = f.is_finite() & (f == f.floor()) & (f.abs() < 2**31)
             exprs.append(pl.when(ok).then(f).otherwise(None).cast(pl.Int64).alias(T(n)))
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a whole number"))
         elif col.type == "date":
-            exprs.append(_parse_date(_num_text(c)).alias(T(n)))
+            exprs.append(_parse_date(num_text(c)).alias(T(n)))
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a date (expected YYYY-MM-DD)"))
             if col.no_future:
                 checks.append(Check(n, t > pl.lit(today), f"{n}: date in the future"))
         elif col.type == "bool":
-            w = _word(c)
+            w = word(c)
             exprs.append(
                 pl.when(w.is_in(list(_TRUE))).then(True).when(w.is_in(list(_FALSE))).then(False)
                 .otherwise(None).alias(T(n))
@@ -160,94 +136,6 @@ def _typed(spec: Spec, refs: RefData, today: date) -> tuple[list[pl.Expr], list[
     return exprs, checks
 
 
-def _results_hook(lf: pl.LazyFrame, refs: RefData) -> tuple[pl.LazyFrame, list[Check]]:
-    """value -> (value, censored, censor_limit, raw_value); unit and item-kind checks."""
-    items = refs.items if refs.items is not None else pl.DataFrame(
-        schema={"item_code": pl.String, "unit": pl.String, "lod": pl.Float64, "kind": pl.String}
-    )
-    items = items.lazy().select(
-        pl.col("item_code").alias("__item"),
-        pl.col("unit").alias("__item_unit"),
-        pl.col("lod").alias("__item_lod"),
-        pl.col("kind").alias("__item_kind"),
-    )
-    lf = lf.join(items, left_on=T("item_code"), right_on="__item", how="left", maintain_order="left")
-    raw = pl.col(C("value"))
-    v = _num_text(raw)
-    w = _word(raw)
-    lt = pl.coalesce([v.str.extract(_LESS_THAN, 1), w.str.extract(_ND_WITH_LIMIT, 1)]).cast(pl.Float64, strict=False)
-    nd = w.is_in(list(NOT_DETECTED)).fill_null(False)
-    num = v.cast(pl.Float64, strict=False)
-    lf = lf.with_columns(
-        (lt.is_not_null() | nd).alias("__censored"),
-        lt.alias("__lt"),
-        num.alias("__num"),
-    ).with_columns(
-        pl.when(pl.col("__censored")).then(None).otherwise(pl.col("__num")).alias(T("value")),
-        pl.col("__censored").alias(T("censored")),
-        pl.when(pl.col("__lt").is_not_null()).then(pl.col("__lt"))
-        .when(pl.col("__censored")).then(pl.col("__item_lod"))
-        .otherwise(None).alias(T("censor_limit")),
-        raw.alias(T("raw_value")),
-    )
-    quantitative = pl.col("__item_kind") == "quantitative"
-    qualitative = pl.col("__item_kind") == "qualitative"
-    unit_norm = lambda e: e.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"\s+", "")  # noqa: E731
-    checks = [
-        Check(
-            "value",
-            raw.is_not_null() & ~pl.col("__censored") & pl.col("__num").is_null() & ~qualitative,
-            "value: neither a number nor a recognised censored form (<L, 未检出, ND)",
-        ),
-        Check("value", pl.col("__num").is_not_null() & ~pl.col("__num").is_finite(), "value: not a finite number"),
-        Check(
-            "value",
-            pl.col("__lt").is_not_null() & (~pl.col("__lt").is_finite() | (pl.col("__lt") < 0)),
-            "value: the censoring limit must be a finite number >= 0",
-        ),
-        Check("value", raw.is_null() & quantitative, "value: required for a quantitative item, empty"),
-        Check(
-            "value", raw.is_null() & qualitative & pl.col(T("verdict")).is_null(),
-            "value: a qualitative result needs a value or a verdict",
-        ),
-        Check(
-            "unit",
-            pl.col(T("unit")).is_not_null() & pl.col("__item_unit").is_not_null()
-            & (unit_norm(pl.col(T("unit"))) != unit_norm(pl.col("__item_unit"))),
-            pl.format("unit: does not match the item's unit ({})", pl.col("__item_unit")),
-        ),
-    ]
-    return lf, checks
-
-
-def _items_rules() -> list[Check]:
-    t = lambda n: pl.col(T(n))  # noqa: E731
-    return [
-        Check("precision_model", (t("kind") == "quantitative") & t("precision_model").is_null(),
-              "precision_model: required for a quantitative item"),
-        Check("horwitz_scale", (t("precision_model") == "horwitz") & t("horwitz_scale").is_null(),
-              "horwitz_scale: required for the horwitz precision model"),
-        Check("reproducibility_sd", t("precision_model").is_in(["absolute", "relative"]) & t("reproducibility_sd").is_null(),
-              "reproducibility_sd: required for the absolute and relative precision models"),
-        Check("repeatability_sd", t("repeatability_sd") > t("reproducibility_sd"),
-              "repeatability_sd: greater than reproducibility_sd (σr ≤ σR, ISO 5725-1)"),
-        Check("lower_limit", t("lower_limit") > t("upper_limit"), "lower_limit: greater than upper_limit"),
-    ]
-
-
-def _extra_rules(spec: Spec) -> list[Check]:
-    t = lambda n: pl.col(T(n))  # noqa: E731
-    if spec.kind == "items":
-        return _items_rules()
-    if spec.kind == "timeliness":
-        return [Check("reported_on", (t("reported_on") < t("due_on") - pl.duration(days=366)).fill_null(False),
-                      "reported_on: more than a year before the report was due")]
-    if spec.kind == "pt":
-        return [Check("z_score", t("z_score").is_null() & t("en_score").is_null() & t("outcome").is_null(),
-                      "z_score: one of z_score, en_score, outcome is required")]
-    return []
-
-
 def staging_columns(spec: Spec, present: set[str]) -> list[Col]:
     """Columns written to the staging table, in order.
 
@@ -283,10 +171,11 @@ def validate_batch(
     lf = lf.with_columns(clean)
     exprs, checks = _typed(spec, refs, today)
     lf = lf.with_columns(exprs)
-    if spec.kind == "results":
-        lf, more = _results_hook(lf, refs)
+    if spec.prepare is not None:
+        lf, more = spec.prepare(lf, refs)
         checks.extend(more)
-    checks.extend(_extra_rules(spec))
+    if spec.row_checks is not None:
+        checks.extend(spec.row_checks())
     # Reference check of a ';'-separated code list: explode, anti-join, report the unknown code.
     code_lists = [c for c in spec.columns if c.type == "codes" and c.ref is not None and c.ref in refs.codes]
     flags = [pl.coalesce([ch.fails, pl.lit(False)]).alias(f"__f{i}") for i, ch in enumerate(checks)]

@@ -22,7 +22,7 @@ __all__ = ["generate_pairs", "render", "run"]
 
 
 def _horwitz(c: np.ndarray) -> np.ndarray:
-    # DOMAIN.md §3 (Thompson's modified Horwitz), c as a mass fraction
+    # Thompson's (2000) modification of the Horwitz function (as in scoring.pairs); c is a mass fraction.
     return np.where(
         c < 1.2e-7, 0.22 * c, np.where(c <= 0.138, 0.02 * c**0.8495, 0.01 * np.sqrt(c))
     )

@@ -16,6 +16,7 @@ import asyncpg
 import numpy as np
 import polars as pl
 
+from labeval.db.bench import copy_into_floor, create_floor_table
 from labeval.db.pool import connect
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 
@@ -99,11 +100,9 @@ async def run(conn_or_url: asyncpg.Connection | str, rows: int = 1_000_000) -> d
             t = time.perf_counter()
             report = await ingest_path(conn, "results", path, source="bench")
             ingest_s = time.perf_counter() - t
-            await conn.execute(
-                "CREATE TABLE bench_copy_floor (" + ", ".join(f"{c} text" for c in _COLUMNS) + ")"
-            )
+            await create_floor_table(conn, _COLUMNS)
             t = time.perf_counter()
-            await conn.copy_to_table("bench_copy_floor", source=path, format="csv", header=True)
+            await copy_into_floor(conn, path)
             floor_s = time.perf_counter() - t
             size = path.stat().st_size
     finally:
