@@ -54,6 +54,7 @@ from labeval.render_runs import (
     runs_table,
     verify_text,
 )
+from scoring.classes import CLASSES
 from scoring.policy import Policy
 
 T = TypeVar("T")
@@ -331,7 +332,7 @@ def override() -> None:
 
 @override.command("set", hidden=True)
 @click.argument("lab")
-@click.argument("class_", metavar="CLASS", type=click.Choice(["I", "II", "III", "IV"]))
+@click.argument("class_", metavar="CLASS", type=click.Choice(CLASSES))
 @click.option("--reason", required=True, help="Why (kept with the override).")
 @click.option("--until", "until", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Last day the override applies (inclusive, UTC).")

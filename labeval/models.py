@@ -7,9 +7,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from scoring.classes import ClassLabel
 from scoring.grading import Reason
 
-ClassCode = Literal["I", "II", "III", "IV"]
+# The classes are fixed in scoring.classes; this is their name at the service boundary.
+ClassCode = ClassLabel
 Change = Literal["up", "down", "held", "new"]
 
 

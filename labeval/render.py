@@ -6,9 +6,10 @@ import msgspec
 from rich.table import Table
 
 from labeval.models import GradingRun
+from scoring.classes import CLASSES, DISPLAY, rank
 from scoring.grading import Reason
 
-ROMAN = {"I": "Ⅰ", "II": "Ⅱ", "III": "Ⅲ", "IV": "Ⅳ"}
+ROMAN = DISPLAY
 _encoder = msgspec.json.Encoder()
 
 
@@ -51,7 +52,7 @@ def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Ta
         table.add_column(col)
     if planted:
         table.add_column("planted")
-    order = {"IV": 0, "III": 1, "II": 2, "I": 3}
+    order = {label: -rank(label) for label in CLASSES}
     for g in sorted(run.grades, key=lambda g: (order[g.class_], g.score if g.score is not None else 0, g.lab_code)):
         main = _main_reason(g.reasons)
         style = {"IV": "bold red", "III": "red", "II": "", "I": "green"}[g.class_]

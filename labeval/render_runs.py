@@ -9,8 +9,7 @@ from labeval.grading.diff import RunDiff
 from labeval.grading.verify import VerifyReport
 from labeval.models import EffectiveGrade, GradingRun, Override
 from labeval.render import ROMAN, _main_reason
-
-ROMAN_ORDER = {"I": 0, "II": 1, "III": 2, "IV": 3}
+from scoring.classes import rank
 
 
 def _roman(c: str | None) -> str:
@@ -22,7 +21,7 @@ def runs_table(rows: list[GradingRun]) -> Table:
     for col in ("run", "status", "as of", "by", "policy", "pairs", "classes", "started", "input"):
         table.add_column(col)
     for r in rows:
-        classes = " ".join(f"{_roman(k)}:{v}" for k, v in sorted(r.class_counts.items(), key=lambda kv: ROMAN_ORDER[kv[0]]))
+        classes = " ".join(f"{_roman(k)}:{v}" for k, v in sorted(r.class_counts.items(), key=lambda kv: rank(kv[0])))
         table.add_row(
             str(r.run_id), r.status + (f" ({r.error})" if r.error and r.status != "succeeded" else ""),
             str(r.as_of), f"{r.trigger}{' ' + r.actor if r.actor else ''}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 
 import polars as pl
-import pytest
 
 from labeval.devtools.demo import demo_world, planted_labs, run_demo
 from scoring.policy import Policy
@@ -55,13 +54,20 @@ async def test_demo_loads_through_intake_and_grades_every_lab(conn, db_url: str)
     assert sum(pairs.values()) == 2 * world.pairs.height
 
 
-@pytest.mark.xfail(strict=False, reason="scoring fairness in progress: normal labs' own bias and isolated "
-                                         "groups still downgrade innocent labs")
-async def test_demo_grades_planted_labs_down_and_spares_the_rest(conn, db_url: str) -> None:
-    classes, pairs, truth = await _graded(conn, db_url)
-    # A biased (2.5 σR) or noisy (σr × 4) lab with 80 pairs or more is caught, except in an
-    # isolated pair, where nothing tells which of the two labs is off.
-    strong = truth.filter(pl.col("kind").is_in(["biased", "noisy"]) & (pl.col("group") != "isolated_pair"))["lab_code"]
-    assert all(classes[lab] in ("III", "IV") for lab in strong if pairs[lab] >= 80)
-    normal = truth.filter(pl.col("kind") == "normal")["lab_code"]
-    assert sum(classes[lab] in ("III", "IV") for lab in normal) == 0
+async def test_the_default_demo_grades_its_planted_labs_and_spares_the_normal_ones(conn, db_url: str) -> None:
+    # The demo an officer starts (40 labs, seed 2018). Its normal labs carry their own bias inside
+    # the method's between-lab spread: none of them is put in III/IV, including the innocent
+    # labs of the isolated pair and triangle.
+    run, _ = await run_demo(conn, Policy(), n_labs=40, seed=2018, today=TODAY)
+    classes = {g.lab_code: g.class_ for g in run.grades}
+    truth = demo_world(40, seed=2018, today=TODAY).truth
+    normal = truth.filter(pl.col("kind") == "normal")["lab_code"].to_list()
+    assert [lab for lab in normal if classes[lab] in ("III", "IV")] == []
+    # Both biased labs that can be told apart are caught: the one in the main group (41 pairs)
+    # and the biased corner of the triangle (120 pairs). The isolated pair's biased lab cannot
+    # be told from its partner: both stay as they are and are listed for arbitration.
+    biased = {r["lab_code"]: r["group"] for r in truth.filter(pl.col("kind") == "biased").iter_rows(named=True)}
+    assert {lab: classes[lab] for lab, group in biased.items() if group != "isolated_pair"} == {
+        "L0035": "IV", "L0038": "III"}
+    pair = truth.filter(pl.col("group") == "isolated_pair")["lab_code"].to_list()
+    assert {classes[lab] for lab in pair} == {"I"}
