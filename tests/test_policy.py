@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from importlib import resources
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,10 +15,15 @@ from labeval.cli import main
 from labeval.config import Settings
 from labeval.policy_file import PolicyError, load_policy
 from scoring.policy import (
+    CapPolicy,
+    CusumPolicy,
     EvidencePolicy,
     GradingPolicy,
+    IndicatorPolicy,
     PairPolicy,
     Policy,
+    ScorePolicy,
+    SelectionPolicy,
     policy_from_toml,
     policy_hash,
 )
@@ -136,3 +142,17 @@ def test_the_app_refuses_a_bad_policy_before_it_serves(tmp_path):
     # the classes are fixed (I..IV): "V" is not one, and the message names the field
     with pytest.raises(PolicyError, match=r"bad\.toml: Invalid enum value .V. - at `\$\.caps\.rules"):
         create_app(Settings(database_url="postgresql://nobody@127.0.0.1:1/none", policy=str(f)))
+
+
+def test_every_policy_field_and_rule_is_documented():
+    # docs/policy.md is what an officer reads to change a number: every field and every named
+    # rule of the policy appears there as `name`.
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text(encoding="utf-8")
+    fields = {f for section in (
+        Policy, PairPolicy, EvidencePolicy, CusumPolicy, IndicatorPolicy, GradingPolicy, ScorePolicy,
+        CapPolicy, SelectionPolicy,
+    ) for f in section.__struct_fields__}
+    rules = set(Policy().score.rules) | set(Policy().caps.rules)
+    missing = sorted(name for name in fields | rules if f"`{name}`" not in doc and f"`[{name}]`" not in doc
+                     and f".{name}]`" not in doc)
+    assert missing == []
