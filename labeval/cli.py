@@ -78,7 +78,6 @@ class ConfigurationError(click.ClickException):
 
 def with_connection(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Open labeval's database (embedded or external), bring the schema up to date, run fn."""
-
     async def main() -> T:
         async with database_url(settings) as url:
             conn = await connect(url)
@@ -148,7 +147,6 @@ def db() -> None:
 @click.pass_context
 def db_migrate(ctx: click.Context) -> None:
     """Apply pending migrations."""
-
     async def run(conn: asyncpg.Connection) -> None:
         # with_connection already migrated; report what is now applied.
         for s in await status(conn):
@@ -187,6 +185,14 @@ def _actor() -> str:
 
 def _emit_json(value: object) -> None:
     sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
+
+
+def _show(value: T, as_json: bool, table: Callable[[T], object]) -> None:
+    """One JSON document on stdout, or the rich rendering for people."""
+    if as_json:
+        _emit_json(value)
+    else:
+        out.print(table(value))
 
 
 def _fail(message: str, code: int, as_json: bool) -> NoReturn:
@@ -229,12 +235,8 @@ def runs() -> None:
 @click.pass_context
 def runs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
     """Runs of every status, newest first."""
-
     rows = with_connection(_settings(ctx), lambda conn: list_runs(conn, limit=limit, status=status))
-    if as_json:
-        _emit_json(rows)
-    else:
-        out.print(runs_table(rows))
+    _show(rows, as_json, runs_table)
 
 
 @runs.command("show")
@@ -243,7 +245,6 @@ def runs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
 @click.pass_context
 def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
     """One run: its lifecycle, and each lab's computed class beside today's override."""
-
     async def load(conn: asyncpg.Connection):
         run = await get_run(conn, run_id)
         return run, await effective_grades(conn, run.grades)
@@ -265,15 +266,11 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
 @click.pass_context
 def runs_diff(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None:
     """Labs whose class differs between runs A and B, with both reasons and the deciding rule."""
-
     try:
         diff = with_connection(_settings(ctx), lambda conn: diff_runs(conn, run_a, run_b))
     except NotFound as exc:
         _fail(str(exc), 2, as_json)
-    if as_json:
-        _emit_json(diff)
-    else:
-        out.print(diff_table(diff))
+    _show(diff, as_json, diff_table)
 
 
 @runs.command("verify")
@@ -285,15 +282,11 @@ def runs_diff(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None
 def runs_verify(ctx: click.Context, run_id: int, current: bool, as_json: bool) -> None:
     """Recompute a run from the data as it read it, under its stored policy.
     Exit 0: identical; 1: some lab differs; 2: no such run, or not a succeeded one."""
-
     try:
         report = with_connection(_settings(ctx), lambda conn: verify_run(conn, run_id, current=current))
     except (NotFound, RunNotVerifiable) as exc:
         _fail(str(exc), 2, as_json)
-    if as_json:
-        _emit_json(report)
-    else:
-        out.print(verify_text(report))
+    _show(report, as_json, verify_text)
     sys.exit(0 if report.identical else 1)
 
 
@@ -304,17 +297,12 @@ def runs_verify(ctx: click.Context, run_id: int, current: bool, as_json: bool) -
 @click.pass_context
 def events(ctx: click.Context, after: int, limit: int, as_json: bool) -> None:
     """Grade-change events in sequence order."""
-
     rows = with_connection(_settings(ctx), lambda conn: ev.after(conn, after, limit=limit))
-    if as_json:
-        _emit_json(rows)
-    else:
-        out.print(events_table(rows))
+    _show(rows, as_json, events_table)
 
 
 class _OverrideGroup(click.Group):
     """`override LAB CLASS …` sets one; `override list|revoke …` are subcommands."""
-
     def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] not in self.commands:
             return "set", self.commands["set"], args
@@ -346,10 +334,7 @@ def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, 
             conn, lab_code=lab, class_=class_, reason=reason, valid_until=until.date(), set_by=by or _actor()))
     except (NotFound, OverrideRefused) as exc:
         _fail(str(exc), 2, as_json)
-    if as_json:
-        _emit_json(o)
-    else:
-        out.print(overrides_table([o]))
+    _show(o, as_json, lambda one: overrides_table([one]))
 
 
 @override.command("list")
@@ -359,12 +344,8 @@ def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, 
 @click.pass_context
 def override_list(ctx: click.Context, lab: str | None, include_closed: bool, as_json: bool) -> None:
     """Overrides in force today (with --all: every override ever set)."""
-
     rows = with_connection(_settings(ctx), lambda conn: list_overrides(conn, lab_code=lab, include_closed=include_closed))
-    if as_json:
-        _emit_json(rows)
-    else:
-        out.print(overrides_table(rows))
+    _show(rows, as_json, overrides_table)
 
 
 @override.command("revoke")
@@ -375,15 +356,11 @@ def override_list(ctx: click.Context, lab: str | None, include_closed: bool, as_
 @click.pass_context
 def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str | None, as_json: bool) -> None:
     """End an override now; the computed class applies again."""
-
     try:
         o = with_connection(_settings(ctx), lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason))
     except (NotFound, OverrideRefused) as exc:
         _fail(str(exc), 2, as_json)
-    if as_json:
-        _emit_json(o)
-    else:
-        out.print(overrides_table([o]))
+    _show(o, as_json, lambda one: overrides_table([one]))
 
 
 # Files smaller than this load in a few seconds: no bar.
