@@ -25,7 +25,8 @@ def _deduction(effect: str) -> float:
 
 
 def _main_reason(reasons: list[Reason]) -> str:
-    """The reason that weighed most: a cap that fired, else the largest deduction, else a hold."""
+    """The reason that weighed most: a cap that fired, else the largest deduction, else a hold,
+    else that the lab cannot be judged from its pairs (not identifiable: arbitration)."""
     def text(r: Reason) -> str:
         shown = f" ({r.value:.3g})" if r.value is not None else ""
         return f"{r.rule}{shown}: {r.effect}"
@@ -39,7 +40,10 @@ def _main_reason(reasons: list[Reason]) -> str:
     if deductions:
         return text(max(deductions, key=lambda x: x[1])[0])
     held = [r for r, _ in effects if r.rule in ("insufficient_evidence", "hysteresis")]
-    return text(held[0]) if held else "—"
+    if held:
+        return text(held[0])
+    unjudged = [r for r, _ in effects if r.rule == "identifiability"]
+    return "not identifiable: send to arbitration" if unjudged else "—"
 
 
 def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Table:

@@ -21,3 +21,7 @@ def test_main_reason_prefers_fired_caps_then_the_largest_deduction() -> None:
     held = [R("evidence", "insufficient"), R("insufficient_evidence", "default II", 3.0)]
     assert _main_reason(held) == "insufficient_evidence (3): default II"
     assert _main_reason([R("complaints", "deduct 0.00", 0.0)]) == "—"
+    # a lab of an isolated pair: nothing deducted, nothing held, but it cannot be judged
+    unjudged = [R("evidence", "sufficient", 90.0), R("identifiability", "not identifiable (…)", 2.0),
+                R("bias", "skipped: not identifiable", 1.2)]
+    assert _main_reason(unjudged) == "not identifiable: send to arbitration"
