@@ -614,7 +614,11 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     n_quant = counts.get_column("pairs_quantitative").to_numpy()
     bias = _bias_evidence(fit, identifiable, n_quant, ep)
     n_comparisons = np.bincount(np.r_[comps.a, comps.b], minlength=n_labs)
-    judged = identifiable & (n_quant >= ep.min_quantitative_pairs)
+    # A lab's excess variance is told apart from its partners' only with more comparisons than
+    # unknowns around it: in a triangle the three variances fit the three edges exactly, so any
+    # excess on an edge (an item mix, a partner's item biases) lands on someone arbitrarily.
+    judged = (identifiable & (n_quant >= ep.min_quantitative_pairs)
+              & (fit.graph.partners >= ep.min_partners_precision))
     precision = precision_against_peers(
         np.where(fit.graph.involved, fit.excess_variance, np.nan), n_comparisons,
         fit.graph.partners, judged, peer_z=ep.peer_z, floor=ep.tau_floor,

@@ -84,6 +84,10 @@ class EvidencePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     min_component_labs: Annotated[int, msgspec.Meta(ge=2)] = 3
     # ... and it was compared with at least this many distinct labs.
     min_partners: PositiveInt = 2
+    # A lab's precision (excess variance) is judged only with at least this many distinct
+    # partners: with fewer, the variances of a lab and its partners fit their comparisons exactly
+    # and cannot be told apart.
+    min_partners_precision: PositiveInt = 3
     # Relevance of a bias: normal labs differ by the method's between-lab spread, estimated as
     # tau from all identifiable labs. A bias counts only beyond peer_z * tau (after taking off
     # two standard errors); 2.0 is set by simulation of realistic worlds (see docs/methods.md).

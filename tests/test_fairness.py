@@ -84,8 +84,8 @@ def test_worlds_have_enough_labs_for_the_targets(summary) -> None:
 # What the grading achieves on these worlds is asserted as it stands (a regression that makes it
 # worse fails); where that falls short of the project's target, the target is kept beside it as a
 # strict expected failure, so reaching it is noticed too. Figures pooled over the 8 worlds at the
-# time of writing: normal labs below the mode 16/1129; biased caught 36/44, noisy 39/45, shading
-# 24/41; innocent isolated labs downgraded 1/28; the triangle's biased lab caught 1/7. A biased
+# time of writing: normal labs below the mode 15/1129; biased caught 36/44, noisy 39/45, shading
+# 24/41; innocent isolated labs downgraded 0/28; the triangle's biased lab caught 1/7. A biased
 # lab whose own normal bias runs against its extra shift, or the biased corner of a triangle
 # (whose anchor is one normal lab), cannot be told from a normal lab without downgrading normal
 # labs too (docs/methods.md, "Calibration in simulation").
@@ -111,12 +111,6 @@ def test_bad_labs_with_80_pairs_reach_the_target(summary, kind: str, target: flo
 
 
 @pytest.mark.slow
-def test_innocent_labs_of_isolated_groups_are_almost_never_downgraded(summary) -> None:
-    assert summary["isolated_innocent_downgraded"] <= 1, summary["isolated_innocent_downgraded"]
-
-
-@pytest.mark.slow
-@GAP
 def test_innocent_labs_of_isolated_groups_are_never_downgraded(summary) -> None:
     assert summary["isolated_innocent_downgraded"] == 0, summary["isolated_innocent_downgraded"]
 
