@@ -19,9 +19,12 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+from rich.table import Table
 
 from labeval.app import create_app
 from labeval.config import Settings
+from labeval.db import apikeys
+from labeval.db import audit as audit_log
 from labeval.db import events as ev
 from labeval.db.errors import NotFound
 from labeval.db.grading import get_run, list_runs
@@ -44,6 +47,7 @@ from labeval.grading.verify import RunNotVerifiable, verify_run
 from labeval.ingest import KINDS as INGEST_KINDS
 from labeval.ingest import UnreadableFile, ingest_path, render, report_json
 from labeval.ingest.pipeline import Progress
+from labeval.keys import ROLES, PepperError, load_pepper
 from labeval.policy_file import PolicyError, load_policy
 from labeval.render import grade_table, run_json
 from labeval.render_runs import (
@@ -134,9 +138,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 def _serve(settings: Settings, policy: Policy) -> None:
+    try:
+        app = create_app(settings, policy)
+    except PepperError as exc:
+        raise ConfigurationError(str(exc)) from exc
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(create_app(settings, policy), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
 @main.group()
@@ -384,6 +391,87 @@ def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str |
         _emit_json(o)
     else:
         out.print(overrides_table([o]))
+
+
+@main.group()
+def apikey() -> None:
+    """API keys for the HTTP API (Authorization: Bearer …): create, list, revoke."""
+
+
+def _pepper(settings: Settings) -> bytes:
+    try:
+        return load_pepper(settings.key_pepper, settings.data_path)
+    except PepperError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def _cli_actor() -> str:
+    return f"cli:{_actor()}"
+
+
+@apikey.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", required=True, help="Who or what holds the key (e.g. tender-platform).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id","name","role","key"}.')
+@click.pass_context
+def apikey_create(ctx: click.Context, role: str, name: str, as_json: bool) -> None:
+    """Make a key. It is printed now and never again: only its keyed hash is stored."""
+    settings = _settings(ctx)
+    pepper = _pepper(settings)
+
+    async def create(conn: asyncpg.Connection) -> apikeys.CreatedKey:
+        async with conn.transaction():
+            new = await apikeys.create(conn, pepper, name=name, role=role)
+            await audit_log.append(conn, actor=_cli_actor(), action="apikey.create",
+                                   target={"key_id": new.id, "name": name, "role": role})
+            return new
+
+    new = with_connection(settings, create)
+    if as_json:
+        _emit_json(new)
+    else:
+        out.print(f"key {new.id} ({new.role}, {new.name}); shown once, keep it now:")
+        out.print(new.key, markup=False, highlight=False)
+
+
+@apikey.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def apikey_list(ctx: click.Context, as_json: bool) -> None:
+    """Every key (never its secret): role, prefix, created, last used, revoked."""
+    rows = with_connection(_settings(ctx), apikeys.list_all)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("id", "name", "role", "prefix", "created", "last used", "revoked")
+    for k in rows:
+        table.add_row(str(k.id), k.name, k.role, f"lbv_{k.prefix}_…", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    out.print(table)
+
+
+@apikey.command("revoke")
+@click.argument("key_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def apikey_revoke(ctx: click.Context, key_id: int, as_json: bool) -> None:
+    """Revoke a key: from now on the API answers it 401."""
+
+    async def revoke(conn: asyncpg.Connection) -> apikeys.ApiKey:
+        async with conn.transaction():
+            key = await apikeys.revoke(conn, key_id)
+            await audit_log.append(conn, actor=_cli_actor(), action="apikey.revoke", target={"key_id": key_id})
+            return key
+
+    try:
+        key = with_connection(_settings(ctx), revoke)
+    except NotFound as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(key)
+    else:
+        out.print(f"key {key.id} ({key.role}, {key.name}) revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S}")
 
 
 # Files smaller than this load in a few seconds: no bar.
