@@ -409,6 +409,14 @@ def _cli_actor() -> str:
     return f"cli:{_actor()}"
 
 
+async def _create_key(conn: asyncpg.Connection, pepper: bytes, name: str, role: str) -> apikeys.CreatedKey:
+    async with conn.transaction():
+        new = await apikeys.create(conn, pepper, name=name, role=role)
+        await audit_log.append(conn, actor=_cli_actor(), action="apikey.create",
+                               target={"key_id": new.id, "name": name, "role": role})
+        return new
+
+
 @apikey.command("create")
 @click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--name", required=True, help="Who or what holds the key (e.g. tender-platform).")
@@ -419,14 +427,7 @@ def apikey_create(ctx: click.Context, role: str, name: str, as_json: bool) -> No
     settings = _settings(ctx)
     pepper = _pepper(settings)
 
-    async def create(conn: asyncpg.Connection) -> apikeys.CreatedKey:
-        async with conn.transaction():
-            new = await apikeys.create(conn, pepper, name=name, role=role)
-            await audit_log.append(conn, actor=_cli_actor(), action="apikey.create",
-                                   target={"key_id": new.id, "name": name, "role": role})
-            return new
-
-    new = with_connection(settings, create)
+    new = with_connection(settings, lambda conn: _create_key(conn, pepper, name, role))
     if as_json:
         _emit_json(new)
     else:
@@ -536,6 +537,10 @@ def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str
     result, planted = with_connection(settings, lambda conn: run_demo(conn, _policy(ctx), n_labs=n_labs, seed=seed))
     out.print(grade_table(result, planted=planted))
     if then_serve:
+        # Every API route needs a key: one officer key for this demo, printed once.
+        key = with_connection(settings, lambda conn: _create_key(conn, _pepper(settings), "demo", "officer"))
+        out.print(f"officer key for the demo (shown once): curl -H 'Authorization: Bearer {key.key}' "
+                  f"http://{settings.host}:{settings.port}/api/v1/labs", markup=False, highlight=False)
         _serve(settings, _policy(ctx))
 
 
