@@ -15,7 +15,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.api.audit import AuditController, AuditMiddleware
-from labeval.api.auth import PUBLIC, SECURITY_COMPONENTS, TokenBuckets, authorize, undeclared_routes
+from labeval.api.auth import (
+    PUBLIC,
+    SECURITY_COMPONENTS,
+    TokenBuckets,
+    authorize,
+    document_guard,
+    undeclared_routes,
+)
 from labeval.api.imports import ImportController
 from labeval.api.keys import KeyController
 from labeval.api.labs import LabController
@@ -117,4 +124,5 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
     if missing := undeclared_routes(app.routes):
         raise ImproperlyConfiguredException(
             "routes without opt roles or public (labeval.api.auth): " + ", ".join(missing))
+    document_guard(app.routes)
     return app

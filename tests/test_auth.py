@@ -118,6 +118,14 @@ def test_the_app_declares_every_route_and_the_bearer_scheme(app_settings: Settin
     assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert schema["paths"]["/api/v1/runs"]["post"]["security"] == [{"apiKey": []}]
     assert "security" not in schema["paths"]["/health"]["get"]
+    # The guard's answers are documented on every guarded operation, beside the route's own.
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            guarded = "security" in op
+            assert guarded == path.startswith("/api/v1/"), (method, path)
+            if guarded:
+                assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
+    assert "404" in schema["paths"]["/api/v1/runs/{run_id}"]["get"]["responses"]
 
 
 async def _key_row(db_url: str, key_id: int) -> asyncpg.Record:

@@ -23,7 +23,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.params import FromQuery
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from labeval.api.auth import AUDIT, AUTH_RESPONSES, SECURITY, Principal
+from labeval.api.auth import AUDIT, Principal
 from labeval.api.problems import PROBLEM_HANDLERS
 from labeval.db import audit
 from labeval.db.audit import AuditEntry
@@ -89,9 +89,8 @@ class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
     exception_handlers = PROBLEM_HANDLERS
-    security = SECURITY
 
-    @get("/", opt={"roles": AUDIT}, responses=AUTH_RESPONSES)
+    @get("/", opt={"roles": AUDIT})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
         after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,

@@ -15,7 +15,7 @@ from litestar.exceptions import ClientException, NotFoundException, Serializatio
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED
 
-from labeval.api.auth import IMPORT, READ_WITH_GRADER, SECURITY
+from labeval.api.auth import IMPORT, READ_WITH_GRADER
 from labeval.db.imports import (
     ChangeRecord,
     ImportRecord,
@@ -38,7 +38,6 @@ _CHUNK = 1 << 20
 class ImportController(Controller):
     path = "/api/v1/imports"
     tags = ["imports"]
-    security = SECURITY
 
     @post("/{kind:str}", status_code=HTTP_201_CREATED, opt={"roles": IMPORT})
     async def create(self, request: Request, state: State, kind: FromPath[str]) -> ImportReport:

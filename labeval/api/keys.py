@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
-from labeval.api.auth import ADMIN, AUTH_RESPONSES, SECURITY
+from labeval.api.auth import ADMIN
 from labeval.api.problems import PROBLEM_HANDLERS, spec
 from labeval.db import apikeys
 from labeval.db.apikeys import ApiKey, CreatedKey
@@ -28,14 +28,13 @@ class KeyController(Controller):
     path = "/api/v1/keys"
     tags = ["keys"]
     exception_handlers = PROBLEM_HANDLERS
-    security = SECURITY
 
-    @get("/", opt={"roles": ADMIN}, responses=AUTH_RESPONSES)
+    @get("/", opt={"roles": ADMIN})
     async def list_(self, conn: NamedDependency[asyncpg.Connection]) -> list[ApiKey]:
         """Every key ever made (never its secret), oldest first."""
         return await apikeys.list_all(conn)
 
-    @post("/", status_code=HTTP_201_CREATED, opt={"roles": ADMIN}, responses=AUTH_RESPONSES)
+    @post("/", status_code=HTTP_201_CREATED, opt={"roles": ADMIN})
     async def create(
         self, state: State, conn: NamedDependency[asyncpg.Connection], data: JSONBody[KeyRequest]
     ) -> CreatedKey:
@@ -43,7 +42,7 @@ class KeyController(Controller):
         return await apikeys.create(conn, state.key_pepper, name=data.name, role=data.role)
 
     @post("/{key_id:int}/revoke", status_code=200, opt={"roles": ADMIN},
-          responses={**AUTH_RESPONSES, 404: spec("No such key.")})
+          responses={404: spec("No such key.")})
     async def revoke(self, conn: NamedDependency[asyncpg.Connection], key_id: FromPath[int]) -> ApiKey:
         """Revoke a key: from now on it answers 401."""
         return await apikeys.revoke(conn, key_id)

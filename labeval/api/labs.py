@@ -8,7 +8,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from labeval.api.auth import READ, SECURITY
+from labeval.api.auth import READ
 from labeval.db import overrides
 from labeval.db.labs import get_lab, list_labs
 from labeval.grading.overrides import today_utc
@@ -17,7 +17,6 @@ from labeval.models import LabDetail, LabSummary
 
 class LabController(Controller):
     path = "/api/v1/labs"
-    security = SECURITY
     tags = ["labs"]
 
     @get("/", opt={"roles": READ})

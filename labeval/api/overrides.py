@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
-from labeval.api.auth import OVERRIDE, READ, SECURITY
+from labeval.api.auth import OVERRIDE, READ
 from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
@@ -50,7 +50,6 @@ class OverrideController(Controller):
     path = "/api/v1/overrides"
     tags = ["overrides"]
     exception_handlers = PROBLEM_HANDLERS
-    security = SECURITY
 
     @get("/", opt={"roles": READ})
     async def list_(
@@ -91,7 +90,6 @@ class EventController(Controller):
     path = "/api/v1/grade-events"
     tags = ["overrides"]
     exception_handlers = PROBLEM_HANDLERS
-    security = SECURITY
 
     @get("/", opt={"roles": READ})
     async def list_(

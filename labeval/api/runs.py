@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
-from labeval.api.auth import READ_WITH_GRADER, SECURITY, START_RUN
+from labeval.api.auth import READ_WITH_GRADER, START_RUN
 from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
@@ -32,7 +32,6 @@ class RunController(Controller):
     path = "/api/v1/runs"
     tags = ["grading"]
     exception_handlers = PROBLEM_HANDLERS
-    security = SECURITY
 
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
