@@ -192,6 +192,26 @@ def _actor() -> str:
     return os.environ.get("LABEVAL_ACTOR") or getpass.getuser()
 
 
+def _cli_actor() -> str:
+    """The audit log's actor for a command-line change."""
+    return f"cli:{_actor()}"
+
+
+def _audited(
+    action: str, target: Callable[[T], dict[str, object]], fn: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+    """fn, then its audit row (actor cli:<login>) on the same connection. The row follows the
+    change's own commit (grading and intake commit on their own), so a crash in between leaves
+    the change unaudited: the CLI runs on the server, by people who can reach the database."""
+
+    async def run(conn: asyncpg.Connection) -> T:
+        result = await fn(conn)
+        await audit_log.append(conn, actor=_cli_actor(), action=action, target=target(result))
+        return result
+
+    return run
+
+
 def _emit_json(value: object) -> None:
     sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
 
@@ -214,7 +234,9 @@ def grade(ctx: click.Context, as_of, as_json: bool) -> None:
     policy = _policy(ctx)
     try:
         result = with_connection(
-            _settings(ctx), lambda conn: run_grading(conn, policy, as_of=day, trigger="cli", actor=_actor())
+            _settings(ctx), _audited(
+                "grade", lambda r: {"run_id": r.run_id, "as_of": r.as_of.isoformat()},
+                lambda conn: run_grading(conn, policy, as_of=day, trigger="cli", actor=_actor())),
         )
     except RunInProgress as exc:
         _fail(f"not started: {exc}", 4, as_json)
@@ -349,8 +371,10 @@ def override() -> None:
 def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, by: str | None, as_json: bool) -> None:
 
     try:
-        o = with_connection(_settings(ctx), lambda conn: set_override(
-            conn, lab_code=lab, class_=class_, reason=reason, valid_until=until.date(), set_by=by or _actor()))
+        o = with_connection(_settings(ctx), _audited(
+            "override.set", lambda o: {"override_id": o.override_id, "lab_code": o.lab_code},
+            lambda conn: set_override(conn, lab_code=lab, class_=class_, reason=reason, valid_until=until.date(),
+                                      set_by=by or _actor())))
     except (NotFound, OverrideRefused) as exc:
         _fail(str(exc), 2, as_json)
     if as_json:
@@ -384,7 +408,9 @@ def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str |
     """End an override now; the computed class applies again."""
 
     try:
-        o = with_connection(_settings(ctx), lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason))
+        o = with_connection(_settings(ctx), _audited(
+            "override.revoke", lambda o: {"override_id": o.override_id, "lab_code": o.lab_code},
+            lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason)))
     except (NotFound, OverrideRefused) as exc:
         _fail(str(exc), 2, as_json)
     if as_json:
@@ -403,10 +429,6 @@ def _pepper(settings: Settings) -> bytes:
         return load_pepper(settings.key_pepper, settings.data_path)
     except PepperError as exc:
         raise ConfigurationError(str(exc)) from exc
-
-
-def _cli_actor() -> str:
-    return f"cli:{_actor()}"
 
 
 async def _create_key(conn: asyncpg.Connection, pepper: bytes, name: str, role: str) -> apikeys.CreatedKey:
@@ -508,7 +530,9 @@ def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
     try:
         with _progress_bar(f"{kind} {Path(file).name}", enabled=not as_json) as progress:
             report = with_connection(
-                _settings(ctx), lambda conn: ingest_path(conn, kind, file, source="cli", progress=progress)
+                _settings(ctx), _audited(
+                    "ingest", lambda r: {"import_id": r.import_id, "kind": kind, "file": Path(file).name},
+                    lambda conn: ingest_path(conn, kind, file, source="cli", progress=progress)),
             )
     except UnreadableFile as exc:
         if as_json:

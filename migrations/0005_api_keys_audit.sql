@@ -24,9 +24,10 @@ CREATE TABLE api_keys (
 -- allowed to disable triggers could get round them).
 CREATE TABLE audit_log (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    -- 'key:<id>:<name>' for an API key, 'cli:<login>' for the command line.
+    -- 'key:<id>:<name>' for an API key, 'cli:<login>' for the command line, 'scheduler'.
     actor          text NOT NULL,
-    -- The route handler's name (e.g. runs.start) or the CLI command (e.g. apikey.create).
+    -- Method and route template (e.g. 'POST /api/v1/overrides/{override_id}/revoke') or the CLI
+    -- command (e.g. 'apikey.create', 'grade').
     action         text NOT NULL,
     -- What it acted on: the path parameters, or the CLI's object ids.
     target         jsonb NOT NULL DEFAULT '{}',

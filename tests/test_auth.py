@@ -286,3 +286,25 @@ def test_pepper_file_is_made_once_private_and_refused_when_readable(tmp_path) ->
     assert not (tmp_path / "none").exists()
     with pytest.raises(PepperError, match="at least 32"):
         load_pepper("short", tmp_path / "data")
+
+
+async def test_cli_imports_runs_and_overrides_are_audited(db_url: str, tmp_path) -> None:
+    csv = tmp_path / "categories.csv"
+    csv.write_text("category_code,name\nC1,toys\n", encoding="utf-8")
+    r = await asyncio.to_thread(_cli, db_url, "ingest", "categories", str(csv), "--json")
+    assert r.exit_code == 0, r.output
+    import_id = json.loads(r.output)["import_id"]
+    r = await asyncio.to_thread(_cli, db_url, "grade", "--as-of", "2026-06-30", "--json")
+    assert r.exit_code == 0, r.output
+    run_id = json.loads(r.output)["run_id"]
+    r = await asyncio.to_thread(_cli, db_url, "override", "NOPE", "II", "--reason", "x", "--until", "2099-01-01")
+    assert r.exit_code == 2  # refused: nothing changed, nothing audited
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT actor, action, target, status FROM audit_log ORDER BY id")
+    finally:
+        await conn.close()
+    assert [(r["actor"], r["action"], json.loads(r["target"]), r["status"]) for r in rows] == [
+        ("cli:admin.li", "ingest", {"import_id": import_id, "kind": "categories", "file": "categories.csv"}, None),
+        ("cli:admin.li", "grade", {"run_id": run_id, "as_of": "2026-06-30"}, None),
+    ]

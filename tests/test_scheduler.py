@@ -57,9 +57,12 @@ async def test_scheduled_run_is_stored_with_its_trigger(db_url: str) -> None:
         async with pool.acquire() as c:
             row = await c.fetchrow("SELECT trigger, n_labs, status FROM grading_runs")
             grade = await c.fetchrow("SELECT class, change FROM lab_grades WHERE lab_code = 'A'")
+            audited = await c.fetchrow("SELECT actor, action, target FROM audit_log")
+            run_id = await c.fetchval("SELECT run_id FROM grading_runs")
     finally:
         await pool.close()
     assert tuple(row) == ("schedule", 1, "succeeded")
+    assert (audited["actor"], audited["action"], audited["target"]["run_id"]) == ("scheduler", "grade", run_id)
     # No pairs at all: a new lab is held at the policy's default class.
     assert tuple(grade) == ("II", "new")
 

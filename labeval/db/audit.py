@@ -11,9 +11,9 @@ import msgspec
 
 class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
     id: int
-    # 'key:<id>:<name>' for an API key, 'cli:<login>' for the command line.
+    # 'key:<id>:<name>' for an API key, 'cli:<login>' for the command line, 'scheduler'.
     actor: str
-    # Route handler name (e.g. runs.start) or CLI command (e.g. apikey.create).
+    # Method and route template (e.g. 'POST /api/v1/runs') or CLI command (e.g. 'apikey.create').
     action: str
     target: dict[str, Any]
     # SHA-256 (hex) of the request body; null when there was none.
