@@ -7,13 +7,24 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
+from labeval.api.audit import AuditController, AuditMiddleware
+from labeval.api.auth import (
+    PUBLIC,
+    SECURITY_COMPONENTS,
+    TokenBuckets,
+    authorize,
+    document_guard,
+    undeclared_routes,
+)
 from labeval.api.imports import ImportController
+from labeval.api.keys import KeyController
 from labeval.api.labs import LabController
 from labeval.api.overrides import EventController, OverrideController
 from labeval.api.problems import ProblemError, not_found_response, problem_response
@@ -26,6 +37,7 @@ from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
+from labeval.keys import load_pepper
 from labeval.policy_file import load_policy
 from labeval.scheduler import build_scheduler, catch_up_missed_run
 from scoring.policy import Policy
@@ -51,6 +63,9 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
     bad policy file stops the start instead of the first grading run (PolicyError)."""
     if policy is None:
         policy = load_policy(settings.policy)
+    # Read (or made) before anything is served, like the policy: a missing or unsafe pepper
+    # stops the start (PepperError).
+    pepper = load_pepper(settings.key_pepper, settings.data_path)
 
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
@@ -82,9 +97,9 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         finally:
             sched.shutdown(wait=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController],
+                        EventController, KeyController, AuditController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
@@ -93,8 +108,21 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
             ProblemError: problem_response,
             NotFound: not_found_response,
         },
-        state=State({"settings": settings, "policy": policy}),
-        openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
+        # One guard for every route: keys, roles, the per-key budget (labeval.api.auth).
+        guards=[authorize],
+        middleware=[AuditMiddleware()],
+        state=State({"settings": settings, "policy": policy, "key_pepper": pepper,
+                     "rate_limiter": TokenBuckets(settings.rate_limit_per_minute)}),
+        openapi_config=OpenAPIConfig(
+            title="labeval", version="1", components=SECURITY_COMPONENTS,
+            # The schema and its docs UI are public; every other route needs a key.
+            openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC),
+        ),
         logging_config=None,
         debug=False,
     )
+    if missing := undeclared_routes(app.routes):
+        raise ImproperlyConfiguredException(
+            "routes without opt roles or public (labeval.api.auth): " + ", ".join(missing))
+    document_guard(app.routes)
+    return app

@@ -19,9 +19,12 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+from rich.table import Table
 
 from labeval.app import create_app
 from labeval.config import Settings
+from labeval.db import apikeys
+from labeval.db import audit as audit_log
 from labeval.db import events as ev
 from labeval.db.errors import NotFound
 from labeval.db.grading import get_run, list_runs
@@ -44,6 +47,7 @@ from labeval.grading.verify import RunNotVerifiable, verify_run
 from labeval.ingest import KINDS as INGEST_KINDS
 from labeval.ingest import UnreadableFile, ingest_path, render, report_json
 from labeval.ingest.pipeline import Progress
+from labeval.keys import ROLES, PepperError, load_pepper
 from labeval.policy_file import PolicyError, load_policy
 from labeval.render import grade_table, run_json
 from labeval.render_runs import (
@@ -133,9 +137,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 def _serve(settings: Settings, policy: Policy) -> None:
+    try:
+        app = create_app(settings, policy)
+    except PepperError as exc:
+        raise ConfigurationError(str(exc)) from exc
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(create_app(settings, policy), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
 @main.group()
@@ -183,6 +190,26 @@ def _actor() -> str:
     return os.environ.get("LABEVAL_ACTOR") or getpass.getuser()
 
 
+def _cli_actor() -> str:
+    """The audit log's actor for a command-line change."""
+    return f"cli:{_actor()}"
+
+
+def _audited(
+    action: str, target: Callable[[T], dict[str, object]], fn: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> Callable[[asyncpg.Connection], Awaitable[T]]:
+    """fn, then its audit row (actor cli:<login>) on the same connection. The row follows the
+    change's own commit (grading and intake commit on their own), so a crash in between leaves
+    the change unaudited: the CLI runs on the server, by people who can reach the database."""
+
+    async def run(conn: asyncpg.Connection) -> T:
+        result = await fn(conn)
+        await audit_log.append(conn, actor=_cli_actor(), action=action, target=target(result))
+        return result
+
+    return run
+
+
 def _emit_json(value: object) -> None:
     sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
 
@@ -213,7 +240,9 @@ def grade(ctx: click.Context, as_of, as_json: bool) -> None:
     policy = _policy(ctx)
     try:
         result = with_connection(
-            _settings(ctx), lambda conn: run_grading(conn, policy, as_of=day, trigger="cli", actor=_actor())
+            _settings(ctx), _audited(
+                "grade", lambda r: {"run_id": r.run_id, "as_of": r.as_of.isoformat()},
+                lambda conn: run_grading(conn, policy, as_of=day, trigger="cli", actor=_actor())),
         )
     except RunInProgress as exc:
         _fail(f"not started: {exc}", 4, as_json)
@@ -330,8 +359,10 @@ def override() -> None:
 def override_set(ctx: click.Context, lab: str, class_: str, reason: str, until, by: str | None, as_json: bool) -> None:
 
     try:
-        o = with_connection(_settings(ctx), lambda conn: set_override(
-            conn, lab_code=lab, class_=class_, reason=reason, valid_until=until.date(), set_by=by or _actor()))
+        o = with_connection(_settings(ctx), _audited(
+            "override.set", lambda o: {"override_id": o.override_id, "lab_code": o.lab_code},
+            lambda conn: set_override(conn, lab_code=lab, class_=class_, reason=reason, valid_until=until.date(),
+                                      set_by=by or _actor())))
     except (NotFound, OverrideRefused) as exc:
         _fail(str(exc), 2, as_json)
     _show(o, as_json, lambda one: overrides_table([one]))
@@ -357,10 +388,90 @@ def override_list(ctx: click.Context, lab: str | None, include_closed: bool, as_
 def override_revoke(ctx: click.Context, override_id: int, reason: str, by: str | None, as_json: bool) -> None:
     """End an override now; the computed class applies again."""
     try:
-        o = with_connection(_settings(ctx), lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason))
+        o = with_connection(_settings(ctx), _audited(
+            "override.revoke", lambda o: {"override_id": o.override_id, "lab_code": o.lab_code},
+            lambda conn: revoke_override(conn, override_id, by=by or _actor(), why=reason)))
     except (NotFound, OverrideRefused) as exc:
         _fail(str(exc), 2, as_json)
     _show(o, as_json, lambda one: overrides_table([one]))
+
+
+@main.group()
+def apikey() -> None:
+    """API keys for the HTTP API (Authorization: Bearer …): create, list, revoke."""
+
+
+def _pepper(settings: Settings) -> bytes:
+    try:
+        return load_pepper(settings.key_pepper, settings.data_path)
+    except PepperError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+async def _create_key(conn: asyncpg.Connection, pepper: bytes, name: str, role: str) -> apikeys.CreatedKey:
+    async with conn.transaction():
+        new = await apikeys.create(conn, pepper, name=name, role=role)
+        await audit_log.append(conn, actor=_cli_actor(), action="apikey.create",
+                               target={"key_id": new.id, "name": name, "role": role})
+        return new
+
+
+@apikey.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", required=True, help="Who or what holds the key (e.g. tender-platform).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id","name","role","key"}.')
+@click.pass_context
+def apikey_create(ctx: click.Context, role: str, name: str, as_json: bool) -> None:
+    """Make a key. It is printed now and never again: only its keyed hash is stored."""
+    settings = _settings(ctx)
+    pepper = _pepper(settings)
+
+    new = with_connection(settings, lambda conn: _create_key(conn, pepper, name, role))
+    if as_json:
+        _emit_json(new)
+    else:
+        out.print(f"key {new.id} ({new.role}, {new.name}); shown once, keep it now:")
+        out.print(new.key, markup=False, highlight=False)
+
+
+@apikey.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def apikey_list(ctx: click.Context, as_json: bool) -> None:
+    """Every key (never its secret): role, prefix, created, last used, revoked."""
+    rows = with_connection(_settings(ctx), apikeys.list_all)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("id", "name", "role", "prefix", "created", "last used", "revoked")
+    for k in rows:
+        table.add_row(str(k.id), k.name, k.role, f"lbv_{k.prefix}_…", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    out.print(table)
+
+
+@apikey.command("revoke")
+@click.argument("key_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def apikey_revoke(ctx: click.Context, key_id: int, as_json: bool) -> None:
+    """Revoke a key: from now on the API answers it 401."""
+
+    async def revoke(conn: asyncpg.Connection) -> apikeys.ApiKey:
+        async with conn.transaction():
+            key = await apikeys.revoke(conn, key_id)
+            await audit_log.append(conn, actor=_cli_actor(), action="apikey.revoke", target={"key_id": key_id})
+            return key
+
+    try:
+        key = with_connection(_settings(ctx), revoke)
+    except NotFound as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(key)
+    else:
+        out.print(f"key {key.id} ({key.role}, {key.name}) revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S}")
 
 
 # Files smaller than this load in a few seconds: no bar.
@@ -396,7 +507,9 @@ def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
     try:
         with _progress_bar(f"{kind} {Path(file).name}", enabled=not as_json) as progress:
             report = with_connection(
-                _settings(ctx), lambda conn: ingest_path(conn, kind, file, source="cli", progress=progress)
+                _settings(ctx), _audited(
+                    "ingest", lambda r: {"import_id": r.import_id, "kind": kind, "file": Path(file).name},
+                    lambda conn: ingest_path(conn, kind, file, source="cli", progress=progress)),
             )
     except UnreadableFile as exc:
         if as_json:
@@ -425,6 +538,10 @@ def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str
     result, planted = with_connection(settings, lambda conn: run_demo(conn, _policy(ctx), n_labs=n_labs, seed=seed))
     out.print(grade_table(result, planted=planted))
     if then_serve:
+        # Every API route needs a key: one officer key for this demo, printed once.
+        key = with_connection(settings, lambda conn: _create_key(conn, _pepper(settings), "demo", "officer"))
+        out.print(f"officer key for the demo (shown once): curl -H 'Authorization: Bearer {key.key}' "
+                  f"http://{settings.host}:{settings.port}/api/v1/labs", markup=False, highlight=False)
         _serve(settings, _policy(ctx))
 
 

@@ -27,6 +27,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     grading_cron: str = "0 2 * * *"
     pool_min_size: Annotated[int, msgspec.Meta(ge=1)] = 1
     pool_max_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # Pepper of the API keys' stored hashes (labeval.keys); None: a file made once in data_dir.
+    key_pepper: str | None = None
+    # Requests per minute per API key (a token bucket per process: each replica counts its own).
+    rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -17,6 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from litestar.datastructures import State
 
 from labeval.config import Settings
+from labeval.db import audit
 from labeval.db.grading import last_scheduled_start
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import RunInProgress, run_grading
@@ -36,6 +37,8 @@ async def scheduled_grading(state: State) -> None:
             # Same lock as the CLI and the API: another replica or an officer is running one.
             log.warning("scheduled grading run skipped: %s", exc)
             return
+        await audit.append(conn, actor="scheduler", action="grade",
+                           target={"run_id": result.run_id, "as_of": result.as_of.isoformat()})
     log.info("scheduled grading run %s graded %d labs", result.run_id, len(result.grades))
 
 

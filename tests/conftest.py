@@ -17,9 +17,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from labeval.config import Settings
+from labeval.db import apikeys
 from labeval.db.migrate import discover, migrate
 from labeval.db.pool import connect
 from labeval.db.server import embedded_server, with_database
+from labeval.keys import ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +112,28 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield c
     finally:
         await c.close()
+
+
+# The API keys' pepper in tests (the app and the key fixture must agree on it).
+TEST_PEPPER = "pepper-for-tests-only-" + "0" * 32
+
+
+@pytest.fixture
+def app_settings(db_url: str) -> Settings:
+    """Settings of an app on the test database: no scheduled runs, the test pepper."""
+    return Settings(database_url=db_url, grading_cron="", key_pepper=TEST_PEPPER)
+
+
+@pytest.fixture
+def role_headers(db_url: str) -> dict[str, dict[str, str]]:
+    """One live API key per role in the test database: role -> request headers."""
+
+    async def make() -> dict[str, dict[str, str]]:
+        c = await connect(db_url)
+        try:
+            made = [await apikeys.create(c, TEST_PEPPER.encode(), name=f"test-{r}", role=r) for r in ROLES]
+        finally:
+            await c.close()
+        return {k.role: {"Authorization": f"Bearer {k.key}"} for k in made}
+
+    return asyncio.run(make())

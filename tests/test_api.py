@@ -28,10 +28,11 @@ async def _seed(url: str) -> None:
         await conn.close()
 
 
-async def test_health_ready_and_labs(db_url: str) -> None:
+async def test_health_ready_and_labs(db_url: str, app_settings: Settings, role_headers: dict) -> None:
     await _seed(db_url)
-    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
+        client.headers.update(role_headers["officer"])
         assert (await client.get("/health")).json() == {"status": "ok"}
         ready = await client.get("/ready")
         assert ready.status_code == 200 and ready.json()["database"] == "ok"

@@ -93,7 +93,7 @@ EXPECTED = {
 }
 
 
-async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
+async def test_grading_run_hand_computed_and_served(db_url: str, app_settings: Settings, role_headers: dict) -> None:
     conn = await connect(db_url)
     policy = small_policy()
     try:
@@ -126,8 +126,9 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
     finally:
         await conn.close()
 
-    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
+        client.headers.update(role_headers["officer"])
         labs = {lab["code"]: lab for lab in (await client.get("/api/v1/labs")).json()}
         assert {c: (labs[c]["current_class"], labs[c]["score"]) for c in EXPECTED} == {
             c: (v[0], v[1]) for c, v in EXPECTED.items()
@@ -137,14 +138,15 @@ async def test_grading_run_hand_computed_and_served(db_url: str) -> None:
         assert [h["class"] for h in d["history"]] == ["III", "III", "III"]
 
 
-async def test_runs_api_starts_lists_and_reads(db_url: str) -> None:
+async def test_runs_api_starts_lists_and_reads(db_url: str, app_settings: Settings, role_headers: dict) -> None:
     conn = await asyncpg.connect(db_url)
     try:
         await seed(conn)
     finally:
         await conn.close()
-    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
+        client.headers.update(role_headers["officer"])
         created = await client.post("/api/v1/runs", json={"as_of": "2026-06-30"})
         assert created.status_code == 201, created.text
         run = created.json()

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from labeval.app import create_app
-from labeval.config import Settings
 from labeval.ingest import pipeline
 
 
 @pytest.fixture
-async def client(db_url):
-    async with AsyncTestClient(app=create_app(Settings(database_url=db_url, grading_cron=""))) as cl:
+async def client(app_settings, role_headers):
+    async with AsyncTestClient(app=create_app(app_settings)) as cl:
+        cl.headers.update(role_headers["officer"])
         yield cl
 
 
@@ -23,14 +24,15 @@ async def test_json_and_multipart_import(client):
     assert r.status_code == 201, r.text
     assert (r.json()["accepted"], r.json()["rejected"]) == (1, 0)
     csv = "机构编号,机构名称,承检范围\nL1,Lab 1,C1\nL2,Lab 2,C9\n".encode("gb18030")
-    r = await client.post("/api/v1/imports/labs", files={"file": ("labs.csv", csv, "text/csv")},
-                          headers={"x-labeval-user": "alice"})
+    # Who imported is the key that sent it (conftest's role_headers names it test-<role>).
+    r = await client.post("/api/v1/imports/labs", files={"file": ("labs.csv", csv, "text/csv")})
     assert r.status_code == 201, r.text
     body = r.json()
     assert (body["accepted"], body["rejected"], body["encoding"]) == (1, 1, "gb18030")
     iid = body["import_id"]
     detail = (await client.get(f"/api/v1/imports/{iid}")).json()
-    assert (detail["user_name"], detail["file_name"], detail["source"]) == ("alice", "labs.csv", "api")
+    assert (detail["file_name"], detail["source"]) == ("labs.csv", "api")
+    assert re.fullmatch(r"key:\d+:test-officer", detail["user_name"]), detail["user_name"]
     rej = (await client.get(f"/api/v1/imports/{iid}/rejects")).json()
     assert [(x["row"], x["column"]) for x in rej] == [(3, "scopes")]
     r = await client.get(f"/api/v1/imports/{iid}/rejects?format=csv")

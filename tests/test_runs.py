@@ -345,7 +345,9 @@ async def test_concurrent_expiry_appends_one_event_per_override(seeded: asyncpg.
     assert [r["lab_code"] for r in rows] == ["A", "B", "C"]
 
 
-async def test_override_cli_and_api(seeded: asyncpg.Connection, db_url: str) -> None:
+async def test_override_cli_and_api(
+    seeded: asyncpg.Connection, db_url: str, app_settings: Settings, role_headers: dict
+) -> None:
     await _run(seeded, db_url, AS_OF)
     until = (date.today() + timedelta(days=30)).isoformat()
     r = await acli(db_url, "override", "C", "II", "--reason", "appeal upheld", "--until", until, "--by", "officer.wang",
@@ -358,8 +360,9 @@ async def test_override_cli_and_api(seeded: asyncpg.Connection, db_url: str) -> 
     listed = json.loads((await acli(db_url, "override", "list", "--json")).output)
     assert [x["override_id"] for x in listed] == [set_["override_id"]]
 
-    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
+        client.headers.update(role_headers["officer"])
         labs = {x["code"]: x for x in (await client.get("/api/v1/labs")).json()}
         assert (labs["C"]["current_class"], labs["C"]["effective_class"], labs["C"]["override"]["reason"]) == (
             "IV", "II", "appeal upheld")
@@ -490,7 +493,9 @@ async def _wait_lock_free(db_url: str) -> None:
         await c.close()
 
 
-def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db_url: str, tmp_path: Path) -> None:
+def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(
+    db_url: str, tmp_path: Path, app_settings: Settings, role_headers: dict
+) -> None:
     async def prepare() -> None:
         c = await connect(db_url)
         try:
@@ -511,8 +516,9 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
                 assert await c.fetchval("SELECT count(*) FROM lab_grades") == 0
             finally:
                 await c.close()
-            app = create_app(Settings(database_url=db_url, grading_cron=""))
+            app = create_app(app_settings)
             async with AsyncTestClient(app) as client:
+                client.headers.update(role_headers["officer"])
                 refused = await client.post("/api/v1/runs", json={"as_of": "2026-06-30"})
                 assert refused.status_code == 409
                 assert refused.headers["content-type"].startswith("application/problem+json")
@@ -535,8 +541,9 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
             assert await c.fetchval("SELECT count(*) FROM lab_grades") == 0
         finally:
             await c.close()
-        app = create_app(Settings(database_url=db_url, grading_cron=""))
+        app = create_app(app_settings)
         async with AsyncTestClient(app) as client:  # startup marks it
+            client.headers.update(role_headers["officer"])
             shown = (await client.get(f"/api/v1/runs/{held_id}")).json()
             assert (shown["status"], shown["grades"]) == ("abandoned", [])
             labs = (await client.get("/api/v1/labs")).json()
@@ -564,15 +571,18 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(db
     asyncio.run(next_run_marks_it())
 
 
-async def test_runs_api_grades_diff_verify_and_openapi(seeded: asyncpg.Connection, db_url: str) -> None:
+async def test_runs_api_grades_diff_verify_and_openapi(
+    seeded: asyncpg.Connection, db_url: str, app_settings: Settings, role_headers: dict
+) -> None:
     first = await _run(seeded, db_url, AS_OF)
     await seeded.execute(
         """INSERT INTO lab_complaints (lab_code, complaint_no, received_on, upheld) VALUES
            ('A', 'N1', '2026-06-10', true), ('A', 'N2', '2026-06-11', true), ('A', 'N3', '2026-06-12', true)"""
     )
     second = await _run(seeded, db_url, AS_OF + timedelta(days=1))
-    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
+        client.headers.update(role_headers["officer"])
         grades = (await client.get(f"/api/v1/runs/{second.run_id}/grades")).json()
         assert {g["lab_code"]: (g["class"], g["effective_class"]) for g in grades} == {
             "A": ("II", "II"), "B": ("II", "II"), "C": ("IV", "IV"), "D": ("III", "III"), "E": ("II", "II")}

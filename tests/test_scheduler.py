@@ -4,6 +4,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
@@ -56,9 +57,12 @@ async def test_scheduled_run_is_stored_with_its_trigger(db_url: str) -> None:
         async with pool.acquire() as c:
             row = await c.fetchrow("SELECT trigger, n_labs, status FROM grading_runs")
             grade = await c.fetchrow("SELECT class, change FROM lab_grades WHERE lab_code = 'A'")
+            audited = await c.fetchrow("SELECT actor, action, target FROM audit_log")
+            run_id = await c.fetchval("SELECT run_id FROM grading_runs")
     finally:
         await pool.close()
     assert tuple(row) == ("schedule", 1, "succeeded")
+    assert (audited["actor"], audited["action"], audited["target"]["run_id"]) == ("scheduler", "grade", run_id)
     # No pairs at all: a new lab is held at the policy's default class.
     assert tuple(grade) == ("II", "new")
 
@@ -100,11 +104,11 @@ async def test_a_missed_scheduled_run_is_found_from_the_database(db_url, last_st
         await pool.close()
 
 
-async def test_the_app_catches_up_a_run_missed_while_it_was_down(db_url: str) -> None:
+async def test_the_app_catches_up_a_run_missed_while_it_was_down(db_url: str, app_settings: Settings) -> None:
     yesterday = datetime.now(UTC) - timedelta(days=1, minutes=5)
     await _scheduled_run_started(db_url, yesterday)
     # The cron fires every day at the minute it was yesterday, 5 minutes ago: one run is due.
-    app = create_app(Settings(database_url=db_url, grading_cron=f"{yesterday.minute} {yesterday.hour} * * *"))
+    app = create_app(msgspec.structs.replace(app_settings, grading_cron=f"{yesterday.minute} {yesterday.hour} * * *"))
     async with AsyncTestClient(app):
         conn = await asyncpg.connect(db_url)
         try:

@@ -15,6 +15,7 @@ from litestar.exceptions import ClientException, NotFoundException, Serializatio
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED
 
+from labeval.api.auth import IMPORT, READ_WITH_GRADER
 from labeval.db.imports import (
     ChangeRecord,
     ImportRecord,
@@ -31,8 +32,6 @@ from labeval.ingest.kinds import resolve_kind
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 from labeval.ingest.report import ImportReport
 
-# Who is importing: set by the gateway in front of the service (there is no login here).
-USER_HEADER = "x-labeval-user"
 _CHUNK = 1 << 20
 
 
@@ -40,7 +39,7 @@ class ImportController(Controller):
     path = "/api/v1/imports"
     tags = ["imports"]
 
-    @post("/{kind:str}", status_code=HTTP_201_CREATED)
+    @post("/{kind:str}", status_code=HTTP_201_CREATED, opt={"roles": IMPORT})
     async def create(self, request: Request, state: State, kind: FromPath[str]) -> ImportReport:
         """Import rows of KIND: a multipart upload (field `file`: CSV, XLSX or Parquet) or a JSON
         array of objects whose keys are the column headers. 201 with the import report (which
@@ -50,7 +49,8 @@ class ImportController(Controller):
             resolve_kind(kind)
         except UnknownKind as e:
             raise NotFoundException(str(e)) from e
-        user = request.headers.get(USER_HEADER)
+        # Who is importing: the API key that passed the guard.
+        user = request.user.actor
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             form = await request.form()
@@ -76,7 +76,7 @@ class ImportController(Controller):
             except UnreadableFile as e:
                 raise ClientException(str(e)) from e
 
-    @get("/")
+    @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], kind: FromQuery[str | None] = None,
         limit: FromQuery[int] = 50, offset: FromQuery[int] = 0,
@@ -84,11 +84,11 @@ class ImportController(Controller):
         """The import log, newest first."""
         return await list_imports(conn, kind=kind, limit=min(max(limit, 1), 1000), offset=max(offset, 0))
 
-    @get("/{import_id:int}")
+    @get("/{import_id:int}", opt={"roles": READ_WITH_GRADER})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> ImportRecord:
         return await get_import(conn, import_id)
 
-    @get("/{import_id:int}/rejects")
+    @get("/{import_id:int}/rejects", opt={"roles": READ_WITH_GRADER})
     async def rejects(
         self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int],
         format: FromQuery[str] = "json", limit: FromQuery[int | None] = None, offset: FromQuery[int] = 0,
@@ -106,12 +106,12 @@ class ImportController(Controller):
         out: list[RejectRecord] = await list_rejects(conn, import_id, limit=limit, offset=max(offset, 0))
         return Response(out)
 
-    @get("/{import_id:int}/changes")
+    @get("/{import_id:int}/changes", opt={"roles": READ_WITH_GRADER})
     async def changes(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> list[ChangeRecord]:
         """Reference-data rows this import changed in place (before and after)."""
         return await list_changes(conn, import_id)
 
-    @get("/results/history")
+    @get("/results/history", opt={"roles": READ_WITH_GRADER})
     async def history(
         self, conn: NamedDependency[asyncpg.Connection], sample_code: FromQuery[str], item_code: FromQuery[str],
         role: FromQuery[str], lab_code: FromQuery[str],

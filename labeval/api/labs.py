@@ -8,6 +8,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from labeval.api.auth import READ
 from labeval.db import overrides
 from labeval.db.labs import get_lab, list_labs
 from labeval.grading.overrides import today_utc
@@ -18,7 +19,7 @@ class LabController(Controller):
     path = "/api/v1/labs"
     tags = ["labs"]
 
-    @get("/")
+    @get("/", opt={"roles": READ})
     async def list_(self, conn: NamedDependency[asyncpg.Connection]) -> list[LabSummary]:
         """Every lab with its class from the latest grading run, and the override in force."""
         active = await overrides.active(conn, today_utc())
@@ -30,7 +31,7 @@ class LabController(Controller):
             for lab in await list_labs(conn)
         ]
 
-    @get("/{code:str}")
+    @get("/{code:str}", opt={"roles": READ})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
         """One lab: scopes, current class, override in force, evidence and grade history."""
         lab = await get_lab(conn, code)

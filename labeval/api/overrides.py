@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
+from labeval.api.auth import OVERRIDE, READ
 from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
@@ -50,7 +51,7 @@ class OverrideController(Controller):
     tags = ["overrides"]
     exception_handlers = PROBLEM_HANDLERS
 
-    @get("/")
+    @get("/", opt={"roles": READ})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], lab: FromQuery[str | None] = None,
         all: FromQuery[bool] = False,
@@ -58,11 +59,11 @@ class OverrideController(Controller):
         """Overrides in force today (all=true: every override ever set), newest first."""
         return await list_overrides(conn, lab_code=lab, include_closed=all)
 
-    @get("/{override_id:int}", responses={404: spec("No such override.")})
+    @get("/{override_id:int}", opt={"roles": READ}, responses={404: spec("No such override.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], override_id: FromPath[int]) -> Override:
         return await q.get(conn, override_id)
 
-    @post("/", status_code=HTTP_201_CREATED,
+    @post("/", status_code=HTTP_201_CREATED, opt={"roles": OVERRIDE},
           responses={404: spec("No such lab."), 422: spec("Override refused (date in the past, revoked lab).")})
     async def create(self, conn: NamedDependency[asyncpg.Connection], data: JSONBody[OverrideRequest]) -> Override:
         """Set a lab's class through valid_until; an open override of the lab is revoked by it.
@@ -73,7 +74,7 @@ class OverrideController(Controller):
         except OverrideRefused as exc:
             raise _refused(exc) from exc
 
-    @post("/{override_id:int}/revoke", status_code=200,
+    @post("/{override_id:int}/revoke", status_code=200, opt={"roles": OVERRIDE},
           responses={404: spec("No open override with this id."), 422: spec("Revocation refused.")})
     async def revoke(
         self, conn: NamedDependency[asyncpg.Connection], override_id: FromPath[int], data: JSONBody[RevokeRequest]
@@ -90,7 +91,7 @@ class EventController(Controller):
     tags = ["overrides"]
     exception_handlers = PROBLEM_HANDLERS
 
-    @get("/")
+    @get("/", opt={"roles": READ})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
         after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,

@@ -24,13 +24,16 @@ class Problem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
 
 
 class ProblemError(Exception):
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.problem = Problem(title=title, status=status, detail=detail)
+        # E.g. Retry-After on a 429, WWW-Authenticate on a 401.
+        self.headers = headers
 
 
 def problem_response(_: Request, exc: ProblemError) -> Response[Problem]:
-    return Response(exc.problem, status_code=exc.problem.status, media_type=PROBLEM_MEDIA_TYPE)
+    return Response(exc.problem, status_code=exc.problem.status, media_type=PROBLEM_MEDIA_TYPE,
+                    headers=exc.headers)
 
 
 def validation_response(_: Request, exc: ValidationException) -> Response[Problem]:

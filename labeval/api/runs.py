@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
+from labeval.api.auth import READ_WITH_GRADER, START_RUN
 from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
@@ -20,9 +21,6 @@ from labeval.grading.overrides import effective_grades
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
 from labeval.models import EffectiveGrade, GradingRun
-
-# Who asks: set by the gateway in front of the service (there is no login here).
-USER_HEADER = "x-labeval-user"
 
 
 class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -35,7 +33,7 @@ class RunController(Controller):
     tags = ["grading"]
     exception_handlers = PROBLEM_HANDLERS
 
-    @get("/")
+    @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self,
         conn: NamedDependency[asyncpg.Connection],
@@ -46,17 +44,17 @@ class RunController(Controller):
         """Grading runs of every status (or one), newest first (grades not included)."""
         return await list_runs(conn, limit=limit, offset=offset, status=status)
 
-    @get("/{run_id:int}", responses={404: spec("No such run.")})
+    @get("/{run_id:int}", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
         """One run: its lifecycle and every lab's grade and reasons (none unless it succeeded)."""
         return await get_run(conn, run_id)
 
-    @get("/{run_id:int}/grades", responses={404: spec("No such run.")})
+    @get("/{run_id:int}/grades", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run.")})
     async def grades(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> list[EffectiveGrade]:
         """A run's grades, each with the override in force today and the class that applies."""
         return await effective_grades(conn, (await get_run(conn, run_id)).grades)
 
-    @get("/{run_id:int}/diff", responses={404: spec("No such run.")})
+    @get("/{run_id:int}/diff", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run.")})
     async def diff(
         self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int], against: FromQuery[int]
     ) -> RunDiff:
@@ -64,7 +62,7 @@ class RunController(Controller):
         both sides and the rule that made the difference."""
         return await diff_runs(conn, against, run_id)
 
-    @get("/{run_id:int}/verify", responses={404: spec("No such run."), 409: spec("The run did not succeed.")})
+    @get("/{run_id:int}/verify", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run."), 409: spec("The run did not succeed.")})
     async def verify(
         self, state: State, run_id: FromPath[int], current: FromQuery[bool] = False
     ) -> VerifyReport:
@@ -77,10 +75,9 @@ class RunController(Controller):
             except RunNotVerifiable as exc:
                 raise ProblemError(HTTP_409_CONFLICT, "Run not verifiable", str(exc)) from exc
 
-    @post("/", status_code=HTTP_201_CREATED, responses={409: spec("Another grading run is in progress.")})
+    @post("/", status_code=HTTP_201_CREATED, opt={"roles": START_RUN}, responses={409: spec("Another grading run is in progress.")})
     async def start(
-        self, state: State, data: JSONBody[RunRequest],
-        actor: Annotated[str | None, HeaderParameter(name=USER_HEADER)] = None,
+        self, request: Request, state: State, data: JSONBody[RunRequest],
     ) -> GradingRun:
         """Run a grading run now (the same run as `labeval grade`), and return it. 409 while
         another run holds the run lock."""
@@ -88,6 +85,7 @@ class RunController(Controller):
         # commits on its own, which cannot nest inside the per-request transaction.
         async with state.pool.acquire() as conn:
             try:
-                return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api", actor=actor)
+                return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api",
+                                         actor=request.user.actor)
             except RunInProgress as exc:
                 raise ProblemError(HTTP_409_CONFLICT, "Grading run in progress", str(exc)) from exc

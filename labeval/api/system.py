@@ -6,17 +6,18 @@ import asyncpg
 from litestar import Response, get
 from litestar.datastructures import State
 
+from labeval.api.auth import PUBLIC
 from labeval.db.migrate import schema_version
 from labeval.models import Health, Ready
 
 
-@get("/health", sync_to_thread=False, tags=["system"])
+@get("/health", sync_to_thread=False, tags=["system"], opt=PUBLIC)
 def health() -> Health:
     """The process is up (no dependencies checked)."""
     return Health(status="ok")
 
 
-@get("/ready", tags=["system"])
+@get("/ready", tags=["system"], opt=PUBLIC)
 async def ready(state: State) -> Response[Ready]:
     """The database answers and the schema is migrated."""
     pool: asyncpg.Pool = state.pool

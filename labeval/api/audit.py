@@ -1,0 +1,105 @@
+"""The audit trail of the API: every state-changing request is recorded by one middleware, and
+officers read the log at GET /api/v1/audit.
+
+Recorded centrally, not by each route, so a new route is audited without doing anything: every
+authenticated POST/PUT/PATCH/DELETE under /api/v1/ writes one row (actor, action = method and
+path template, target = path parameters, SHA-256 of the body, request id, status) before its
+answer leaves the server, refused attempts (403, 4xx) included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import asyncpg
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.middleware import ASGIMiddleware
+from litestar.params import FromQuery
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from labeval.api.auth import AUDIT, Principal
+from labeval.api.problems import PROBLEM_HANDLERS
+from labeval.db import audit
+from labeval.db.audit import AuditEntry
+
+REQUEST_ID_HEADER = "x-request-id"
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A caller's own request id is kept when it is a plain token; anything else is replaced.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER.encode():
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class AuditMiddleware(ASGIMiddleware):
+    """Gives every HTTP request a request id (X-Request-ID, echoed in the answer) and writes the
+    audit row of a state-changing API request before its answer starts."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope["type"] != "http":
+            await next_app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        audited = scope["method"] in _STATE_CHANGING and scope["path"].startswith("/api/v1/")
+        body = hashlib.sha256()
+        seen_body = False
+
+        async def receive_hashed() -> Message:
+            nonlocal seen_body
+            message = await receive()
+            if message["type"] == "http.request" and message.get("body"):
+                body.update(message["body"])
+                seen_body = True
+            return message
+
+        async def send_audited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                principal = scope.get("user")
+                if audited and isinstance(principal, Principal):
+                    pool: asyncpg.Pool = scope["app"].state.pool
+                    async with pool.acquire() as conn:
+                        await audit.append(
+                            conn, actor=principal.actor,
+                            action=f"{scope['method']} {scope.get('path_template', scope['path'])}",
+                            target=dict(scope.get("path_params") or {}),
+                            payload_digest=body.hexdigest() if seen_body else None,
+                            request_id=request_id, status=message["status"],
+                        )
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (REQUEST_ID_HEADER.encode(), request_id.encode())]}
+            await send(message)
+
+        await next_app(scope, receive_hashed if audited else receive, send_audited)
+
+
+class AuditController(Controller):
+    path = "/api/v1/audit"
+    tags = ["audit"]
+    exception_handlers = PROBLEM_HANDLERS
+
+    @get("/", opt={"roles": AUDIT})
+    async def list_(
+        self, conn: NamedDependency[asyncpg.Connection],
+        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
+        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        actor: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+    ) -> list[AuditEntry]:
+        """Audit rows with id > after, oldest first, filtered by actor (e.g. key:3:ci), action
+        (e.g. `POST /api/v1/runs`) and time [since, until). The last id is the next `after`."""
+        return await audit.after(conn, after, limit=limit, actor=actor, action=action, since=since, until=until)
