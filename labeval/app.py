@@ -13,6 +13,8 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
+from labeval.api.draws import DrawController
+from labeval.api.feed import FeedController
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
 from labeval.api.overrides import EventController, OverrideController
@@ -84,7 +86,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController],
+                        EventController, FeedController, DrawController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},

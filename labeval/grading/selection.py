@@ -32,7 +32,7 @@ from labeval.grading.draws import (
 from scoring.policy import Policy, policy_hash
 
 # Seeds are kept below 2^63 so that they fit PostgreSQL's bigint.
-Seed = Annotated[int, msgspec.Meta(ge=0, lt=2**63)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
@@ -115,9 +115,10 @@ class DrawVerification(msgspec.Struct, kw_only=True, frozen=True):
     verified: bool
     algorithm: str
     seed: int
-    # The stored result and the one recomputed from the stored candidates and seed.
-    stored: list[str] | list[Assignment]
-    recomputed: list[str] | list[Assignment] | None
+    # The stored result and the one recomputed from the stored candidates and seed: lab codes
+    # for a draw, {sample_code, lab_code} for an assignment.
+    stored: list[str | Assignment]
+    recomputed: list[str | Assignment] | None
     detail: str
 
 
@@ -196,7 +197,7 @@ async def make_assignment(conn: asyncpg.Connection, req: AssignmentRequest, poli
     return as_draw(record)
 
 
-def recompute(draw: Draw | AssignmentBatch) -> list[str] | list[Assignment]:
+def recompute(draw: Draw | AssignmentBatch) -> list[str | Assignment]:
     if isinstance(draw, Draw):
         return draw_labs(draw.candidates, draw.count, draw.seed, exclude_labs=draw.exclude_labs,
                          exclude_provinces=draw.exclude_provinces)
