@@ -3,8 +3,11 @@ weight-0 lab, and first-pick frequencies over many seeds that follow the weights
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -123,3 +126,22 @@ def test_an_assignment_with_no_possible_lab_names_the_sample() -> None:
     samples = [SampleRequest(sample_code="S1", product_category="C", sampling_body="L000")]
     with pytest.raises(NotEnoughLabs, match="S1"):
         assign(samples, {"C": labs}, 1, exclude_own_province=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(labs_st, seeds, st.data())
+def test_the_re_derivation_in_the_integrators_guide_gives_the_same_draws(labs, seed, data) -> None:
+    # docs/integrators.md gives integrators a Python re-derivation; it must agree with the service.
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrators.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    excluded = data.draw(st.lists(st.sampled_from([c.lab_code for c in labs]), max_size=3))
+    provinces = data.draw(st.lists(st.sampled_from(["BJ", "SH", "GD"]), max_size=1))
+    allowed = [c for c in labs if c.weight > 0 and c.lab_code not in excluded and c.province not in provinces]
+    count = len(allowed) // 2 + (1 if allowed else 0)
+    if not allowed:
+        return
+    as_dicts = [msgspec.to_builtins(c) for c in labs]
+    assert namespace["redraw"](as_dicts, count, seed, excluded, provinces) == draw_labs(
+        labs, count, seed, exclude_labs=excluded, exclude_provinces=provinces)
