@@ -23,6 +23,8 @@ from labeval.api.auth import (
     document_guard,
     undeclared_routes,
 )
+from labeval.api.draws import DrawController
+from labeval.api.feed import FeedController
 from labeval.api.imports import ImportController
 from labeval.api.keys import KeyController
 from labeval.api.labs import LabController
@@ -99,7 +101,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController, KeyController, AuditController],
+                        EventController, KeyController, AuditController, FeedController, DrawController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},

@@ -35,14 +35,17 @@ from labeval.devtools import bench_ingest as ingest_benchmark
 from labeval.devtools import bench_scoring as scoring_benchmark
 from labeval.devtools.demo import run_demo
 from labeval.grading.diff import diff_runs
+from labeval.grading.draws import NotEnoughLabs
 from labeval.grading.overrides import (
     OverrideRefused,
     effective_grades,
     list_overrides,
     revoke_override,
     set_override,
+    today_utc,
 )
 from labeval.grading.run import RunInProgress, run_grading
+from labeval.grading.selection import DrawRequest, UnknownCategory, make_draw, verify_draw
 from labeval.grading.verify import RunNotVerifiable, verify_run
 from labeval.ingest import KINDS as INGEST_KINDS
 from labeval.ingest import UnreadableFile, ingest_path, render, report_json
@@ -472,6 +475,73 @@ def apikey_revoke(ctx: click.Context, key_id: int, as_json: bool) -> None:
         _emit_json(key)
     else:
         out.print(f"key {key.id} ({key.role}, {key.name}) revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S}")
+
+
+class _DrawGroup(click.Group):
+    """`draw --category C --count N …` draws; `draw verify ID` is a subcommand."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if not args or args[0] not in self.commands:
+            return "run", self.commands["run"], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "--category C --count N [--exclude LAB …] [--seed S] | verify ID")
+
+
+# Unknown options stay in the arguments, so `draw --category …` reaches the hidden draw command.
+@main.group(cls=_DrawGroup, context_settings={"ignore_unknown_options": True})
+def draw() -> None:
+    """双随机 draws: `draw --category C --count N [--exclude LAB …] [--exclude-province P …]
+    [--seed S]` draws labs weighted by the policy's class weights and stores the draw;
+    `draw verify ID` recomputes a stored one."""
+
+
+@draw.command("run", hidden=True)
+@click.option("--category", required=True, help="Product category code.")
+@click.option("--count", required=True, type=click.IntRange(1, 1000), help="How many labs to draw.")
+@click.option("--exclude", "exclude_labs", multiple=True, help="A lab that may not be drawn (repeatable).")
+@click.option("--exclude-province", "exclude_provinces", multiple=True,
+              help="A province whose labs may not be drawn (repeatable).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="Seed (default: chosen at random and stored).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def draw_run(ctx: click.Context, category: str, count: int, exclude_labs: tuple[str, ...],
+             exclude_provinces: tuple[str, ...], seed: int | None, as_json: bool) -> None:
+    """Exit 0: drawn and stored; 2: unknown category or not enough eligible labs."""
+    req = DrawRequest(product_category=category, count=count, exclude_labs=list(exclude_labs),
+                      exclude_provinces=list(exclude_provinces), seed=seed)
+    try:
+        d = with_connection(_settings(ctx), lambda conn: make_draw(conn, req, _policy(ctx), today=today_utc(),
+                                                                   actor=_actor()))
+    except (UnknownCategory, NotEnoughLabs) as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(d)
+        return
+    out.print(f"draw {d.id}: {', '.join(d.chosen)}")
+    out.print(f"seed {d.seed}, {d.algorithm}, policy {d.policy_hash[:12]}, "
+              f"from {len(d.candidates)} eligible: "
+              + ", ".join(f"{c.lab_code} ({c.class_}, {c.weight:g})" for c in d.candidates))
+
+
+@draw.command("verify")
+@click.argument("draw_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def draw_verify(ctx: click.Context, draw_id: int, as_json: bool) -> None:
+    """Recompute a stored draw or assignment from its candidates and seed.
+    Exit 0: verified; 1: the result differs; 2: no such draw."""
+    try:
+        v = with_connection(_settings(ctx), lambda conn: verify_draw(conn, draw_id))
+    except NotFound as exc:
+        _fail(str(exc), 2, as_json)
+    if as_json:
+        _emit_json(v)
+    else:
+        out.print(f"draw {v.id}: {'verified' if v.verified else 'NOT verified'} — {v.detail}")
+    sys.exit(0 if v.verified else 1)
 
 
 # Files smaller than this load in a few seconds: no bar.
