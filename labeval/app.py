@@ -16,6 +16,7 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTI
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
 from labeval.api.overrides import EventController, OverrideController
+from labeval.api.plans import RetestPlanController
 from labeval.api.problems import ProblemError, not_found_response, problem_response
 from labeval.api.runs import RunController
 from labeval.api.system import health, ready
@@ -84,7 +85,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController],
+                        EventController, RetestPlanController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
