@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from datetime import date
 
 import polars as pl
 import pytest
@@ -16,8 +17,11 @@ from labeval.app import create_app
 from labeval.cli import main
 from labeval.config import Settings
 from labeval.db.pool import connect
-from labeval.grading.plans import EXPORT_COLUMNS
-from labeval.ingest import ingest_frame
+from labeval.devtools.demo import demo_world
+from labeval.grading.plans import EXPORT_COLUMNS, PlanRequest, create_plan, verify_plan
+from labeval.grading.run import run_grading
+from labeval.ingest import ingest_frame, ingest_path
+from scoring.policy import Policy
 
 from intake_data import load_reference, results
 
@@ -155,3 +159,68 @@ async def test_cli_plan_and_verify(client, db_url):
     bad = await asyncio.to_thread(_cli, db_url, "plan", "--budget", "2", "--from", "2024-01-01", "--to", "2024-12-31",
                                   "--category", "NOPE")
     assert bad.exit_code == 2
+
+
+def _dhondt_holds(allocation) -> bool:
+    """Highest averages: no lab below its cap had a higher next quotient than the last quotient
+    at which any lab was given a retest."""
+    given = [a.priority / a.retests for a in allocation if a.retests]
+    waiting = [a.priority / (a.retests + 1) for a in allocation if a.retests < a.cap and a.priority > 0]
+    return not given or not waiting or min(given) >= max(waiting) - 1e-12
+
+
+async def test_plan_on_the_demo_world(conn, db_url, tmp_path):
+    """The demo world through intake, with the retests of the samples taken since 2025 left out
+    (so those samples are candidates), graded; then plans over that period."""
+    today = date(2026, 11, 28)
+    world = demo_world(30, seed=11, today=today)
+    tables = world.intake_tables()
+    recent = set(tables["samples"].filter(pl.col("sampled_on") >= "2025-01-01")["sample_code"])
+    tables["results"] = tables["results"].filter(
+        (pl.col("role") == "original") | ~pl.col("sample_code").is_in(list(recent)))
+    for kind, frame in tables.items():
+        path = tmp_path / f"{kind}.csv"
+        frame.write_csv(path)
+        assert (await ingest_path(conn, kind, path, source="test")).rejected == 0
+    policy = Policy()
+    run = await run_grading(conn, policy, as_of=today, trigger="test")
+
+    async def plan_(budget: int):
+        async with conn.transaction():
+            return await create_plan(conn, policy, PlanRequest(budget=budget, period_start=date(2025, 1, 1),
+                                                               period_end=today, seed=5))
+
+    plan = await plan_(500)
+    assert plan.run_id == run.run_id and plan.seed == 5
+    scores = [r.score for r in plan.ranking]
+    assert scores == sorted(scores, reverse=True) and sum(r.chosen for r in plan.ranking) == 3
+    chosen = {r.category_code for r in plan.ranking if r.chosen}
+    assert {s.category_code for s in plan.samples} <= chosen and all(s.sample_code in recent for s in plan.samples)
+    assert sum(a.retests for a in plan.allocation) == len(plan.samples) == plan.budget - plan.unallocated
+    # The budget is not exhausted: every lab with a claim is at its cap; a lab with enough
+    # pairs, identifiable and in control is given nothing.
+    assert plan.unallocated > 0
+    for a in plan.allocation:
+        assert a.retests <= a.cap <= a.candidates
+        assert a.retests == (a.cap if a.priority > 0 else 0), a
+        if a.need == 0 and not a.not_identifiable and a.cusum_ratio < 0.5:
+            assert a.cap == 0, a
+    assert (await verify_plan(conn, plan.plan_id)).verified
+
+    # The isolated pair only retest each other: not identifiable, so in their own categories
+    # they get retests even with enough pairs (with new partners they can be told apart).
+    pair = set(world.truth.filter(pl.col("group") == "isolated_pair")["lab_code"])
+    cats = sorted(set(tables["samples"].filter(pl.col("sample_code").is_in(list(recent))
+                                               & pl.col("original_lab_code").is_in(list(pair)))["category_code"]))
+    async with conn.transaction():
+        theirs = await create_plan(conn, policy, PlanRequest(budget=500, period_start=date(2025, 1, 1),
+                                                             period_end=today, product_categories=cats, seed=5))
+    by_lab = {a.lab_code: a for a in theirs.allocation}
+    assert cats and pair <= set(by_lab)
+    assert all(by_lab[lab].not_identifiable and by_lab[lab].retests > 0 for lab in pair), [by_lab[x] for x in pair]
+
+    small = await plan_(6)
+    assert small.unallocated == 0 and _dhondt_holds(small.allocation)
+    top = max(small.allocation, key=lambda a: (a.priority, a.lab_code))
+    assert top.retests > 0
+    assert (await verify_plan(conn, small.plan_id)).verified

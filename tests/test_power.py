@@ -63,6 +63,31 @@ def test_allocation_favours_thin_unidentifiable_and_rising_labs():
     assert got["UNID"].cap == 52 and got["RISE"].cap == 52 and got["THIN"].cap == 42
 
 
+_standing = st.builds(
+    LabStanding, lab_code=st.text("ABCDEFGH", min_size=3, max_size=3), pairs=st.integers(0, 120),
+    identifiable=st.booleans(), arbitration_suggested=st.booleans(),
+    cusum_current=st.none() | st.floats(0.0, 8.0), cusum_limit=st.none() | st.floats(0.5, 6.0),
+    candidates=st.integers(0, 60),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(labs=st.lists(_standing, max_size=12, unique_by=lambda s: s.lab_code), budget=st.integers(1, 400))
+def test_allocation_is_highest_averages_within_caps(labs, budget):
+    got = allocate(labs, budget=budget, required_pairs=52)
+    assert sum(a.retests for a in got) <= budget
+    assert all(0 <= a.retests <= a.cap <= a.candidates for a in got)
+    assert all(a.retests == 0 for a in got if a.priority == 0)
+    waiting = [a.priority / (a.retests + 1) for a in got if a.retests < a.cap and a.priority > 0]
+    # Budget left over only when no lab can take more; otherwise no lab left waiting had a better
+    # claim than the last retest given (D'Hondt).
+    if sum(a.retests for a in got) < budget:
+        assert not waiting
+    given_ = [a.priority / a.retests for a in got if a.retests]
+    if given_ and waiting:
+        assert min(given_) >= max(waiting) - 1e-12
+
+
 def test_allocation_stops_at_caps_and_candidates():
     labs = [LabStanding(lab_code="A", pairs=50, identifiable=True, candidates=100),
             LabStanding(lab_code="B", pairs=0, candidates=3)]
