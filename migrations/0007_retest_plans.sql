@@ -27,7 +27,7 @@ CREATE TABLE retest_plan_samples (
     plan_id           bigint NOT NULL REFERENCES retest_plans (plan_id) ON DELETE CASCADE,
     sample_code       text NOT NULL REFERENCES samples (sample_code),
     original_lab_code text NOT NULL REFERENCES labs (lab_code),
-    category_code     text NOT NULL,
+    category_code     text NOT NULL REFERENCES product_categories (category_code),
     enterprise        text,
     reason            text NOT NULL,
     PRIMARY KEY (plan_id, sample_code)

@@ -224,3 +224,15 @@ async def test_plan_on_the_demo_world(conn, db_url, tmp_path):
     top = max(small.allocation, key=lambda a: (a.priority, a.lab_code))
     assert top.retests > 0
     assert (await verify_plan(conn, small.plan_id)).verified
+
+
+def test_every_plan_route_declares_its_roles():
+    app = create_app(Settings(database_url="postgresql://unused/unused"))
+    # Litestar adds an OPTIONS handler per path (CORS preflight); the plan's own handlers are the rest.
+    handlers = [h for r in app.routes if r.path.startswith("/api/v1/retest-plans") for h in r.route_handlers
+                if "OPTIONS" not in h.http_methods]
+    assert len(handlers) == 4
+    assert all(h.opt.get("roles") == ("officer", "admin") for h in handlers)
+    paths = app.openapi_schema.to_schema()["paths"]
+    assert {"/api/v1/retest-plans", "/api/v1/retest-plans/{plan_id}", "/api/v1/retest-plans/{plan_id}/verify",
+            "/api/v1/retest-plans/{plan_id}/export"} <= set(paths)
