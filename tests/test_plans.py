@@ -236,3 +236,15 @@ def test_every_plan_route_declares_its_roles():
     paths = app.openapi_schema.to_schema()["paths"]
     assert {"/api/v1/retest-plans", "/api/v1/retest-plans/{plan_id}", "/api/v1/retest-plans/{plan_id}/verify",
             "/api/v1/retest-plans/{plan_id}/export"} <= set(paths)
+
+
+async def test_plan_before_any_grading_run(db_url, conn):
+    # No succeeded run: no evidence, so every lab is thin (0 pairs) and not identifiable.
+    await _world(db_url)
+    async with conn.transaction():
+        plan = await create_plan(conn, Policy(), PlanRequest(budget=10, period_start=date(2024, 1, 1),
+                                                             period_end=date(2024, 12, 31), seed=3))
+    assert plan.run_id is None and plan.retests_planned == 10
+    assert all(a.pairs == 0 and a.need == 52 and a.not_identifiable and a.priority == 2.0 for a in plan.allocation)
+    # Equal priorities: D'Hondt gives the five labs two retests each.
+    assert [a.retests for a in plan.allocation] == [2, 2, 2, 2, 2]
