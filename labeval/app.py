@@ -29,6 +29,7 @@ from labeval.api.imports import ImportController
 from labeval.api.keys import KeyController
 from labeval.api.labs import LabController
 from labeval.api.overrides import EventController, OverrideController
+from labeval.api.plans import RetestPlanController
 from labeval.api.problems import ProblemError, not_found_response, problem_response
 from labeval.api.runs import RunController
 from labeval.api.system import health, ready
@@ -101,7 +102,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController, KeyController, AuditController, FeedController, DrawController],
+                        EventController, KeyController, AuditController, FeedController, DrawController,
+                        RetestPlanController],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},

@@ -44,6 +44,7 @@ from labeval.grading.overrides import (
     set_override,
     today_utc,
 )
+from labeval.grading.plans import PlanRefused, PlanRequest, create_plan, verify_plan
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.selection import DrawRequest, UnknownCategory, make_draw, verify_draw
 from labeval.grading.verify import RunNotVerifiable, verify_run
@@ -57,6 +58,8 @@ from labeval.render_runs import (
     diff_table,
     events_table,
     overrides_table,
+    plan_tables,
+    plan_verify_text,
     run_detail,
     runs_table,
     verify_text,
@@ -591,6 +594,65 @@ def ingest(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
     else:
         out.print(render(report))
     sys.exit(3 if report.rejected else 0)
+
+
+class _PlanGroup(click.Group):
+    """`plan --budget N …` makes a plan; `plan verify ID` checks one."""
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            return "make", self.commands["make"], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "--budget N --from DATE --to DATE [--category C ...] | verify ID")
+
+
+@main.group(cls=_PlanGroup, context_settings={"ignore_unknown_options": True})
+def plan() -> None:
+    """Retest plans: `plan --budget N --from DATE --to DATE [--category C ...] [--seed S]`,
+    `plan verify ID`."""
+
+
+@plan.command("make", hidden=True)
+@click.option("--budget", required=True, type=click.IntRange(1, 100_000), help="Retests the round can pay for.")
+@click.option("--from", "start", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="First day of the period (sample dates).")
+@click.option("--to", "end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day of the period.")
+@click.option("--category", "categories", multiple=True, help="Retest this product category (repeatable).")
+@click.option("--top", "top", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="Without --category: how many of the highest-scoring categories.")
+@click.option("--seed", default=None, type=click.IntRange(0, 2**63 - 1), help="Seed of the sample choice.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def plan_make(ctx: click.Context, budget: int, start, end, categories: tuple[str, ...], top: int,
+              seed: int | None, as_json: bool) -> None:
+    """Plan a retest round and store it. Exit 2 when refused."""
+    request = PlanRequest(budget=budget, period_start=start.date(), period_end=end.date(),
+                          product_categories=list(categories) or None, top_categories=top, seed=seed)
+
+    async def make(conn: asyncpg.Connection):
+        async with conn.transaction():
+            return await create_plan(conn, _policy(ctx), request, actor=_actor())
+
+    try:
+        result = with_connection(_settings(ctx), make)
+    except PlanRefused as exc:
+        _fail(f"plan refused: {exc}", 2, as_json)
+    _show(result, as_json, plan_tables)
+
+
+@plan.command("verify")
+@click.argument("plan_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def plan_verify(ctx: click.Context, plan_id: int, as_json: bool) -> None:
+    """Draw a plan's samples again from its stored candidates and seed (exit 0 same, 1 differs)."""
+    try:
+        report = with_connection(_settings(ctx), lambda conn: verify_plan(conn, plan_id))
+    except NotFound as exc:
+        _fail(str(exc), 2, as_json)
+    _show(report, as_json, plan_verify_text)
+    sys.exit(0 if report.verified else 1)
 
 
 @main.command()

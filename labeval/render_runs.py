@@ -1,11 +1,13 @@
-"""Terminal renderings of run history, run diffs, verify reports, overrides and events."""
+"""Terminal renderings of run history, run diffs, verify reports, overrides, events and retest plans."""
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 
 from labeval.db.events import GradeEvent
 from labeval.grading.diff import RunDiff
+from labeval.grading.plans import PlanVerification, RetestPlan
 from labeval.grading.verify import VerifyReport
 from labeval.models import EffectiveGrade, GradingRun, Override
 from labeval.render import ROMAN, _main_reason
@@ -102,3 +104,34 @@ def events_table(rows: list[GradeEvent]) -> Table:
         table.add_row(str(e.seq), e.lab_code, _roman(e.old_class), _roman(e.new_class), _roman(e.effective_class),
                       e.cause, str(e.run_id or ""), str(e.override_id or ""), f"{e.created_at:%Y-%m-%d %H:%M:%S}")
     return table
+
+
+def plan_tables(plan: RetestPlan) -> Group:
+    """A retest plan: the categories, the retests per lab and why (samples: --json or export)."""
+    p = plan.power
+    cats = Table(title=(
+        f"retest plan {plan.plan_id} · budget {plan.budget} · {plan.period_start} – {plan.period_end} · "
+        f"seed {plan.seed} · run {plan.run_id if plan.run_id is not None else '—'} · "
+        f"{p.required_pairs} pairs per lab detect {p.bad_rate:.0%} against {p.baseline_rate:.0%} "
+        f"(α {p.alpha:g}, power {p.achieved_power:.2f})"
+    ))
+    for col in ("rank", "category", "score", "disc ×", "rev ×", "fail ×", "pairs/lab", "candidates", "chosen"):
+        cats.add_column(col)
+    for r in plan.ranking:
+        cats.add_row(str(r.rank), r.category_code, f"{r.score:.3f}", f"{r.discrepancy_ratio:.2f}",
+                     f"{r.reversal_ratio:.2f}", f"{r.fail_ratio:.2f}", f"{r.pairs_per_lab:.1f}", str(r.candidates),
+                     "yes" if r.chosen else "")
+    labs = Table(title=f"{plan.retests_planned} retests planned, {plan.unallocated} of the budget unallocated")
+    for col in ("lab", "pairs", "need", "priority", "cap", "candidates", "retests", "why"):
+        labs.add_column(col)
+    for a in sorted(plan.allocation, key=lambda a: (-a.retests, a.lab_code)):
+        labs.add_row(a.lab_code, str(a.pairs), str(a.need), f"{a.priority:.3f}", str(a.cap), str(a.candidates),
+                     str(a.retests), "; ".join(a.reasons))
+    return Group(cats, labs)
+
+
+def plan_verify_text(report: PlanVerification) -> str:
+    if report.verified:
+        return f"retest plan {report.plan_id}: verified (seed {report.seed} draws the stored samples)"
+    return (f"retest plan {report.plan_id}: NOT verified; the stored samples of "
+            f"{', '.join(report.differing_labs)} are not what seed {report.seed} draws")
