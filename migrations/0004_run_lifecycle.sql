@@ -118,14 +118,15 @@ $$;
 CREATE TRIGGER grade_events_seq BEFORE INSERT ON grade_events
     FOR EACH ROW EXECUTE FUNCTION grade_events_assign_seq();
 
-CREATE FUNCTION grade_events_append_only() RETURNS trigger
+-- One refusal for every append-only table (grade_events here; the audit log later).
+CREATE FUNCTION refuse_append_only_change() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'grade_events is append-only (% refused)', TG_OP
+    RAISE EXCEPTION '% is append-only (% refused)', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;
 CREATE TRIGGER grade_events_no_update BEFORE UPDATE OR DELETE ON grade_events
-    FOR EACH ROW EXECUTE FUNCTION grade_events_append_only();
+    FOR EACH ROW EXECUTE FUNCTION refuse_append_only_change();
 CREATE TRIGGER grade_events_no_truncate BEFORE TRUNCATE ON grade_events
-    FOR EACH STATEMENT EXECUTE FUNCTION grade_events_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_append_only_change();

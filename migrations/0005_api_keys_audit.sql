@@ -42,14 +42,8 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_actor ON audit_log (actor, id);
 CREATE INDEX audit_log_action ON audit_log (action, id);
 
-CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-
+-- The refusal function of 0004 serves every append-only table.
 CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log
-    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+    FOR EACH ROW EXECUTE FUNCTION refuse_append_only_change();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_append_only_change();
