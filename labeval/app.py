@@ -15,10 +15,11 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTI
 
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
+from labeval.api.middleware import RequestMiddleware
 from labeval.api.overrides import EventController, OverrideController
 from labeval.api.problems import ProblemError, not_found_response, problem_response
 from labeval.api.runs import RunController
-from labeval.api.system import health, ready
+from labeval.api.system import health, prometheus_metrics, ready
 from labeval.config import Settings
 from labeval.db.errors import NotFound
 from labeval.db.migrate import migrate
@@ -26,8 +27,9 @@ from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
+from labeval.metrics import Metrics
 from labeval.policy_file import load_policy
-from labeval.scheduler import build_scheduler, catch_up_missed_run
+from labeval.scheduler import build_scheduler, catch_up_missed_run, stop_scheduler
 from scoring.policy import Policy
 
 
@@ -51,6 +53,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
     bad policy file stops the start instead of the first grading run (PolicyError)."""
     if policy is None:
         policy = load_policy(settings.policy)
+    # This app's own registry: apps made in one process (tests) never share series.
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
@@ -80,20 +84,24 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         try:
             yield
         finally:
-            sched.shutdown(wait=False)
+            # A running job may finish (up to the shutdown timeout); then it is cancelled.
+            await stop_scheduler(sched, app.state, settings.shutdown_timeout)
 
     return Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController],
+                        EventController,
+                        *([prometheus_metrics] if settings.metrics == "on" else [])],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
+        # First: the request id is set before anything else runs and logs.
+        middleware=[RequestMiddleware(metrics)],
         exception_handlers={
             asyncpg.IntegrityConstraintViolationError: _constraint_violation,
             ProblemError: problem_response,
             NotFound: not_found_response,
         },
-        state=State({"settings": settings, "policy": policy}),
+        state=State({"settings": settings, "policy": policy, "metrics": metrics}),
         openapi_config=OpenAPIConfig(title="labeval", version="1", path="/schema"),
         logging_config=None,
         debug=False,
