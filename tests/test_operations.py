@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
 
 import asyncpg
@@ -53,11 +54,15 @@ def log_lines(buf: io.StringIO) -> list[dict]:
 
 class Hold:
     """Stands in for the run's test hook: a run that has written its grades (not yet committed)
-    signals `reached` and then takes `seconds` more."""
+    signals `reached` and then takes `seconds` more. A thread-safe event: AsyncTestClient serves
+    the app on an event loop of its own."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.reached = asyncio.Event()
+        self.reached = threading.Event()
+
+    async def wait_reached(self) -> None:
+        assert await asyncio.to_thread(self.reached.wait, 30), "the run never reached its hold"
 
     async def __call__(self) -> None:
         self.reached.set()
@@ -280,7 +285,7 @@ async def test_shutdown_lets_an_in_flight_request_finish(db_url: str, hold: Hold
     server, serving, base = await _serve(app, timeout=30)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         request = asyncio.create_task(client.post("/api/v1/runs", json={"as_of": AS_OF.isoformat()}))
-        await asyncio.wait_for(hold.reached.wait(), 30)
+        await hold.wait_reached()
         server.should_exit = True  # what uvicorn's SIGTERM handler does
         response = await request
     await asyncio.wait_for(serving, 60)
@@ -296,7 +301,7 @@ async def test_shutdown_timeout_cancels_a_run_marks_it_failed_and_frees_the_lock
     server, serving, base = await _serve(app, timeout=0.5)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         request = asyncio.create_task(client.post("/api/v1/runs", json={"as_of": AS_OF.isoformat()}))
-        await asyncio.wait_for(hold.reached.wait(), 30)
+        await hold.wait_reached()
         server.should_exit = True
         # Cancelled after the timeout: uvicorn answers 500 for a handler that never answered.
         assert (await request).status_code == 500
@@ -315,7 +320,7 @@ async def test_shutdown_waits_for_a_running_scheduled_job_up_to_the_timeout(
     app = create_app(Settings(database_url=db_url, grading_cron="", shutdown_timeout=timeout), small_policy())
     async with AsyncTestClient(app):
         app.state.scheduler.add_job(scheduled_grading, args=[app.state], id="test-run")
-        await asyncio.wait_for(hold.reached.wait(), 30)
+        await hold.wait_reached()
     assert app.state.scheduler.state == STATE_STOPPED
     assert [s for s, _ in await run_rows(db_url)] == [expected]
     assert await lock_is_free(db_url)
