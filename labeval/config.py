@@ -29,7 +29,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     metrics: Literal["on", "off"] = "on"
     # Seconds `serve` gives in-flight requests to finish once told to stop, and then again the
     # scheduled job that is running; what is still running after that is cancelled.
-    shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 20.0
+    shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # Path to a policy TOML; None uses the default shipped in scoring/.
     policy: str | None = None
     # Cron expression (5 fields) for the scheduled grading run; empty disables it.

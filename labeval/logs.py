@@ -31,8 +31,9 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("labeva
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
+# (uvicorn adds color_message: the message again with terminal colour codes.)
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "request_id", "request_tag", "taskName",
+    "message", "asctime", "request_id", "request_tag", "taskName", "color_message",
 }
 
 

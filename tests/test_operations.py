@@ -17,12 +17,15 @@ import httpx
 import pytest
 import uvicorn
 from apscheduler.schedulers.base import STATE_STOPPED
+from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_grading_run import AS_OF, seed, small_policy
 
+import labeval.cli
 import labeval.grading.run
 from labeval.app import create_app
+from labeval.cli import main
 from labeval.config import Settings
 from labeval.db.runs import RUN_LOCK_KEY
 from labeval.logs import accept_request_id, configure_logging, request_context
@@ -324,3 +327,25 @@ async def test_shutdown_waits_for_a_running_scheduled_job_up_to_the_timeout(
     assert app.state.scheduler.state == STATE_STOPPED
     assert [s for s, _ in await run_rows(db_url)] == [expected]
     assert await lock_is_free(db_url)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "expected_format"),
+    [({}, ["serve"], "json"), ({}, ["db", "status", "--help"], "text"), ({"LABEVAL_LOG_FORMAT": "TEXT"}, ["serve"], "text"),
+     ({"LABEVAL_LOG_FORMAT": "json"}, ["db", "status", "--help"], "json")],
+)
+def test_the_command_configures_logging_once_json_for_serve(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str], expected_format: str
+) -> None:
+    configured: list[tuple[str, str]] = []
+    served: list[dict] = []
+    monkeypatch.setattr(labeval.cli, "configure_logging", lambda level, fmt: configured.append((level, fmt)))
+    monkeypatch.setattr(labeval.cli.uvicorn, "run", lambda app, **kw: served.append(kw))
+    # --help: the group has configured logging by then; the URL points nowhere and is never used.
+    result = CliRunner().invoke(main, ["--database-url", "postgresql://nowhere/x", *args],
+                                env={"LABEVAL_SHUTDOWN_TIMEOUT": "7.5", **env}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert configured == [("INFO", expected_format)]
+    if args == ["serve"]:
+        [kw] = served
+        assert (kw["timeout_graceful_shutdown"], kw["log_config"], kw["access_log"]) == (7.5, None, False)
