@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTI
 
 from labeval.api.imports import ImportController
 from labeval.api.labs import LabController
-from labeval.api.middleware import RequestMiddleware
+from labeval.api.middleware import RequestMiddleware, remember_exception
 from labeval.api.overrides import EventController, OverrideController
 from labeval.api.problems import ProblemError, not_found_response, problem_response
 from labeval.api.runs import RunController
@@ -96,6 +96,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         dependencies={"conn": Provide(provide_conn)},
         # First: the request id is set before anything else runs and logs.
         middleware=[RequestMiddleware(metrics)],
+        after_exception=[remember_exception],
         exception_handlers={
             asyncpg.IntegrityConstraintViolationError: _constraint_violation,
             ProblemError: problem_response,

@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_grading_run import AS_OF, seed, small_policy
 
+import labeval.api.labs
 import labeval.cli
 import labeval.grading.run
 from labeval.app import create_app
@@ -349,3 +350,22 @@ def test_the_command_configures_logging_once_json_for_serve(
     if args == ["serve"]:
         [kw] = served
         assert (kw["timeout_graceful_shutdown"], kw["log_config"], kw["access_log"]) == (7.5, None, False)
+
+
+async def test_a_server_error_is_logged_with_its_traceback_and_request_id(
+    db_url: str, json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(conn: asyncpg.Connection) -> list:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(labeval.api.labs, "list_labs", broken)
+    app = create_app(Settings(database_url=db_url, grading_cron=""))
+    async with AsyncTestClient(app) as client:
+        answer = await client.get("/api/v1/labs", headers={"X-Request-ID": "err-1"})
+        assert answer.status_code == 500 and answer.headers["x-request-id"] == "err-1"
+        got = samples((await client.get("/metrics")).text)
+    [line] = [x for x in log_lines(json_log) if x["logger"] == "labeval.access" and x["status"] == 500]
+    assert (line["level"], line["request_id"], line["route"]) == ("ERROR", "err-1", "/api/v1/labs")
+    assert "RuntimeError: disk on fire" in line["exception"]
+    assert got[("labeval_http_requests_total",
+                frozenset({"route": "/api/v1/labs", "method": "GET", "status": "500"}.items()))] == 1

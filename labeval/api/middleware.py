@@ -1,6 +1,7 @@
 """Around every HTTP request: its id (taken from X-Request-ID or made here, echoed in the
-response, carried by every log line emitted while serving it), an access log line, and the
-request metrics by route template, method and status."""
+response, carried by every log line emitted while serving it), an access log line (at ERROR with
+the traceback when the answer is a 5xx), and the request metrics by route template, method and
+status."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ access_log = logging.getLogger("labeval.access")
 # Probes and scrapes arrive every few seconds: their access lines are DEBUG, not INFO.
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 _HEADER = REQUEST_ID_HEADER.encode("latin-1")
+# Scope state key of the exception a handler raised (litestar turns it into the response).
+_EXCEPTION = "labeval_exception"
+
+
+async def remember_exception(exc: Exception, scope: Scope) -> None:
+    """after_exception hook: keep the exception, so a 5xx access line can show its traceback
+    (litestar's own exception logging is off: logging is configured once, by the command)."""
+    scope.setdefault("state", {})[_EXCEPTION] = exc
 
 
 def _offered_id(scope: Scope) -> str | None:
@@ -57,9 +66,11 @@ class RequestMiddleware(ASGIMiddleware):
                 route = scope.get("path_template") or "<unmatched>"
                 method = scope.get("method", "GET")
                 self.metrics.observe_request(route, method, status, seconds)
+                failed = status >= 500
                 access_log.log(
-                    logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
+                    logging.ERROR if failed else logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
                     "%s %s %d %.1f ms", method, scope["path"], status, seconds * 1000,
+                    exc_info=scope.get("state", {}).get(_EXCEPTION) if failed else None,
                     extra={"method": method, "path": scope["path"], "route": route, "status": status,
                            "duration_ms": round(seconds * 1000, 3)},
                 )
