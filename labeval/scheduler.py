@@ -5,11 +5,18 @@ APScheduler when it starts again. The database knows: at start, if the cron expr
 after the last scheduled run started (grading_runs, trigger "schedule"), one run is made at
 once, however many were missed. With no scheduled run at all in the database (a new
 installation) nothing is caught up: the first run is the next one due.
+
+At shutdown (stop_scheduler) no new job starts, the job that is running may finish within the
+shutdown timeout, and one still running after it is cancelled: a cancelled grading run marks its
+row failed and gives the run lock back before the pool closes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -21,6 +28,7 @@ from labeval.db import audit
 from labeval.db.grading import last_scheduled_start
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import RunInProgress, run_grading
+from labeval.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +36,44 @@ GRADING_JOB_ID = "grading-run"
 EXPIRY_JOB_ID = "override-expiry"
 CATCH_UP_JOB_ID = "grading-run-catch-up"
 
+# State key: the tasks of the jobs running now, which stop_scheduler lets finish.
+_IN_FLIGHT = "scheduler_jobs_in_flight"
 
+# Cancelled jobs get this long to clean up (mark their run failed) before the pool closes.
+_CANCEL_GRACE_S = 5.0
+
+
+def _drained_at_shutdown(job: Callable[[State], Awaitable[None]]) -> Callable[[State], Awaitable[None]]:
+    @functools.wraps(job)
+    async def run(state: State) -> None:
+        in_flight: set[asyncio.Task[object]] = state.setdefault(_IN_FLIGHT, set())
+        task = asyncio.current_task()
+        if task is not None:
+            in_flight.add(task)
+        try:
+            await job(state)
+        finally:
+            in_flight.discard(task)  # type: ignore[arg-type]
+
+    return run
+
+
+@_drained_at_shutdown
 async def scheduled_grading(state: State) -> None:
+    metrics: Metrics = state.metrics
     async with state.pool.acquire() as conn:
         try:
-            result = await run_grading(conn, state.policy, trigger="schedule", actor="scheduler")
+            with metrics.grading_run("schedule", refused=RunInProgress):
+                result = await run_grading(conn, state.policy, trigger="schedule", actor="scheduler")
         except RunInProgress as exc:
             # Same lock as the CLI and the API: another replica or an officer is running one.
             log.warning("scheduled grading run skipped: %s", exc)
             return
         await audit.append(conn, actor="scheduler", action="grade",
                            target={"run_id": result.run_id, "as_of": result.as_of.isoformat()})
-    log.info("scheduled grading run %s graded %d labs", result.run_id, len(result.grades))
 
 
+@_drained_at_shutdown
 async def scheduled_expiry(state: State) -> None:
     """Append the expiry events of overrides past their date (reads already ignore them)."""
     async with state.pool.acquire() as conn:
@@ -129,3 +161,20 @@ async def catch_up_missed_run(scheduler: AsyncIOScheduler, settings: Settings, s
     log.warning("a scheduled grading run was missed while the service was down: running one now")
     scheduler.add_job(scheduled_grading, args=[state], id=CATCH_UP_JOB_ID, replace_existing=True)
     return True
+
+
+async def stop_scheduler(scheduler: AsyncIOScheduler, state: State, timeout: float) -> None:
+    """Start no new job, let the running ones finish for up to `timeout` seconds, cancel the rest
+    and wait (briefly) for their cleanup."""
+    scheduler.pause()
+    running = {t for t in state.get(_IN_FLIGHT, ()) if not t.done()}
+    late: set[asyncio.Task[object]] = set()
+    if running:
+        log.info("waiting up to %.0f s for %d scheduled job(s) to finish", timeout, len(running))
+        _, late = await asyncio.wait(running, timeout=timeout) if timeout > 0 else (set(), running)
+    scheduler.shutdown(wait=False)
+    if late:
+        log.warning("cancelling %d scheduled job(s) still running after %.0f s", len(late), timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late, timeout=_CANCEL_GRACE_S)

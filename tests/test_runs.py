@@ -50,6 +50,7 @@ from labeval.grading.run import (
 )
 from labeval.grading.verify import verify_run
 from labeval.ingest import ingest_frame
+from labeval.metrics import Metrics
 from labeval.scheduler import scheduled_grading
 from scoring.grading import Reason
 from scoring.policy import policy_hash
@@ -614,7 +615,7 @@ async def test_scheduled_run_is_skipped_while_another_run_holds_the_lock(db_url:
     pool = await create_pool(db_url)
     try:
         assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", RUN_LOCK_KEY)
-        await scheduled_grading(State({"policy": small_policy(), "pool": pool}))
+        await scheduled_grading(State({"policy": small_policy(), "pool": pool, "metrics": Metrics()}))
         async with pool.acquire() as c:
             assert await c.fetchval("SELECT count(*) FROM grading_runs") == 0
     finally:

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from labeval.app import create_app
 from labeval.config import Settings
 from labeval.db.pool import create_pool
+from labeval.metrics import Metrics
 from labeval.scheduler import (
     EXPIRY_JOB_ID,
     GRADING_JOB_ID,
@@ -53,7 +54,7 @@ async def test_scheduled_run_is_stored_with_its_trigger(db_url: str) -> None:
         await conn.close()
     pool = await create_pool(db_url)
     try:
-        await scheduled_grading(State({"policy": Policy(), "pool": pool}))
+        await scheduled_grading(State({"policy": Policy(), "pool": pool, "metrics": Metrics()}))
         async with pool.acquire() as c:
             row = await c.fetchrow("SELECT trigger, n_labs, status FROM grading_runs")
             grade = await c.fetchrow("SELECT class, change FROM lab_grades WHERE lab_code = 'A'")

@@ -10,8 +10,6 @@ answer leaves the server, refused attempts (403, 4xx) included.
 from __future__ import annotations
 
 import hashlib
-import re
-import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -27,32 +25,20 @@ from labeval.api.auth import AUDIT, Principal
 from labeval.api.problems import PROBLEM_HANDLERS
 from labeval.db import audit
 from labeval.db.audit import AuditEntry
+from labeval.logs import current_request_id
 
-REQUEST_ID_HEADER = "x-request-id"
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# A caller's own request id is kept when it is a plain token; anything else is replaced.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER.encode():
-            candidate = value.decode("latin-1")
-            if _REQUEST_ID.match(candidate):
-                return candidate
-    return uuid.uuid4().hex
 
 
 class AuditMiddleware(ASGIMiddleware):
-    """Gives every HTTP request a request id (X-Request-ID, echoed in the answer) and writes the
-    audit row of a state-changing API request before its answer starts."""
+    """Writes the audit row of a state-changing API request before its answer starts, under the
+    request id that labeval.api.middleware gave the request (it runs first)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if scope["type"] != "http":
             await next_app(scope, receive, send)
             return
-        request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = current_request_id()
         audited = scope["method"] in _STATE_CHANGING and scope["path"].startswith("/api/v1/")
         body = hashlib.sha256()
         seen_body = False
@@ -78,8 +64,6 @@ class AuditMiddleware(ASGIMiddleware):
                             payload_digest=body.hexdigest() if seen_body else None,
                             request_id=request_id, status=message["status"],
                         )
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (REQUEST_ID_HEADER.encode(), request_id.encode())]}
             await send(message)
 
         await next_app(scope, receive_hashed if audited else receive, send_audited)

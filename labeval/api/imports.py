@@ -31,6 +31,7 @@ from labeval.ingest.errors import UnknownKind, UnreadableFile
 from labeval.ingest.kinds import resolve_kind
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 from labeval.ingest.report import ImportReport
+from labeval.metrics import Metrics
 
 _CHUNK = 1 << 20
 
@@ -46,7 +47,8 @@ class ImportController(Controller):
         may list rejects); 400 when the input is not a readable table; 404 for an unknown kind.
         A failed import stays in the import log with its error."""
         try:
-            resolve_kind(kind)
+            # The canonical name labels the metrics (aliases and spellings map to one series).
+            report_kind = resolve_kind(kind).kind
         except UnknownKind as e:
             raise NotFoundException(str(e)) from e
         # Who is importing: the API key that passed the guard.
@@ -68,13 +70,22 @@ class ImportController(Controller):
                 raise ClientException("a JSON body must be an array of objects (one per row)")
         # The import is its own unit of work on a connection of its own, not the per-request
         # transaction: a failure rolls the import back but must keep its `failed` record.
+        metrics: Metrics = state.metrics
         async with state.pool.acquire() as conn:
             try:
                 if upload is not None:
-                    return await _ingest_upload(conn, kind, upload, user)
-                return await ingest_frame(conn, kind, rows, file_name=None, source="api", user=user)
+                    report = await _ingest_upload(conn, kind, upload, user)
+                else:
+                    report = await ingest_frame(conn, kind, rows, file_name=None, source="api", user=user)
             except UnreadableFile as e:
+                metrics.import_failed(report_kind)
                 raise ClientException(str(e)) from e
+            except BaseException:
+                metrics.import_failed(report_kind)
+                raise
+        metrics.import_done(report_kind, accepted=report.accepted, rejected=report.rejected,
+                            duplicates=report.duplicates)
+        return report
 
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(

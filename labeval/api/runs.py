@@ -20,6 +20,7 @@ from labeval.grading.diff import RunDiff, diff_runs
 from labeval.grading.overrides import effective_grades
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
+from labeval.metrics import Metrics
 from labeval.models import EffectiveGrade, GradingRun
 
 
@@ -83,9 +84,10 @@ class RunController(Controller):
         another run holds the run lock."""
         # Its own connection: the run holds the run lock on its session, reads one snapshot and
         # commits on its own, which cannot nest inside the per-request transaction.
+        metrics: Metrics = state.metrics
         async with state.pool.acquire() as conn:
             try:
-                return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api",
-                                         actor=request.user.actor)
+                with metrics.grading_run("api", refused=RunInProgress):
+                    return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api", actor=request.user.actor)
             except RunInProgress as exc:
                 raise ProblemError(HTTP_409_CONFLICT, "Grading run in progress", str(exc)) from exc

@@ -238,12 +238,15 @@ async def run_grading(
             code_version=code_version(),
         )
         try:
-            return await _execute(conn, run_id, as_of, policy, p_hash)
+            result = await _execute(conn, run_id, as_of, policy, p_hash)
         except BaseException as exc:
             # Shielded: a cancelled request must still leave the run marked, not 'running'.
             with contextlib.suppress(Exception):
                 await asyncio.shield(runs.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}"))
             raise
+    log.info("grading run %d (%s) graded %d labs from %d pairs as of %s", result.run_id, trigger,
+             result.n_labs, result.n_pairs, as_of)
+    return result
 
 
 async def _execute(conn: asyncpg.Connection, run_id: int, as_of: date, policy: Policy, p_hash: str) -> GradingRun:

@@ -1,0 +1,123 @@
+"""Process logging: one handler on the root logger writing JSON objects or text lines, and the id
+of the HTTP request being served on every line emitted while serving it.
+
+The request id lives in a context variable: set by the request middleware around the handler, it
+follows the request into everything the handler awaits and into worker threads started with
+asyncio.to_thread (which copy the context), so a query or a grading step logs under its request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+import msgspec
+
+LogFormat = Literal["json", "text"]
+
+REQUEST_ID_HEADER = "x-request-id"
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("labeval_request_id", default=None)
+
+# A caller's id is taken as it is only when it is a short token: it is written into every log
+# line and echoed in a header, so free text (spaces, quotes, newlines) is never accepted.
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
+# (uvicorn adds color_message: the message again with terminal colour codes.)
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "request_id", "request_tag", "taskName", "color_message",
+}
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, None outside a request (scheduled jobs, the CLI)."""
+    return _request_id.get()
+
+
+def accept_request_id(offered: str | None) -> str:
+    """The caller's X-Request-ID when it is a short token, else a new random id."""
+    if offered and _TOKEN.fullmatch(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def request_context(request_id: str) -> Iterator[None]:
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+class _RequestIdFilter(logging.Filter):
+    """Stamps the record with the request id when it is made (in the emitting task or thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = _request_id.get()
+        record.request_id = rid
+        record.request_tag = f" [{rid}]" if rid else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: timestamp (UTC, ISO 8601), level, logger, message, request_id
+    (null outside a request), the record's `extra` fields, and the exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in line:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        # str() for anything JSON has no type for, rather than losing the line.
+        return msgspec.json.encode(line, enc_hook=str).decode()
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to sys.stderr as it is when a line is written (click's runner swaps it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
+def configure_logging(level: str, fmt: LogFormat, *, stream: TextIO | None = None, force: bool = False) -> None:
+    """Configure the root logger once, for the whole process (the `labeval` command calls it).
+
+    Like logging.basicConfig it leaves a root logger that already has handlers alone (a host that
+    embeds labeval, or a test runner, has configured logging its own way) unless `force`.
+    """
+    root = logging.getLogger()
+    if root.handlers and not force:
+        return
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
