@@ -14,6 +14,7 @@ from labeval.logs import LogFormat
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 _ENV_PREFIX = "LABEVAL_"
+_EMPTY_IS_A_VALUE = frozenset({"grading_cron"})
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -54,7 +55,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         for key, value in env.items():
             if key.startswith(_ENV_PREFIX):
                 name = key[len(_ENV_PREFIX) :].lower()
-                if name in fields and value != "":
+                # An empty variable is "not set", except where empty is a value of its own
+                # (LABEVAL_GRADING_CRON="" switches the schedule off).
+                if name in fields and (value != "" or name in _EMPTY_IS_A_VALUE):
                     raw[name] = value
         raw.update({k: v for k, v in overrides.items() if v is not None})
         if "log_level" in raw:

@@ -23,3 +23,9 @@ def test_bad_values_name_the_field(env: dict[str, str]) -> None:
     with pytest.raises(msgspec.ValidationError, match=r"\$\.(port|log_level)"):
         Settings.from_env(env)
 
+
+
+def test_an_empty_cron_switches_the_schedule_off() -> None:
+    # README: LABEVAL_GRADING_CRON empty disables the scheduled run (it is not "unset")
+    assert Settings.from_env({"LABEVAL_GRADING_CRON": ""}).grading_cron == ""
+    assert Settings.from_env({}).grading_cron == "0 2 * * *"
