@@ -24,7 +24,6 @@ from litestar.params import FromQuery
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeval.api.auth import AUDIT, Principal
-from labeval.api.problems import PROBLEM_HANDLERS
 from labeval.db import audit
 from labeval.db.audit import AuditEntry
 
@@ -88,7 +87,6 @@ class AuditMiddleware(ASGIMiddleware):
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": AUDIT})
     async def list_(

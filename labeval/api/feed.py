@@ -16,7 +16,7 @@ from litestar.enums import MediaType
 from litestar.params import FromQuery
 from litestar.status_codes import HTTP_304_NOT_MODIFIED, HTTP_404_NOT_FOUND
 
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.problems import ProblemError, spec
 from labeval.config import Settings
 from labeval.db import events
 from labeval.db.events import GradeEvent
@@ -56,7 +56,6 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 class FeedController(Controller):
     path = "/api/v1/feed"
     tags = ["feed"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/eligibility", opt=FEED_ROLES, responses={404: spec("No such product category.")})
     async def eligibility(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import asyncpg
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
@@ -18,6 +20,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from labeval.api.auth import IMPORT, READ_WITH_GRADER
 from labeval.db.imports import (
     ChangeRecord,
+    ImportPage,
     ImportRecord,
     RejectRecord,
     get_import,
@@ -79,10 +82,12 @@ class ImportController(Controller):
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], kind: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 50, offset: FromQuery[int] = 0,
-    ) -> list[ImportRecord]:
-        """The import log, newest first."""
-        return await list_imports(conn, kind=kind, limit=min(max(limit, 1), 1000), offset=max(offset, 0))
+        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 50,
+        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)] | None] = None,
+    ) -> ImportPage:
+        """The import log, newest first; `after` is the `next` of the page before."""
+        rows = await list_imports(conn, kind=kind, limit=limit + 1, before=after)
+        return ImportPage(items=rows[:limit], next=rows[limit - 1].import_id if len(rows) > limit else None)
 
     @get("/{import_id:int}", opt={"roles": READ_WITH_GRADER})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> ImportRecord:

@@ -14,13 +14,13 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from labeval.api.auth import READ_WITH_GRADER, START_RUN
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.problems import ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
 from labeval.grading.overrides import effective_grades
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
-from labeval.models import EffectiveGrade, GradingRun
+from labeval.models import EffectiveGrade, GradingRun, RunPage
 
 
 class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -31,18 +31,19 @@ class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
 class RunController(Controller):
     path = "/api/v1/runs"
     tags = ["grading"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self,
         conn: NamedDependency[asyncpg.Connection],
         limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=500)]] = 50,
-        offset: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
+        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)] | None] = None,
         status: FromQuery[Literal["running", "succeeded", "failed", "abandoned"] | None] = None,
-    ) -> list[GradingRun]:
-        """Grading runs of every status (or one), newest first (grades not included)."""
-        return await list_runs(conn, limit=limit, offset=offset, status=status)
+    ) -> RunPage:
+        """Grading runs of every status (or one), newest first (grades not included); `after`
+        is the `next` of the page before (runs older than that run)."""
+        rows = await list_runs(conn, limit=limit + 1, before=after, status=status)
+        return RunPage(items=rows[:limit], next=rows[limit - 1].run_id if len(rows) > limit else None)
 
     @get("/{run_id:int}", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
