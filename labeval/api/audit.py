@@ -13,10 +13,8 @@ import hashlib
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated
 
 import asyncpg
-import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.middleware import ASGIMiddleware
@@ -24,6 +22,7 @@ from litestar.params import FromQuery
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeval.api.auth import AUDIT, Principal
+from labeval.api.paging import Limit, Seq
 from labeval.db import audit
 from labeval.db.audit import AuditEntry
 
@@ -91,8 +90,8 @@ class AuditController(Controller):
     @get("/", opt={"roles": AUDIT})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        after: Seq = 0,
+        limit: Limit = 100,
         actor: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,

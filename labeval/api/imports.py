@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 import asyncpg
-import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
@@ -18,6 +16,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED
 
 from labeval.api.auth import IMPORT, READ_WITH_GRADER
+from labeval.api.paging import After, Limit
 from labeval.db.imports import (
     ChangeRecord,
     ImportPage,
@@ -82,8 +81,8 @@ class ImportController(Controller):
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], kind: FromQuery[str | None] = None,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 50,
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)] | None] = None,
+        limit: Limit = 50,
+        after: After = None,
     ) -> ImportPage:
         """The import log, newest first; `after` is the `next` of the page before."""
         rows = await list_imports(conn, kind=kind, limit=limit + 1, before=after)

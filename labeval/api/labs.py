@@ -13,6 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from labeval.api.auth import READ
+from labeval.api.paging import After, Limit
 from labeval.api.problems import spec
 from labeval.db import labs as q
 from labeval.db import overrides
@@ -23,8 +24,6 @@ from labeval.models import ClassCode, LabDetail, LabPage, PairPage, ResultPage, 
 from scoring.grading import STATISTICAL_CAPS
 from scoring.policy import Policy
 
-Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-IdCursor = Annotated[int, msgspec.Meta(ge=0)]
 _NOT_FOUND = {404: spec("No such lab.")}
 
 
@@ -44,7 +43,7 @@ class LabController(Controller):
         not_identifiable: Annotated[bool | None, QueryParameter(
             name="not_identifiable", description="The latest evidence could not tell the lab apart.")] = None,
         after: Annotated[str | None, QueryParameter(name="after", description="The `next` of the page before.")] = None,
-        limit: FromQuery[Limit] = 100,
+        limit: Limit = 100,
     ) -> LabPage:
         """Labs by code with their computed class, the override in force and the class that
         applies (`effective_class`); filters combine with AND."""
@@ -70,7 +69,7 @@ class LabController(Controller):
     @get("/{code:str}/pairs", opt={"roles": READ}, responses=_NOT_FOUND)
     async def pairs(
         self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str],
-        after: FromQuery[IdCursor | None] = None, limit: FromQuery[Limit] = 100,
+        after: After = None, limit: Limit = 100,
     ) -> PairPage:
         """The lab's pairs completed in the window of its latest run (as original, retest or
         arbitration lab), by pair_id, each with its outcome under that run's policy. Pairs
@@ -87,7 +86,7 @@ class LabController(Controller):
     @get("/{code:str}/results", opt={"roles": READ}, responses=_NOT_FOUND)
     async def results(
         self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str],
-        after: FromQuery[IdCursor | None] = None, limit: FromQuery[Limit] = 100,
+        after: After = None, limit: Limit = 100,
     ) -> ResultPage:
         """The lab's current results (corrections superseded), by result_id."""
         await q.lab_exists(conn, code)

@@ -13,6 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.api.auth import OVERRIDE, READ
+from labeval.api.paging import After, Limit, Seq
 from labeval.api.problems import ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
@@ -54,8 +55,8 @@ class OverrideController(Controller):
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], lab: FromQuery[str | None] = None,
         all: FromQuery[bool] = False,
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)] | None] = None,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        after: After = None,
+        limit: Limit = 100,
     ) -> OverridePage:
         """Overrides in force today (all=true: every override ever set), newest first; `after`
         is the `next` of the page before."""
@@ -96,8 +97,8 @@ class EventController(Controller):
     @get("/", opt={"roles": READ})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        after: Seq = 0,
+        limit: Limit = 100,
     ) -> list[GradeEvent]:
         """Grade-change events with seq > after, in seq order. seq has no gaps and a higher seq
         never commits before a lower one, so reading from the last seq seen misses nothing."""

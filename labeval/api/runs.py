@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -14,6 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from labeval.api.auth import READ_WITH_GRADER, START_RUN
+from labeval.api.paging import After, Limit
 from labeval.api.problems import ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
@@ -36,8 +37,8 @@ class RunController(Controller):
     async def list_(
         self,
         conn: NamedDependency[asyncpg.Connection],
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=500)]] = 50,
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)] | None] = None,
+        limit: Limit = 50,
+        after: After = None,
         status: FromQuery[Literal["running", "succeeded", "failed", "abandoned"] | None] = None,
     ) -> RunPage:
         """Grading runs of every status (or one), newest first (grades not included); `after`
