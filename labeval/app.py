@@ -28,7 +28,7 @@ from labeval.api.imports import ImportController
 from labeval.api.keys import KeyController
 from labeval.api.labs import LabController, SampleController
 from labeval.api.overrides import EventController, OverrideController
-from labeval.api.problems import PROBLEM_HANDLERS
+from labeval.api.problems import PROBLEM_HANDLERS, document_errors
 from labeval.api.runs import RunController
 from labeval.api.system import health, ready
 from labeval.config import Settings
@@ -114,4 +114,5 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         raise ImproperlyConfiguredException(
             "routes without opt roles or public (labeval.api.auth): " + ", ".join(missing))
     document_guard(app.routes)
+    document_errors(app.routes)
     return app

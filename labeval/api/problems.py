@@ -5,14 +5,19 @@ methods (405), the service's own errors and unexpected failures (500) all answer
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
 import asyncpg
 import msgspec
+
+# asyncpg raises this one (not exported) for an argument it cannot encode, e.g. an int beyond int64.
+from asyncpg.exceptions._base import DataError as ArgumentError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.db.errors import NotFound
@@ -78,6 +83,13 @@ def constraint_response(_: Request, exc: asyncpg.IntegrityConstraintViolationErr
     return _answer(Problem(title=_title(status), status=status, detail=detail))
 
 
+def data_response(_: Request, exc: Exception) -> Response[Problem]:
+    """A value from the request the database cannot take: an id beyond bigint, a date PostgreSQL
+    cannot represent. Path integers are unbounded in litestar, so this is the one place that
+    catches them all."""
+    return _answer(Problem(title="Bad Request", status=400, detail=f"A value in the request is out of range: {exc}"))
+
+
 def internal_response(request: Request, exc: Exception) -> Response[Problem]:
     # The cause goes to the log, not to the caller.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -92,6 +104,9 @@ PROBLEM_HANDLERS: dict[type[Exception], Any] = {
     HTTPException: http_response,
     NotFound: not_found_response,
     asyncpg.IntegrityConstraintViolationError: constraint_response,
+    # Raised by asyncpg when it cannot encode an argument, and by PostgreSQL (SQLSTATE class 22).
+    ArgumentError: data_response,
+    asyncpg.DataError: data_response,
     Exception: internal_response,
 }
 
@@ -99,3 +114,17 @@ PROBLEM_HANDLERS: dict[type[Exception], Any] = {
 def spec(description: str) -> ResponseSpec:
     """An error response in the OpenAPI document."""
     return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def document_errors(routes: Iterable[object]) -> None:
+    """In the OpenAPI document of every operation: the 400 of a request that fails validation and,
+    where the path names a row, the 404 of a row that does not exist, both as problem details
+    (litestar would document its own 400 as application/json). A route's own entry wins."""
+    for route in routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            added = {400: spec("The request is invalid: parameters or body (`errors` says which).")}
+            if route.path_parameters:
+                added[404] = spec("The path names nothing that exists.")
+            handler.responses = {**added, **(handler.responses or {})}
