@@ -13,6 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from labeval.api.auth import READ
+from labeval.api.examples import LAB_PAGE, PAIR_PAGE, ok
 from labeval.api.paging import After, Limit
 from labeval.api.problems import spec
 from labeval.db import labs as q
@@ -31,7 +32,7 @@ class LabController(Controller):
     path = "/api/v1/labs"
     tags = ["labs"]
 
-    @get("/", opt={"roles": READ})
+    @get("/", opt={"roles": READ}, responses={200: ok(LabPage, "A page of labs.", LAB_PAGE)})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
         class_: Annotated[ClassCode | None, QueryParameter(name="class", description="Effective class.")] = None,
@@ -66,7 +67,8 @@ class LabController(Controller):
             pairs_href=f"/api/v1/labs/{code}/pairs", results_href=f"/api/v1/labs/{code}/results",
         )
 
-    @get("/{code:str}/pairs", opt={"roles": READ}, responses=_NOT_FOUND)
+    @get("/{code:str}/pairs", opt={"roles": READ},
+         responses={**_NOT_FOUND, 200: ok(PairPage, "A page of the lab's pairs.", PAIR_PAGE)})
     async def pairs(
         self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str],
         after: After = None, limit: Limit = 100,

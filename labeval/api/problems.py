@@ -17,6 +17,7 @@ from asyncpg.exceptions._base import DataError as ArgumentError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
@@ -111,9 +112,14 @@ PROBLEM_HANDLERS: dict[type[Exception], Any] = {
 }
 
 
+_EXAMPLE = Example(summary="A lab that does not exist", value=msgspec.to_builtins(
+    Problem(title="Not Found", status=404, detail="no lab 'L9999'")))
+
+
 def spec(description: str) -> ResponseSpec:
     """An error response in the OpenAPI document."""
-    return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE)
+    return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE,
+                        generate_examples=False, examples=[_EXAMPLE])
 
 
 def document_errors(routes: Iterable[object]) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from labeval.api.auth import READ_WITH_GRADER, START_RUN
@@ -23,10 +24,17 @@ from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
 from labeval.models import EffectiveGrade, GradingRun, RunPage
 
+_EARLIEST = date(1900, 1, 1)
+
 
 class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Grade on results reported up to this date; default today (UTC).
     as_of: date | None = None
+
+    def __post_init__(self) -> None:
+        # The evaluation window reaches years back from as_of; dates near year 1 overflow it.
+        if self.as_of is not None and self.as_of < _EARLIEST:
+            raise ValueError(f"as_of must be {_EARLIEST} or later")
 
 
 class RunController(Controller):
@@ -79,7 +87,9 @@ class RunController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED, opt={"roles": START_RUN}, responses={409: spec("Another grading run is in progress.")})
     async def start(
-        self, request: Request, state: State, data: JSONBody[RunRequest],
+        self, request: Request, state: State,
+        data: Annotated[RunRequest, Body(examples=[Example(summary="Grade as of the end of June",
+                                                            value={"as_of": "2026-06-30"})])],
     ) -> GradingRun:
         """Run a grading run now (the same run as `labeval grade`), and return it. 409 while
         another run holds the run lock."""
