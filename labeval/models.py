@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
+import polars as pl
 
 from scoring.classes import ClassLabel
+from scoring.evidence import EVIDENCE_SCHEMA
 from scoring.grading import Reason
 
 # The classes are fixed in scoring.classes; this is their name at the service boundary.
@@ -71,6 +73,17 @@ class GradeRow(_Grade, kw_only=True, frozen=True):
     as_of: date
 
 
+_PYTHON_TYPE = {pl.Float64: float, pl.Int64: int, pl.Boolean: bool, pl.Date: date, pl.String: str}
+
+# A lab's evidence from a run: one field per column of scoring's EVIDENCE_SCHEMA (described in the
+# methods documentation), null when the run had no value. Built from the schema so the two agree.
+Evidence = msgspec.defstruct(
+    "Evidence",
+    [(name, _PYTHON_TYPE[dtype.base_type()] | None, None) for name, dtype in EVIDENCE_SCHEMA.items()],
+    kw_only=True, frozen=True,
+)
+
+
 class LabDetail(msgspec.Struct, kw_only=True, frozen=True):
     code: str
     name: str
@@ -81,7 +94,7 @@ class LabDetail(msgspec.Struct, kw_only=True, frozen=True):
     current_class: ClassCode | None
     score: float | None
     last_run: int | None
-    evidence: dict[str, Any] | None
+    evidence: Evidence | None
     history: list[GradeRow]
     override: Override | None = None
     effective_class: ClassCode | None = None

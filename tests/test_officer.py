@@ -130,6 +130,9 @@ async def test_lab_detail_pairs_and_results(graded: int, app_settings: Settings,
         a = (await client.get("/api/v1/labs/A")).json()
         assert (a["pairs"], a["pairs_href"], a["results_href"]) == (
             EXPECTED["A"][2], "/api/v1/labs/A/pairs", "/api/v1/labs/A/results")
+        # The evidence as typed by scoring's EVIDENCE_SCHEMA (the run's window, A's pair counts).
+        assert (a["evidence"]["window_start"], a["evidence"]["pairs"], a["evidence"]["identifiable"]) == (
+            "2023-07-02", 14, True)
 
         page = (await client.get("/api/v1/labs/A/pairs", params={"limit": 5})).json()
         # The window of the run: 1095 days up to as_of (scoring's: as_of − 1095 + 1).

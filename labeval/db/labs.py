@@ -11,7 +11,7 @@ import msgspec
 
 from labeval.db.errors import NotFound
 from labeval.db.grading import PAIRS_QUERY
-from labeval.models import GradeRow, LabDetail, LabSummary, ResultRow
+from labeval.models import Evidence, GradeRow, LabDetail, LabSummary, ResultRow
 
 # The latest grade of each lab is the one from its newest run (runs are ordered by as_of, then
 # id, so a back-dated re-run does not displace a newer evaluation).
@@ -112,7 +112,7 @@ async def get_lab(conn: asyncpg.Connection, code: str) -> LabDetail:
         current_class=latest["class"] if latest else None,
         score=latest["score"] if latest else None,
         last_run=latest["run_id"] if latest else None,
-        evidence=latest["evidence"] if latest else None,
+        evidence=msgspec.convert(latest["evidence"], Evidence) if latest else None,
         # convert() types the stored reasons (JSON objects) as scoring's Reason structs.
         history=[msgspec.convert({k: v for k, v in h.items() if k != "evidence"}, GradeRow) for h in history],
         pairs=latest["pairs"] if latest else 0,
