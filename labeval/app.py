@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-from litestar import Litestar, Request, Response, Router
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi import OpenAPIConfig
-from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.api.audit import AuditController, AuditMiddleware
 from labeval.api.auth import (
@@ -27,15 +26,14 @@ from labeval.api.draws import DrawController
 from labeval.api.feed import FeedController
 from labeval.api.imports import ImportController
 from labeval.api.keys import KeyController
-from labeval.api.labs import LabController
+from labeval.api.labs import LabController, SampleController
 from labeval.api.middleware import RequestMiddleware, remember_exception
 from labeval.api.overrides import EventController, OverrideController
 from labeval.api.plans import RetestPlanController
-from labeval.api.problems import ProblemError, not_found_response, problem_response
+from labeval.api.problems import PROBLEM_HANDLERS, document_errors
 from labeval.api.runs import RunController
 from labeval.api.system import health, prometheus_metrics, ready
 from labeval.config import Settings
-from labeval.db.errors import NotFound
 from labeval.db.migrate import migrate
 from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
@@ -53,14 +51,6 @@ async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
     pool: asyncpg.Pool = state.pool
     async with pool.acquire() as conn, conn.transaction():
         yield conn
-
-
-def _constraint_violation(request: Request, exc: asyncpg.IntegrityConstraintViolationError) -> Response:
-    status = HTTP_409_CONFLICT if isinstance(exc, asyncpg.UniqueViolationError) else HTTP_422_UNPROCESSABLE_ENTITY
-    return Response(
-        {"status_code": status, "detail": exc.message, "constraint": getattr(exc, "constraint_name", None)},
-        status_code=status,
-    )
 
 
 def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
@@ -106,9 +96,9 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
             await stop_scheduler(sched, app.state, settings.shutdown_timeout)
 
     app = Litestar(
-        route_handlers=[health, ready, LabController, ImportController, RunController, OverrideController,
-                        EventController, KeyController, AuditController, FeedController, DrawController,
-                        RetestPlanController,
+        route_handlers=[health, ready, LabController, SampleController, ImportController, RunController,
+                        OverrideController, EventController, KeyController, AuditController, FeedController,
+                        DrawController, RetestPlanController,
                         *([prometheus_metrics] if settings.metrics == "on" else [])],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
@@ -116,11 +106,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         # First: the request id is set before anything else runs and logs (the audit reads it).
         middleware=[RequestMiddleware(metrics), AuditMiddleware()],
         after_exception=[remember_exception],
-        exception_handlers={
-            asyncpg.IntegrityConstraintViolationError: _constraint_violation,
-            ProblemError: problem_response,
-            NotFound: not_found_response,
-        },
+        # Every error on every route is problem details (labeval.api.problems).
+        exception_handlers=PROBLEM_HANDLERS,
         # One guard for every route: keys, roles, the per-key budget (labeval.api.auth).
         guards=[authorize],
         state=State({"settings": settings, "policy": policy, "key_pepper": pepper, "metrics": metrics,
@@ -137,4 +124,5 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         raise ImproperlyConfiguredException(
             "routes without opt roles or public (labeval.api.auth): " + ", ".join(missing))
     document_guard(app.routes)
+    document_errors(app.routes)
     return app

@@ -37,7 +37,7 @@ async def test_health_ready_and_labs(db_url: str, app_settings: Settings, role_h
         ready = await client.get("/ready")
         assert ready.status_code == 200 and ready.json()["database"] == "ok"
 
-        labs = (await client.get("/api/v1/labs")).json()
+        labs = (await client.get("/api/v1/labs")).json()["items"]
         assert [(lab["code"], lab["current_class"], lab["score"], lab["last_run"]) for lab in labs] == [
             ("L1", "III", 72.0, 2),
             ("L2", None, None, None),

@@ -74,6 +74,9 @@ async def test_every_route_answers_401_without_a_key_403_for_a_wrong_role_and_le
     expected = {
         ("GET", "/api/v1/labs"): read,
         ("GET", "/api/v1/labs/{code:str}"): read,
+        ("GET", "/api/v1/labs/{code:str}/pairs"): read,
+        ("GET", "/api/v1/labs/{code:str}/results"): read,
+        ("GET", "/api/v1/samples/{code:str}"): read,
         ("GET", "/api/v1/grade-events"): read,
         ("GET", "/api/v1/overrides"): read,
         ("POST", "/api/v1/overrides"): {"admin", "officer"},
@@ -89,10 +92,10 @@ async def test_every_route_answers_401_without_a_key_403_for_a_wrong_role_and_le
         ("POST", "/api/v1/keys/{key_id:int}/revoke"): {"admin"},
     }
     assert {k: allowed.get(k) for k in expected} == expected
-    # Every guarded operation was walked and let some role in: 23 in labs, imports, runs,
-    # overrides, grade-events, keys and audit.
+    # Every guarded operation was walked and let some role in: 26 in labs, samples, imports,
+    # runs, overrides, grade-events, keys and audit.
     assert set(allowed) == {(m, p) for m, p, opt in _operations(app) if not opt.get("public")}
-    assert len(allowed) >= 23
+    assert len(allowed) >= 26
 
 
 def test_a_route_that_declares_no_roles_stops_the_start() -> None:

@@ -129,7 +129,7 @@ async def test_grading_run_hand_computed_and_served(db_url: str, app_settings: S
     app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
         client.headers.update(role_headers["officer"])
-        labs = {lab["code"]: lab for lab in (await client.get("/api/v1/labs")).json()}
+        labs = {lab["code"]: lab for lab in (await client.get("/api/v1/labs")).json()["items"]}
         assert {c: (labs[c]["current_class"], labs[c]["score"]) for c in EXPECTED} == {
             c: (v[0], v[1]) for c, v in EXPECTED.items()
         }
@@ -157,7 +157,7 @@ async def test_runs_api_starts_lists_and_reads(db_url: str, app_settings: Settin
         # Ⅱ anyway.
         classes = {g["lab_code"]: g["class"] for g in run["grades"]}
         assert classes == {"A": "II", "B": "II", "C": "IV", "D": "III", "E": "II"}
-        listed = (await client.get("/api/v1/runs")).json()
+        listed = (await client.get("/api/v1/runs")).json()["items"]
         assert [r["run_id"] for r in listed] == [run["run_id"]] and listed[0]["grades"] == []
         again = (await client.get(f"/api/v1/runs/{run['run_id']}")).json()
         assert again["grades"] == run["grades"]

@@ -37,7 +37,7 @@ async def test_json_and_multipart_import(client):
     assert [(x["row"], x["column"]) for x in rej] == [(3, "scopes")]
     r = await client.get(f"/api/v1/imports/{iid}/rejects?format=csv")
     assert r.headers["content-type"].startswith("text/csv") and "C9" in r.text
-    assert len((await client.get("/api/v1/imports")).json()) == 2
+    assert len((await client.get("/api/v1/imports")).json()["items"]) == 2
 
 
 async def test_errors(client):
@@ -100,7 +100,7 @@ async def test_a_failed_import_keeps_its_failed_record(client):
     assert r.status_code == 400, r.text
     # A JSON body without the required lab_code column: 400, recorded as well.
     assert (await client.post("/api/v1/imports/labs", json=[{"name": "no code"}])).status_code == 400
-    log = (await client.get("/api/v1/imports")).json()
+    log = (await client.get("/api/v1/imports")).json()["items"]
     assert [(x["kind"], x["status"], x["source"]) for x in log] == [("labs", "failed", "api")] * 2
     assert log[1]["file_name"] == "labs.xlsx" and "labs.xlsx" in log[1]["error"]
     assert "lab_code" in log[0]["error"]

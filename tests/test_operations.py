@@ -361,10 +361,11 @@ def test_the_command_configures_logging_once_json_for_serve(
 async def test_a_server_error_is_logged_with_its_traceback_and_request_id(
     role_headers: dict, db_url: str, json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(conn: asyncpg.Connection) -> list:
+    async def broken(conn: asyncpg.Connection, **_kw) -> list:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(labeval.api.labs, "list_labs", broken)
+    # the query the lab list runs (labeval.api.labs reads it as q.list_labs)
+    monkeypatch.setattr(labeval.api.labs.q, "list_labs", broken)
     app = create_app(Settings(database_url=db_url, key_pepper=TEST_PEPPER, grading_cron=""))
     async with AsyncTestClient(app) as client:
         client.headers.update(role_headers["admin"])

@@ -364,7 +364,7 @@ async def test_override_cli_and_api(
     app = create_app(app_settings)
     async with AsyncTestClient(app) as client:
         client.headers.update(role_headers["officer"])
-        labs = {x["code"]: x for x in (await client.get("/api/v1/labs")).json()}
+        labs = {x["code"]: x for x in (await client.get("/api/v1/labs")).json()["items"]}
         assert (labs["C"]["current_class"], labs["C"]["effective_class"], labs["C"]["override"]["reason"]) == (
             "IV", "II", "appeal upheld")
         assert (labs["A"]["effective_class"], labs["A"]["override"]) == ("I", None)
@@ -390,7 +390,7 @@ async def test_override_cli_and_api(
         feed = (await client.get("/api/v1/grade-events", params={"after": 5})).json()
         assert [(e["seq"], e["lab_code"], e["cause"]) for e in feed] == [
             (6, "C", "override_set"), (7, "A", "override_set"), (8, "A", "override_revoked")]
-        everything = (await client.get("/api/v1/overrides", params={"all": "true"})).json()
+        everything = (await client.get("/api/v1/overrides", params={"all": "true"})).json()["items"]
         assert [x["override_id"] for x in everything] == [oid, set_["override_id"]]
 
 
@@ -524,7 +524,7 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(
                 assert refused.status_code == 409
                 assert refused.headers["content-type"].startswith("application/problem+json")
                 assert refused.json()["title"] == "Grading run in progress"
-                listed = (await client.get("/api/v1/runs")).json()
+                listed = (await client.get("/api/v1/runs")).json()["items"]
                 assert [(r["run_id"], r["status"]) for r in listed] == [(running["run_id"], "running")]
             return running["run_id"]
 
@@ -547,7 +547,7 @@ def test_a_second_run_is_refused_and_a_killed_run_is_abandoned_with_no_grades(
             client.headers.update(role_headers["officer"])
             shown = (await client.get(f"/api/v1/runs/{held_id}")).json()
             assert (shown["status"], shown["grades"]) == ("abandoned", [])
-            labs = (await client.get("/api/v1/labs")).json()
+            labs = (await client.get("/api/v1/labs")).json()["items"]
             assert all(lab["current_class"] is None for lab in labs)
 
     asyncio.run(after_kill_then_server_start())
@@ -597,7 +597,7 @@ async def test_runs_api_grades_diff_verify_and_openapi(
         missing = await client.get("/api/v1/runs/999/verify")
         assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
         assert (await client.get("/api/v1/runs/999/grades")).status_code == 404
-        listed = (await client.get("/api/v1/runs", params={"status": "succeeded"})).json()
+        listed = (await client.get("/api/v1/runs", params={"status": "succeeded"})).json()["items"]
         assert [r["run_id"] for r in listed] == [second.run_id, first.run_id]
 
         paths = (await client.get("/schema/openapi.json")).json()["paths"]

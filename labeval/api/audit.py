@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Annotated
 
 import asyncpg
-import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.middleware import ASGIMiddleware
@@ -22,7 +20,7 @@ from litestar.params import FromQuery
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeval.api.auth import AUDIT, Principal
-from labeval.api.problems import PROBLEM_HANDLERS
+from labeval.api.paging import Limit, Seq
 from labeval.db import audit
 from labeval.db.audit import AuditEntry
 from labeval.logs import current_request_id
@@ -72,13 +70,12 @@ class AuditMiddleware(ASGIMiddleware):
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": AUDIT})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        after: Seq = 0,
+        limit: Limit = 100,
         actor: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,

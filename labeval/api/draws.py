@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_404_NOT_FOUND, HTTP_422_UNPROCESSABLE_ENTITY
 
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.problems import ProblemError, spec
 from labeval.db import draws as q
 from labeval.grading.draws import NotEnoughLabs
 from labeval.grading.overrides import today_utc
@@ -42,7 +42,6 @@ def _refused(exc: Exception) -> ProblemError:
 class DrawController(Controller):
     path = "/api/v1/draws"
     tags = ["draws"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @post("/", status_code=HTTP_201_CREATED, opt=WRITE_ROLES, responses=REFUSED)
     async def create(self, request: Request, state: State, conn: NamedDependency[asyncpg.Connection],

@@ -16,7 +16,8 @@ from litestar.enums import MediaType
 from litestar.params import FromQuery
 from litestar.status_codes import HTTP_304_NOT_MODIFIED, HTTP_404_NOT_FOUND
 
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.paging import Limit, Seq
+from labeval.api.problems import ProblemError, spec
 from labeval.config import Settings
 from labeval.db import events
 from labeval.db.events import GradeEvent
@@ -56,7 +57,6 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 class FeedController(Controller):
     path = "/api/v1/feed"
     tags = ["feed"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/eligibility", opt=FEED_ROLES, responses={404: spec("No such product category.")})
     async def eligibility(
@@ -82,8 +82,8 @@ class FeedController(Controller):
     @get("/events", opt=FEED_ROLES)
     async def events(
         self, conn: NamedDependency[asyncpg.Connection],
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        after: Seq = 0,
+        limit: Limit = 100,
     ) -> FeedEvents:
         """Grade-change events with seq > after, in seq order, and next_after to pass on the
         next call. seq has no gaps and a higher seq never commits before a lower one, so a

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import asyncpg
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, SerializationException
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from labeval.api.auth import IMPORT, READ_WITH_GRADER
+from labeval.api.paging import After, Limit
 from labeval.db.imports import (
     ChangeRecord,
+    ImportPage,
     ImportRecord,
     RejectRecord,
     get_import,
@@ -34,6 +39,20 @@ from labeval.ingest.report import ImportReport
 from labeval.metrics import Metrics
 
 _CHUNK = 1 << 20
+
+
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+RejectFormat = Literal["json", "csv"]
+
+
+@dataclass
+class RejectsOperation(Operation):
+    """The rejects route answers JSON or, with ?format=csv, CSV: both in its OpenAPI entry."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content[CSV_MEDIA_TYPE] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
 
 
 class ImportController(Controller):
@@ -90,32 +109,32 @@ class ImportController(Controller):
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], kind: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 50, offset: FromQuery[int] = 0,
-    ) -> list[ImportRecord]:
-        """The import log, newest first."""
-        return await list_imports(conn, kind=kind, limit=min(max(limit, 1), 1000), offset=max(offset, 0))
+        limit: Limit = 50,
+        after: After = None,
+    ) -> ImportPage:
+        """The import log, newest first; `after` is the `next` of the page before."""
+        rows = await list_imports(conn, kind=kind, limit=limit + 1, before=after)
+        return ImportPage(items=rows[:limit], next=rows[limit - 1].import_id if len(rows) > limit else None)
 
     @get("/{import_id:int}", opt={"roles": READ_WITH_GRADER})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> ImportRecord:
         return await get_import(conn, import_id)
 
-    @get("/{import_id:int}/rejects", opt={"roles": READ_WITH_GRADER})
+    @get("/{import_id:int}/rejects", opt={"roles": READ_WITH_GRADER}, operation_class=RejectsOperation)
     async def rejects(
         self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int],
-        format: FromQuery[str] = "json", limit: FromQuery[int | None] = None, offset: FromQuery[int] = 0,
-    ) -> Response:
+        format: FromQuery[RejectFormat] = "json", limit: FromQuery[Limit | None] = None,
+        offset: FromQuery[Annotated[int, QueryParameter(ge=0)]] = 0,
+    ) -> Response[list[RejectRecord]]:
         """Every rejected row with its reasons; ?format=csv for a CSV download."""
         await get_import(conn, import_id)  # NotFound: 404
         if format == "csv":
             return Response(
                 await rejects_csv(conn, import_id),
-                media_type="text/csv; charset=utf-8",
+                media_type=CSV_MEDIA_TYPE,
                 headers={"content-disposition": f'attachment; filename="import-{import_id}-rejects.csv"'},
             )
-        if format != "json":
-            raise ClientException("format must be json or csv")
-        out: list[RejectRecord] = await list_rejects(conn, import_id, limit=limit, offset=max(offset, 0))
-        return Response(out)
+        return Response(await list_rejects(conn, import_id, limit=limit, offset=offset))
 
     @get("/{import_id:int}/changes", opt={"roles": READ_WITH_GRADER})
     async def changes(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> list[ChangeRecord]:

@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from labeval.api.auth import ADMIN
-from labeval.api.problems import PROBLEM_HANDLERS, spec
+from labeval.api.problems import spec
 from labeval.db import apikeys
 from labeval.db.apikeys import ApiKey, CreatedKey
 from labeval.keys import Role
@@ -27,7 +27,6 @@ class KeyRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
 class KeyController(Controller):
     path = "/api/v1/keys"
     tags = ["keys"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": ADMIN})
     async def list_(self, conn: NamedDependency[asyncpg.Connection]) -> list[ApiKey]:

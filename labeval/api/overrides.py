@@ -13,7 +13,8 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.api.auth import OVERRIDE, READ
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.paging import After, Limit, Seq
+from labeval.api.problems import ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
 from labeval.db.events import GradeEvent
@@ -23,7 +24,7 @@ from labeval.grading.overrides import (
     revoke_override,
     set_override,
 )
-from labeval.models import ClassCode, Override
+from labeval.models import ClassCode, Override, OverridePage
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 
@@ -49,15 +50,18 @@ def _refused(exc: OverrideRefused) -> ProblemError:
 class OverrideController(Controller):
     path = "/api/v1/overrides"
     tags = ["overrides"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": READ})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection], lab: FromQuery[str | None] = None,
         all: FromQuery[bool] = False,
-    ) -> list[Override]:
-        """Overrides in force today (all=true: every override ever set), newest first."""
-        return await list_overrides(conn, lab_code=lab, include_closed=all)
+        after: After = None,
+        limit: Limit = 100,
+    ) -> OverridePage:
+        """Overrides in force today (all=true: every override ever set), newest first; `after`
+        is the `next` of the page before."""
+        rows = await list_overrides(conn, lab_code=lab, include_closed=all, before=after, limit=limit + 1)
+        return OverridePage(items=rows[:limit], next=rows[limit - 1].override_id if len(rows) > limit else None)
 
     @get("/{override_id:int}", opt={"roles": READ}, responses={404: spec("No such override.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], override_id: FromPath[int]) -> Override:
@@ -89,13 +93,12 @@ class OverrideController(Controller):
 class EventController(Controller):
     path = "/api/v1/grade-events"
     tags = ["overrides"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": READ})
     async def list_(
         self, conn: NamedDependency[asyncpg.Connection],
-        after: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        after: Seq = 0,
+        limit: Limit = 100,
     ) -> list[GradeEvent]:
         """Grade-change events with seq > after, in seq order. seq has no gaps and a higher seq
         never commits before a lower one, so reading from the last seq seen misses nothing."""

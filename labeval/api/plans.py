@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.problems import ProblemError, spec
 from labeval.grading.plans import (
     PlanRefused,
     PlanRequest,
@@ -33,7 +33,6 @@ _MEDIA = {
 class RetestPlanController(Controller):
     path = "/api/v1/retest-plans"
     tags = ["retest plans"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @post("/", status_code=HTTP_201_CREATED, opt=_ROLES,
           responses={422: spec("Plan refused (unknown category, period_start after period_end, bad rate ≥ 1).")})

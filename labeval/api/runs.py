@@ -10,40 +10,50 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from labeval.api.auth import READ_WITH_GRADER, START_RUN
-from labeval.api.problems import PROBLEM_HANDLERS, ProblemError, spec
+from labeval.api.paging import After, Limit
+from labeval.api.problems import ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
 from labeval.grading.overrides import effective_grades
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
 from labeval.metrics import Metrics
-from labeval.models import EffectiveGrade, GradingRun
+from labeval.models import EffectiveGrade, GradingRun, RunPage
+
+_EARLIEST = date(1900, 1, 1)
 
 
 class RunRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Grade on results reported up to this date; default today (UTC).
     as_of: date | None = None
 
+    def __post_init__(self) -> None:
+        # The evaluation window reaches years back from as_of; dates near year 1 overflow it.
+        if self.as_of is not None and self.as_of < _EARLIEST:
+            raise ValueError(f"as_of must be {_EARLIEST} or later")
+
 
 class RunController(Controller):
     path = "/api/v1/runs"
     tags = ["grading"]
-    exception_handlers = PROBLEM_HANDLERS
 
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
         self,
         conn: NamedDependency[asyncpg.Connection],
-        limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=500)]] = 50,
-        offset: FromQuery[Annotated[int, msgspec.Meta(ge=0)]] = 0,
+        limit: Limit = 50,
+        after: After = None,
         status: FromQuery[Literal["running", "succeeded", "failed", "abandoned"] | None] = None,
-    ) -> list[GradingRun]:
-        """Grading runs of every status (or one), newest first (grades not included)."""
-        return await list_runs(conn, limit=limit, offset=offset, status=status)
+    ) -> RunPage:
+        """Grading runs of every status (or one), newest first (grades not included); `after`
+        is the `next` of the page before (runs older than that run)."""
+        rows = await list_runs(conn, limit=limit + 1, before=after, status=status)
+        return RunPage(items=rows[:limit], next=rows[limit - 1].run_id if len(rows) > limit else None)
 
     @get("/{run_id:int}", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
@@ -78,7 +88,9 @@ class RunController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED, opt={"roles": START_RUN}, responses={409: spec("Another grading run is in progress.")})
     async def start(
-        self, request: Request, state: State, data: JSONBody[RunRequest],
+        self, request: Request, state: State,
+        data: Annotated[RunRequest, Body(examples=[Example(summary="Grade as of the end of June",
+                                                            value={"as_of": "2026-06-30"})])],
     ) -> GradingRun:
         """Run a grading run now (the same run as `labeval grade`), and return it. 409 while
         another run holds the run lock."""

@@ -234,13 +234,14 @@ async def finish_run(conn: asyncpg.Connection, run_id: int, n_labs: int) -> Grad
 
 
 async def list_runs(
-    conn: asyncpg.Connection, *, limit: int = 50, offset: int = 0, status: str | None = None
+    conn: asyncpg.Connection, *, limit: int = 50, before: int | None = None, status: str | None = None
 ) -> list[GradingRun]:
-    """Runs of every status (or one), newest first."""
+    """Runs of every status (or one), newest first, those with run_id < before if given."""
     rows = await conn.fetch(
-        f"""SELECT {_RUN_COLUMNS} FROM grading_runs WHERE ($3::text IS NULL OR status = $3)
-            ORDER BY run_id DESC LIMIT $1 OFFSET $2""",
-        limit, offset, status,
+        f"""SELECT {_RUN_COLUMNS} FROM grading_runs
+            WHERE ($3::text IS NULL OR status = $3) AND ($2::bigint IS NULL OR run_id < $2)
+            ORDER BY run_id DESC LIMIT $1""",
+        limit, before, status,
     )
     return [GradingRun(**dict(r)) for r in rows]
 

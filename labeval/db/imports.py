@@ -53,6 +53,13 @@ class RejectCount(msgspec.Struct, kw_only=True, frozen=True):
     lines: int  # reject lines (a row may have several reasons)
 
 
+class ImportPage(msgspec.Struct, kw_only=True, frozen=True):
+    """One page of the import log, newest first; `next` is the `after` of the next page."""
+
+    items: list[ImportRecord]
+    next: int | None = None
+
+
 class ChangeRecord(msgspec.Struct, kw_only=True, frozen=True):
     kind: str
     key: str
@@ -117,12 +124,15 @@ _IMPORT_COLUMNS = (
 
 
 async def list_imports(
-    conn: asyncpg.Connection, *, kind: str | None = None, limit: int = 50, offset: int = 0
+    conn: asyncpg.Connection, *, kind: str | None = None, limit: int = 50, before: int | None = None
 ) -> list[ImportRecord]:
+    """The import log, newest first (by id: ids are issued in start order), those with
+    import_id < before if given."""
     rows = await conn.fetch(
-        f"""SELECT {_IMPORT_COLUMNS} FROM imports WHERE ($1::text IS NULL OR kind = $1)
-            ORDER BY started_at DESC, import_id DESC LIMIT $2 OFFSET $3""",
-        kind, limit, offset,
+        f"""SELECT {_IMPORT_COLUMNS} FROM imports
+            WHERE ($1::text IS NULL OR kind = $1) AND ($3::bigint IS NULL OR import_id < $3)
+            ORDER BY import_id DESC LIMIT $2""",
+        kind, limit, before,
     )
     return [ImportRecord(**dict(r)) for r in rows]
 

@@ -101,13 +101,14 @@ async def active(conn: asyncpg.Connection, today: date) -> dict[str, Override]:
 
 
 async def listed(conn: asyncpg.Connection, *, lab_code: str | None = None, include_closed: bool = False,
-                 today: date) -> list[Override]:
+                 today: date, before: int | None = None, limit: int | None = None) -> list[Override]:
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM grade_overrides
             WHERE ($1::text IS NULL OR lab_code = $1)
               AND ($2 OR (revoked_at IS NULL AND expired_at IS NULL AND valid_until >= $3))
-            ORDER BY override_id DESC""",
-        lab_code, include_closed, today,
+              AND ($4::bigint IS NULL OR override_id < $4)
+            ORDER BY override_id DESC LIMIT $5""",
+        lab_code, include_closed, today, before, limit,
     )
     return [_override(r) for r in rows]
 

@@ -97,11 +97,13 @@ async def revoke_override(
 
 async def list_overrides(
     conn: asyncpg.Connection, *, lab_code: str | None = None, include_closed: bool = False,
-    today: date | None = None,
+    today: date | None = None, before: int | None = None, limit: int | None = None,
 ) -> list[Override]:
+    """Newest first; those with override_id < before if given."""
     today = today or today_utc()
     await expire_due(conn, today)
-    return await q.listed(conn, lab_code=lab_code, include_closed=include_closed, today=today)
+    return await q.listed(conn, lab_code=lab_code, include_closed=include_closed, today=today, before=before,
+                          limit=limit)
 
 
 async def effective_grades(conn: asyncpg.Connection, grades: list[LabGrade], today: date | None = None
