@@ -85,14 +85,12 @@ class BiasFit:
 
     ``b`` is relative to the median lab of its component; ``se`` its standard error (NaN for a
     lab without comparisons); ``excess_variance`` the lab's variance beyond the method's σR²
-    (units of σR² in the s scale, 0 = as noisy as the method); ``residual`` the fit's residual
-    per comparison row (s units).
+    (units of σR² in the s scale, 0 = as noisy as the method).
     """
 
     b: np.ndarray
     se: np.ndarray
     excess_variance: np.ndarray
-    residual: np.ndarray
     graph: ComparisonGraph
 
 
@@ -151,7 +149,7 @@ def fit_lab_bias(
     if m == 0 or n_labs == 0:
         return BiasFit(
             b=np.zeros(n_labs), se=np.full(n_labs, np.nan), excess_variance=np.zeros(n_labs),
-            residual=np.zeros(0), graph=graph,
+            graph=graph,
         )
     rows = np.arange(m)
     x = sparse.csr_matrix(
@@ -202,7 +200,6 @@ def fit_lab_bias(
         b=np.where(involved, b, 0.0) * SQRT2,
         se=se * SQRT2,
         excess_variance=np.where(involved, u, 0.0),
-        residual=r,
         graph=graph,
     )
 
