@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from labeval.api.auth import IMPORT, READ_WITH_GRADER
-from labeval.api.paging import After, Limit
+from labeval.api.paging import After, Limit, cut
 from labeval.db.imports import (
     ChangeRecord,
     ImportPage,
@@ -114,7 +114,8 @@ class ImportController(Controller):
     ) -> ImportPage:
         """The import log, newest first; `after` is the `next` of the page before."""
         rows = await list_imports(conn, kind=kind, limit=limit + 1, before=after)
-        return ImportPage(items=rows[:limit], next=rows[limit - 1].import_id if len(rows) > limit else None)
+        items, nxt = cut(rows, limit, lambda r: r.import_id)
+        return ImportPage(items=items, next=nxt)
 
     @get("/{import_id:int}", opt={"roles": READ_WITH_GRADER})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], import_id: FromPath[int]) -> ImportRecord:

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from labeval.api.auth import READ
 from labeval.api.examples import LAB_PAGE, PAIR_PAGE, ok
-from labeval.api.paging import After, Limit
+from labeval.api.paging import After, Limit, cut
 from labeval.api.problems import spec
 from labeval.db import labs as q
 from labeval.db import overrides
@@ -53,8 +53,9 @@ class LabController(Controller):
         rows = await q.list_labs(conn, today=today_utc(), flag_rules=sorted(STATISTICAL_CAPS), where=where,
                                  after=after, limit=limit + 1)
         active = await overrides.active(conn, today_utc())
-        items = [msgspec.structs.replace(lab, override=active.get(lab.code)) for lab in rows[:limit]]
-        return LabPage(items=items, next=items[-1].code if len(rows) > limit else None)
+        page, nxt = cut(rows, limit, lambda r: r.code)
+        items = [msgspec.structs.replace(lab, override=active.get(lab.code)) for lab in page]
+        return LabPage(items=items, next=nxt)
 
     @get("/{code:str}", opt={"roles": READ}, responses=_NOT_FOUND)
     async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
@@ -81,9 +82,10 @@ class LabController(Controller):
         if window is None:
             return PairPage(run_id=None, as_of=None, window_start=None, items=[])
         rows = await q.lab_pairs(conn, code, window, after=after, limit=limit + 1)
-        items = pair_views(rows[:limit], msgspec.convert(window.policy, Policy), lab_code=code)
+        page, nxt = cut(rows, limit, lambda r: r["pair_id"])
+        items = pair_views(page, msgspec.convert(window.policy, Policy), lab_code=code)
         return PairPage(run_id=window.run_id, as_of=window.as_of, window_start=window.window_start, items=items,
-                        next=items[-1].pair_id if len(rows) > limit else None)
+                        next=nxt)
 
     @get("/{code:str}/results", opt={"roles": READ}, responses=_NOT_FOUND)
     async def results(
@@ -93,7 +95,8 @@ class LabController(Controller):
         """The lab's current results (corrections superseded), by result_id."""
         await q.lab_exists(conn, code)
         rows = await q.lab_results(conn, code, after=after, limit=limit + 1)
-        return ResultPage(items=rows[:limit], next=rows[limit - 1].result_id if len(rows) > limit else None)
+        items, nxt = cut(rows, limit, lambda r: r.result_id)
+        return ResultPage(items=items, next=nxt)
 
 
 class SampleController(Controller):

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
 
 from labeval.api.auth import OVERRIDE, READ
-from labeval.api.paging import After, Limit, Seq
+from labeval.api.paging import After, Limit, Seq, cut
 from labeval.api.problems import ProblemError, spec
 from labeval.db import events
 from labeval.db import overrides as q
@@ -61,7 +61,8 @@ class OverrideController(Controller):
         """Overrides in force today (all=true: every override ever set), newest first; `after`
         is the `next` of the page before."""
         rows = await list_overrides(conn, lab_code=lab, include_closed=all, before=after, limit=limit + 1)
-        return OverridePage(items=rows[:limit], next=rows[limit - 1].override_id if len(rows) > limit else None)
+        items, nxt = cut(rows, limit, lambda r: r.override_id)
+        return OverridePage(items=items, next=nxt)
 
     @get("/{override_id:int}", opt={"roles": READ}, responses={404: spec("No such override.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], override_id: FromPath[int]) -> Override:

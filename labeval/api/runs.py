@@ -15,7 +15,7 @@ from litestar.params import Body, FromPath, FromQuery
 from litestar.status_codes import HTTP_201_CREATED, HTTP_409_CONFLICT
 
 from labeval.api.auth import READ_WITH_GRADER, START_RUN
-from labeval.api.paging import After, Limit
+from labeval.api.paging import After, Limit, cut
 from labeval.api.problems import ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
@@ -53,7 +53,8 @@ class RunController(Controller):
         """Grading runs of every status (or one), newest first (grades not included); `after`
         is the `next` of the page before (runs older than that run)."""
         rows = await list_runs(conn, limit=limit + 1, before=after, status=status)
-        return RunPage(items=rows[:limit], next=rows[limit - 1].run_id if len(rows) > limit else None)
+        items, nxt = cut(rows, limit, lambda r: r.run_id)
+        return RunPage(items=items, next=nxt)
 
     @get("/{run_id:int}", opt={"roles": READ_WITH_GRADER}, responses={404: spec("No such run.")})
     async def detail(self, conn: NamedDependency[asyncpg.Connection], run_id: FromPath[int]) -> GradingRun:
