@@ -92,3 +92,15 @@ async def get(conn: asyncpg.Connection, draw_id: int) -> DrawRecord:
     if row is None:
         raise NotFound("draw", draw_id)
     return DrawRecord(**dict(row))
+
+
+async def list_draws(conn: asyncpg.Connection, *, limit: int = 50, before: int | None = None) -> list[DrawRecord]:
+    """Stored draws and assignments, newest first, those with draw_id < before if given."""
+    # draw_id follows the order of storing: the newest draw has the highest id (and a cursor on
+    # it needs no tie-break, unlike created_at).
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM draws WHERE ($2::bigint IS NULL OR draw_id < $2)
+            ORDER BY draw_id DESC LIMIT $1""",
+        limit, before,
+    )
+    return [DrawRecord(**dict(r)) for r in rows]

@@ -177,3 +177,34 @@ async def get_plan(conn: asyncpg.Connection, plan_id: int) -> StoredPlan:
         plan_id,
     )
     return StoredPlan(**dict(row), samples=[PlannedSample(**dict(r)) for r in rows])
+
+
+class PlanSummary(msgspec.Struct, kw_only=True, frozen=True):
+    """A stored plan as a list shows it."""
+
+    plan_id: int
+    created_at: datetime
+    created_by: str | None
+    seed: int
+    budget: int
+    period_start: date
+    period_end: date
+    # The categories the plan retests (those its ranking chose).
+    categories: list[str]
+    samples: int
+
+
+async def list_plans(conn: asyncpg.Connection, *, limit: int = 50, before: int | None = None) -> list[PlanSummary]:
+    """Stored plans, newest first, those with plan_id < before if given."""
+    rows = await conn.fetch(
+        """SELECT p.plan_id, p.created_at, p.created_by, p.seed, p.budget, p.period_start, p.period_end,
+                  -- the ranking is stored as scoring returned it: the chosen entries, in rank order
+                  coalesce((SELECT array_agg(r->>'category_code' ORDER BY (r->>'rank')::int)
+                            FROM jsonb_array_elements(p.ranking) r WHERE (r->>'chosen')::boolean),
+                           '{}') AS categories,
+                  (SELECT count(*) FROM retest_plan_samples s WHERE s.plan_id = p.plan_id)::int AS samples
+           FROM retest_plans p WHERE ($2::bigint IS NULL OR p.plan_id < $2)
+           ORDER BY p.plan_id DESC LIMIT $1""",
+        limit, before,
+    )
+    return [PlanSummary(**dict(r)) for r in rows]

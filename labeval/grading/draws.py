@@ -52,7 +52,13 @@ class Assignment(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class NotEnoughLabs(ValueError):
-    """Fewer eligible labs than the draw asks for."""
+    """Fewer eligible labs than the draw asks for. `asked` and `eligible` are set when a draw is
+    refused (the pages say it in the reader's language); an assignment names its sample instead."""
+
+    def __init__(self, message: str, *, asked: int | None = None, eligible: int | None = None) -> None:
+        super().__init__(message)
+        self.asked = asked
+        self.eligible = eligible
 
 
 def generator(seed: int) -> np.random.Generator:
@@ -81,7 +87,7 @@ def weighted_sample(candidates: Iterable[Candidate], count: int, seed: int) -> l
     """`count` distinct lab codes, in the order drawn (module docstring, steps 1–3)."""
     pool = _pool(candidates)
     if count > len(pool):
-        raise NotEnoughLabs(f"{count} labs asked for, {len(pool)} eligible")
+        raise NotEnoughLabs(f"{count} labs asked for, {len(pool)} eligible", asked=count, eligible=len(pool))
     rng = generator(seed)
     chosen = []
     for _ in range(count):
@@ -93,11 +99,15 @@ def draw_labs(candidates: Iterable[Candidate], count: int, seed: int, *, exclude
               exclude_provinces: Iterable[str] = ()) -> list[str]:
     """A draw: the candidates less the named labs and the labs in the named provinces, then
     `weighted_sample`."""
+    return weighted_sample(not_excluded(candidates, exclude_labs=exclude_labs, exclude_provinces=exclude_provinces),
+                           count, seed)
+
+
+def not_excluded(candidates: Iterable[Candidate], *, exclude_labs: Iterable[str] = (),
+                 exclude_provinces: Iterable[str] = ()) -> list[Candidate]:
+    """The candidates a draw draws from: less the named labs and the labs in the named provinces."""
     labs, provinces = set(exclude_labs), set(exclude_provinces)
-    return weighted_sample(
-        (c for c in candidates if c.lab_code not in labs and (c.province is None or c.province not in provinces)),
-        count, seed,
-    )
+    return [c for c in candidates if c.lab_code not in labs and (c.province is None or c.province not in provinces)]
 
 
 def first_pick_probabilities(candidates: Iterable[Candidate]) -> dict[str, float]:

@@ -41,7 +41,14 @@ EXPORT_COLUMNS = ("sample_code", "category_code", "enterprise", "original_lab_co
 
 
 class PlanRefused(ValueError):
-    """The request cannot be planned (unknown category, empty period, impossible rates)."""
+    """The request cannot be planned (unknown category, empty period, impossible rates).
+    `reason` ("period", "unknown_categories", "bad_rate") and `values` let the pages say it in
+    the reader's language; the message is the English of the same."""
+
+    def __init__(self, message: str, *, reason: str, **values: object) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.values = values
 
 
 class PlanRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -139,7 +146,8 @@ def power_calculation(policy: Policy, request: PlanRequest) -> PowerCalculation:
     p0 = policy.evidence.target_rate
     p1 = p0 * request.bad_rate_ratio
     if p1 >= 1.0:
-        raise PlanRefused(f"bad rate {p1:g} (= {request.bad_rate_ratio:g} × baseline {p0:g}) is not below 1")
+        raise PlanRefused(f"bad rate {p1:g} (= {request.bad_rate_ratio:g} × baseline {p0:g}) is not below 1",
+                          reason="bad_rate", bad_rate=p1, ratio=request.bad_rate_ratio, baseline=p0)
     alpha = policy.evidence.fdr_alpha
     n = required_pairs(p0, p1, alpha, request.power)
     return PowerCalculation(
@@ -153,12 +161,14 @@ async def create_plan(
 ) -> RetestPlan:
     """Plan a retest round and store it (one transaction: the caller's)."""
     if request.period_start > request.period_end:
-        raise PlanRefused(f"period_start {request.period_start} is after period_end {request.period_end}")
+        raise PlanRefused(f"period_start {request.period_start} is after period_end {request.period_end}",
+                          reason="period", start=request.period_start, end=request.period_end)
     asked = sorted(set(request.product_categories)) if request.product_categories else None
     if asked is not None:
         unknown = sorted(set(asked) - await q.known_categories(conn, asked))
         if unknown:
-            raise PlanRefused(f"unknown product categories: {', '.join(unknown)}")
+            raise PlanRefused(f"unknown product categories: {', '.join(unknown)}", reason="unknown_categories",
+                              codes=unknown)
     calc = power_calculation(policy, request)
     run = await q.latest_run(conn)
     cands = await q.candidates(conn, request.period_start, request.period_end)

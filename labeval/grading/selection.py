@@ -18,6 +18,7 @@ from typing import Annotated
 
 import asyncpg
 import msgspec
+import polars as pl
 
 from labeval.db import draws as q
 from labeval.db.draws import DrawRecord
@@ -28,6 +29,8 @@ from labeval.grading.draws import (
     SampleRequest,
     assign,
     draw_labs,
+    first_pick_probabilities,
+    not_excluded,
 )
 from scoring.policy import Policy, policy_hash
 
@@ -39,6 +42,7 @@ Code = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 class UnknownCategory(LookupError):
     def __init__(self, code: str) -> None:
         super().__init__(f"no product category {code!r}")
+        self.code = code
 
 
 class EligibleLab(msgspec.Struct, kw_only=True, frozen=True):
@@ -221,4 +225,43 @@ async def verify_draw(conn: asyncpg.Connection, draw_id: int) -> DrawVerificatio
         id=draw.id, verified=same, algorithm=draw.algorithm, seed=draw.seed, stored=stored, recomputed=again,
         detail="recomputed from the stored candidates and seed: identical" if same
         else "recomputed from the stored candidates and seed: the result differs",
+    )
+
+
+def excluded_candidates(draw: Draw) -> set[str]:
+    """The candidates a draw's request left out (named, or in a named province)."""
+    kept = {c.lab_code for c in not_excluded(draw.candidates, exclude_labs=draw.exclude_labs,
+                                              exclude_provinces=draw.exclude_provinces)}
+    return {c.lab_code for c in draw.candidates} - kept
+
+
+def pool_probabilities(draw: Draw) -> dict[str, float]:
+    """Each lab's chance of being drawn first from the pool the draw actually drew from."""
+    return first_pick_probabilities(not_excluded(draw.candidates, exclude_labs=draw.exclude_labs,
+                                                 exclude_provinces=draw.exclude_provinces))
+
+
+def draw_frame(draw: Draw | AssignmentBatch) -> pl.DataFrame:
+    """A stored draw as a table, every column needed to re-derive it: for a draw one row per
+    candidate (drawn_order is its place among the labs drawn, null when not drawn); for an
+    assignment one row per sample with the lab assigned."""
+    common = {"draw_id": pl.Int64, "seed": pl.Int64, "algorithm": pl.String, "policy_hash": pl.String}
+    head = (draw.id, draw.seed, draw.algorithm, draw.policy_hash)
+    if isinstance(draw, Draw):
+        order = {code: i + 1 for i, code in enumerate(draw.chosen)}
+        out = excluded_candidates(draw)
+        return pl.DataFrame(
+            [(*head, draw.product_category, c.lab_code, c.class_, c.weight, c.province, c.lab_code in out,
+              order.get(c.lab_code)) for c in draw.candidates],
+            schema={**common, "product_category": pl.String, "lab_code": pl.String, "class": pl.String,
+                    "weight": pl.Float64, "province": pl.String, "excluded": pl.Boolean, "drawn_order": pl.Int64},
+            orient="row",
+        )
+    lab = {a.sample_code: a.lab_code for a in draw.assignments}
+    return pl.DataFrame(
+        [(*head, s.sample_code, s.product_category, s.enterprise_province, s.sampling_body, lab.get(s.sample_code))
+         for s in draw.samples],
+        schema={**common, "sample_code": pl.String, "product_category": pl.String,
+                "enterprise_province": pl.String, "sampling_body": pl.String, "lab_code": pl.String},
+        orient="row",
     )
