@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 from test_feed import _seed
 from test_plans import PERIOD, _world
+from test_web_a11y import problems
 
 from labeval.app import create_app
 from labeval.cli import main
@@ -117,6 +118,13 @@ async def test_an_officer_draws_through_the_form_and_gets_what_the_api_and_cli_g
     ids = [int(i) for i in re.findall(r'<a href="/draws/(\d+)">', listed)]
     assert ids == sorted(ids, reverse=True) and len(ids) == 3 and ids[-1] == draw_id
     assert '<form id="draw"' in listed
+    # The form is audited as the API's requests are, under the officer's name.
+    conn = await connect(db_url)
+    try:
+        actors = await conn.fetch("SELECT actor, status FROM audit_log WHERE action = 'POST /draws'")
+    finally:
+        await conn.close()
+    assert [(a["actor"].split(":")[-1], a["status"]) for a in actors] == [("officer.one", 303)]
 
 
 async def test_verify_says_verified_and_shows_the_differences_of_a_tampered_draw(
@@ -176,8 +184,11 @@ async def test_a_viewer_reads_draws_but_may_not_draw(draw_site: AsyncTestClient,
         assert await conn.fetchval("SELECT count(*) FROM draws") == 0
     finally:
         await conn.close()
-    # Plans name the samples to be retested: officers only, as in the API.
-    assert (await draw_site.get("/plans", headers=HTML)).status_code == 403
+    # Plans likewise: read, not made.
+    plans = await draw_site.get("/plans", headers=HTML)
+    assert plans.status_code == 200 and 'id="plans"' in plans.text and '<form id="plan"' not in plans.text
+    refused = await submit(draw_site, "/plans", "/plans", {"budget": "5", "from": "2026-01-01", "to": "2026-02-01"})
+    assert refused.status_code == 403
 
 
 async def test_an_impossible_draw_is_refused_in_the_form_with_the_values_kept(draw_site: AsyncTestClient) -> None:
@@ -203,6 +214,9 @@ async def test_draw_pages_in_chinese(draw_site: AsyncTestClient) -> None:
     zh = {**HTML, "Accept-Language": "zh-CN"}
     page = await draw_site.get(r.headers["location"], headers=zh)
     assert '<html lang="zh-CN">' in page.text and "抽中机构（按抽取顺序）" in page.text and "候选机构" in page.text
+    for path in ("/draws", r.headers["location"]):
+        for lang in ("en", "zh-CN"):
+            assert problems((await draw_site.get(path, headers={**HTML, "Accept-Language": lang})).text) == [], path
     refused = await draw_site.post("/draws", data={"product_category": "C1", "count": "9",
                                                    "_csrf_token": re.search(r'name="_csrf_token" value="([^"]+)"',
                                                                             page.text).group(1)}, headers=zh)
@@ -248,6 +262,7 @@ async def test_an_officer_plans_through_the_form_as_the_api_plans(plan_site: Asy
 
     zh = await plan_site.get(f"/plans/{plan_id}", headers={**HTML, "Accept-Language": "zh-CN"})
     assert '<html lang="zh-CN">' in zh.text and "复验计划" in zh.text and "证据不足：0/52 对比对" in zh.text
+    assert problems(zh.text) == [] and problems(listed) == []
 
 
 async def test_an_impossible_plan_is_refused_in_the_form_with_the_values_kept(plan_site: AsyncTestClient) -> None:

@@ -1,9 +1,9 @@
 """双随机 draws and retest plans on the officers' pages: list, make (the same request the API and
 the CLI take, through the same functions), read, verify and download.
 
-Who may do what follows the API: a draw is read by officers and viewers and made by officers; a
-retest plan (which names the samples to be retested: not for every reader) is read and made by
-officers only. Admin opens every page.
+Who may do what: every reader of the pages (docs/web.md) reads draws and plans and may ask for a
+verification (it changes nothing); making a draw or a plan takes the API's write roles (officer,
+admin). Readers who may not make one see no form.
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ from labeval.grading.selection import (
     verify_draw,
 )
 from labeval.web.i18n import Translator
-from labeval.web.session import OFFICER
+from labeval.web.session import OFFICER, VIEW
 from labeval.web.templating import page, request_translator
 from scoring.classes import DISPLAY
 
 PAGE_SIZE = 50
-# Readers of stored draws: the API's read roles (officer, viewer; admin opens every page).
-DRAW_READERS = ("officer", "viewer")
+# The API's write roles of draws and retest plans (admin opens every page anyway).
 WRITERS = {"officer", "admin"}
 # "17" or "17.csv": one path segment, because litestar routes a whole segment to a parameter.
 _REF = re.compile(r"(\d{1,18})(\.csv)?")
@@ -114,7 +113,7 @@ def _blank_none(value: str) -> str | None:
 class DrawPages(Controller):
     path = "/draws"
     include_in_schema = False
-    opt = {"session_roles": DRAW_READERS}
+    opt = {"session_roles": VIEW}
 
     async def _list(self, request: Request, conn: asyncpg.Connection, *, status_code: int = 200,
                     form: dict[str, Any] | None = None, error: str | None = None) -> Template:
@@ -231,7 +230,7 @@ def sample_reason(t: Translator, text: str) -> str:
 class PlanPages(Controller):
     path = "/plans"
     include_in_schema = False
-    opt = {"session_roles": OFFICER}
+    opt = {"session_roles": VIEW}
 
     async def _list(self, request: Request, conn: asyncpg.Connection, *, status_code: int = 200,
                     form: dict[str, Any] | None = None, error: str | None = None) -> Template:
@@ -242,7 +241,7 @@ class PlanPages(Controller):
         defaults = PlanRequest(budget=1, period_start=today_utc(), period_end=today_utc())
         return page(
             request, "plans.html", status_code=status_code, plans=items, older=older, newest=before is not None,
-            categories=await overview.categories(conn), error=error,
+            may_plan=_may_write(request), categories=await overview.categories(conn), error=error,
             form=form or {"budget": "", "from": "", "to": "", "categories": [], "top": str(defaults.top_categories),
                           "seed": "", "bad_rate_ratio": f"{defaults.bad_rate_ratio:g}", "power": f"{defaults.power:g}"},
         )
@@ -251,7 +250,7 @@ class PlanPages(Controller):
     async def index(self, request: Request, conn: NamedDependency[asyncpg.Connection]) -> Template:
         return await self._list(request, conn)
 
-    @post("/", status_code=303)
+    @post("/", opt={"session_roles": OFFICER}, status_code=303)
     async def create(self, request: Request, state: State, conn: NamedDependency[asyncpg.Connection]
                      ) -> Response | Template:
         t = request_translator(request)
