@@ -9,10 +9,13 @@ import html
 import io
 import json
 import re
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from test_feed import _seed
 from test_plans import PERIOD, _world
@@ -22,6 +25,8 @@ from labeval.app import create_app
 from labeval.cli import main
 from labeval.config import Settings
 from labeval.db.pool import connect
+from labeval.grading.draws import ALGORITHM, Candidate, NotEnoughLabs, draw_labs
+from labeval.grading.selection import Draw, draw_frame, excluded_candidates
 
 from web_client import make_user, sign_in, submit
 
@@ -284,3 +289,37 @@ async def test_an_impossible_plan_is_refused_in_the_form_with_the_values_kept(pl
     assert bad_rate.status_code == 422 and "150.0%" in _error(bad_rate.text, "plan-error")
     listed = (await plan_site.get("/plans", headers=HTML)).text
     assert "No plan yet." in listed
+
+
+_WEIGHT = {"I": 1.0, "II": 0.7, "III": 0.3, "IV": 0.0}  # the shipped policy's selection weights
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(_WEIGHT)), st.sampled_from(["浙江", "BJ", "新疆", None])),
+                min_size=1, max_size=20),
+       st.integers(min_value=0, max_value=2**63 - 1), st.data())
+def test_the_draw_table_written_with_a_bom_reads_back_to_the_draw(labs, seed, data) -> None:
+    candidates = [Candidate(lab_code=f"实验室{i:02d}", class_=c, weight=_WEIGHT[c], province=p)
+                  for i, (c, p) in enumerate(labs)]
+    provinces = data.draw(st.lists(st.sampled_from(["浙江", "BJ"]), max_size=1))
+    count = data.draw(st.integers(min_value=1, max_value=len(candidates)))
+    try:
+        chosen = draw_labs(candidates, count, seed, exclude_provinces=provinces)
+    except NotEnoughLabs:
+        return
+    draw = Draw(id=1, product_category="C1", count=count, exclude_labs=[], exclude_provinces=provinces,
+                chosen=chosen, candidates=candidates, seed=seed, algorithm=ALGORITHM, policy_hash="0" * 64,
+                actor=None, created_at=datetime(2026, 12, 6, tzinfo=UTC))
+    buf = io.BytesIO()
+    draw_frame(draw).write_csv(buf, include_bom=True)
+    back = pl.read_csv(io.BytesIO(buf.getvalue()), schema_overrides={"province": pl.String, "class": pl.String})
+    # Every candidate with its class, weight and province; the labs drawn in order; the seed.
+    assert back.select("lab_code", "class", "weight", "province").rows() == [
+        (c.lab_code, c.class_, c.weight, c.province) for c in candidates]
+    assert back.filter(pl.col("drawn_order").is_not_null()).sort("drawn_order")["lab_code"].to_list() == chosen
+    assert set(back.filter(pl.col("excluded"))["lab_code"]) == excluded_candidates(draw)
+    assert back["seed"].unique().to_list() == [seed]
+    # The table re-derives the draw: its rows are all the algorithm needs besides the request.
+    again = [Candidate(lab_code=r["lab_code"], class_=r["class"], weight=r["weight"], province=r["province"])
+             for r in back.iter_rows(named=True)]
+    assert draw_labs(again, count, int(back["seed"][0]), exclude_provinces=provinces) == chosen

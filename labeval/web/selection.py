@@ -21,6 +21,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
+from labeval.api.paging import cut
 from labeval.db import draws as draw_q
 from labeval.db import overview
 from labeval.db import plans as plan_q
@@ -119,8 +120,7 @@ class DrawPages(Controller):
                     form: dict[str, Any] | None = None, error: str | None = None) -> Template:
         before = _before(request)
         rows = [as_draw(r) for r in await draw_q.list_draws(conn, limit=PAGE_SIZE + 1, before=before)]
-        items = rows[:PAGE_SIZE]
-        older = items[-1].id if len(rows) > PAGE_SIZE else None
+        items, older = cut(rows, PAGE_SIZE, lambda d: d.id)
         return page(
             request, "draws.html", status_code=status_code, draws=items, older=older, newest=before is not None,
             may_draw=_may_write(request), categories=await overview.categories(conn),
@@ -235,15 +235,16 @@ class PlanPages(Controller):
     async def _list(self, request: Request, conn: asyncpg.Connection, *, status_code: int = 200,
                     form: dict[str, Any] | None = None, error: str | None = None) -> Template:
         before = _before(request)
-        rows = await plan_q.list_plans(conn, limit=PAGE_SIZE + 1, before=before)
-        items = rows[:PAGE_SIZE]
-        older = items[-1].plan_id if len(rows) > PAGE_SIZE else None
-        defaults = PlanRequest(budget=1, period_start=today_utc(), period_end=today_utc())
+        items, older = cut(await plan_q.list_plans(conn, limit=PAGE_SIZE + 1, before=before), PAGE_SIZE,
+                           lambda p: p.plan_id)
+        # The form starts from the request's own defaults (as the API and the CLI apply them).
+        defaults = {f.name: f.default for f in msgspec.structs.fields(PlanRequest)}
         return page(
             request, "plans.html", status_code=status_code, plans=items, older=older, newest=before is not None,
             may_plan=_may_write(request), categories=await overview.categories(conn), error=error,
-            form=form or {"budget": "", "from": "", "to": "", "categories": [], "top": str(defaults.top_categories),
-                          "seed": "", "bad_rate_ratio": f"{defaults.bad_rate_ratio:g}", "power": f"{defaults.power:g}"},
+            form=form or {"budget": "", "from": "", "to": "", "categories": [], "top": str(defaults["top_categories"]),
+                          "seed": "", "bad_rate_ratio": f"{defaults['bad_rate_ratio']:g}",
+                          "power": f"{defaults['power']:g}"},
         )
 
     @get("/")
