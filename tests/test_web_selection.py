@@ -140,7 +140,7 @@ async def test_verify_says_verified_and_shows_the_differences_of_a_tampered_draw
     draw_id = int(r.headers["location"].rsplit("/", 1)[1])
     ok = await submit(draw_site, f"/draws/{draw_id}", f"/draws/{draw_id}/verify", {})
     assert ok.status_code == 200
-    assert 'id="verification" class="ok"' in ok.text and "<strong>Verified</strong>" in ok.text
+    assert 'id="verification" class="ok-msg"' in ok.text and "<strong>Verified</strong>" in ok.text
 
     conn = await connect(db_url)
     try:
@@ -233,7 +233,8 @@ def _sample_codes(page: str) -> list[str]:
     return re.findall(r'<a href="/samples/([^"]+)">', table)
 
 
-async def test_an_officer_plans_through_the_form_as_the_api_plans(plan_site: AsyncTestClient, role_headers: dict) -> None:
+async def test_an_officer_plans_through_the_form_as_the_api_plans(plan_site: AsyncTestClient, role_headers: dict,
+                                                                  db_url: str) -> None:
     await sign_in(plan_site, "officer.one")
     r = await submit(plan_site, "/plans", "/plans", {"budget": "30", "from": PERIOD["period_start"],
                                                      "to": PERIOD["period_end"], "seed": "20240601"})
@@ -264,6 +265,20 @@ async def test_an_officer_plans_through_the_form_as_the_api_plans(plan_site: Asy
     assert csv.content == BOM + exported.content
     frame = pl.read_csv(io.BytesIO(csv.content), infer_schema=False)
     assert frame["sample_code"].to_list() == [s["sample_code"] for s in plan["samples"]]
+
+    # L04 chose all 20 of its candidates: one is swapped for a candidate of L00 (chosen by nobody).
+    conn = await connect(db_url)
+    try:
+        unchosen = await conn.fetchval(
+            """SELECT min(s) FROM retest_plans p, jsonb_array_elements_text(p.candidates->'L00') s
+               WHERE p.plan_id = $1 AND s NOT IN (SELECT sample_code FROM retest_plan_samples WHERE plan_id = $1)""",
+            plan_id)
+        await conn.execute("UPDATE retest_plan_samples SET sample_code = $2 WHERE plan_id = $1 AND sample_code = $3",
+                           plan_id, unchosen, plan["samples"][0]["sample_code"])
+    finally:
+        await conn.close()
+    bad = await submit(plan_site, f"/plans/{plan_id}", f"/plans/{plan_id}/verify", {})
+    assert "<strong>Not verified</strong>" in bad.text and '<span id="differing-labs">L04</span>' in bad.text
 
     zh = await plan_site.get(f"/plans/{plan_id}", headers={**HTML, "Accept-Language": "zh-CN"})
     assert '<html lang="zh-CN">' in zh.text and "复验计划" in zh.text and "证据不足：0/52 对比对" in zh.text
