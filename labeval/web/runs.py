@@ -14,7 +14,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_409_CONFLICT
 
@@ -173,8 +173,8 @@ class RunPagesController(Controller):
         return await self._detail(request, conn, run_id, report=report)
 
     @get("/diff")
-    async def diff(self, request: Request, conn: NamedDependency[asyncpg.Connection], a: int | None = None,
-                   b: int | None = None) -> Template:
+    async def diff(self, request: Request, conn: NamedDependency[asyncpg.Connection],
+                   a: FromQuery[int | None] = None, b: FromQuery[int | None] = None) -> Template:
         """The labs whose class differs between run a (earlier) and run b, with the reasons on both
         sides and the rule that made the difference (labeval.grading.diff)."""
         t = request_translator(request)
