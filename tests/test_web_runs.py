@@ -20,7 +20,8 @@ from labeval.db.pool import connect
 from labeval.grading.overrides import set_override, today_utc
 from labeval.render import main_reasons
 from labeval.web.i18n import translator
-from labeval.web.reasons import reason_text
+from labeval.web.reasons import effect_text, reason_text
+from scoring.classes import DISPLAY
 from scoring.policy import policy_hash
 
 from web_client import csrf_token, sign_in, submit
@@ -294,10 +295,22 @@ async def test_the_pages_in_both_languages(site: AsyncTestClient, lang: str, wor
     verified = await submit(site, "/runs/2", "/runs/2/verify", {})
     assert problems(verified.text) == []
     d_row = next(row for row in _rows(run, "grades") if 'data-lab="D"' in row)
+    c_row = next(row for row in _rows(run, "grades") if 'data-lab="C"' in row)
     if lang == "zh-CN":
         assert "一致：重算 5 家机构" in verified.text
         # D's main reason in words: its major audit findings took the most points (20 of 35).
         assert "严重审核发现" in d_row and "扣 20.00 分" in d_row
+        assert "虚假检验检测报告" in c_row and "Ⅳ" in c_row and "falsified_report" not in c_row
     else:
         assert "Identical: recomputing the 5 labs" in verified.text
         assert "Major audit findings" in d_row and "20.00 points deducted" in d_row
+        # C: a falsified report caps at Ⅳ (not "Ⅰ" followed by a stray "V").
+        assert "Falsified test reports: measured 1, threshold 0; class capped at Ⅳ</td>" in c_row
+
+
+def test_a_cap_names_its_class_whole() -> None:
+    en = translator("en")
+    assert [effect_text(en, f"cap {c}") for c in ("I", "II", "III", "IV")] == [
+        f"class capped at {DISPLAY[c]}" for c in ("I", "II", "III", "IV")]
+    assert effect_text(en, "cap III (rate within the peers' spread)") == (
+        "class capped at Ⅲ (rate within the peers' spread)")
