@@ -88,6 +88,9 @@ async def test_history_pages_through_older_runs(site: AsyncTestClient, db_url: s
     assert "/runs?after=" not in second and 'href="/runs">' in second
     failed = (await site.get(f"/runs/{ids[0]}", headers=HTML)).text
     assert 'data-status="failed"' in failed and "RuntimeError: made to fail" in failed
+    assert 'id="export-csv"' not in failed
+    # A failed run has no grades to export: said, not an empty file.
+    assert (await site.get(f"/runs/{ids[0]}/grades.csv", headers=HTML)).status_code == 409
 
 
 async def test_an_officer_starts_a_run_from_the_form_and_lands_on_it(site: AsyncTestClient,  # noqa: F811
