@@ -24,7 +24,7 @@ from labeval.web.reasons import effect_text, reason_text
 from scoring.classes import DISPLAY
 from scoring.policy import policy_hash
 
-from web_client import csrf_token, sign_in, submit
+from web_client import csrf_token, make_user, sign_in, submit
 
 
 def _rows(html: str, table_id: str) -> list[str]:
@@ -114,6 +114,18 @@ async def test_an_officer_starts_a_run_from_the_form_and_lands_on_it(site: Async
     shown = dict(re.findall(r'<tr data-lab="(\w+)">.*?<td class="computed"><span class="class class-(\w+)">',
                             page.text, flags=re.S))
     assert shown == grades and len(grades) == 5
+
+
+async def test_a_grader_may_start_a_run_too(site: AsyncTestClient, db_url: str) -> None:  # noqa: F811
+    conn = await connect(db_url)
+    try:
+        await make_user(conn, "grader.one", "grader")
+    finally:
+        await conn.close()
+    await sign_in(site, "grader.one")
+    assert 'id="start-run"' in (await site.get("/runs", headers=HTML)).text
+    r = await submit(site, "/runs", "/runs", {"as_of": ""})
+    assert r.status_code == 303 and r.headers["location"] == "/runs/3"
 
 
 async def test_a_bad_date_is_said_in_the_form(site: AsyncTestClient, db_url: str) -> None:  # noqa: F811
