@@ -269,7 +269,7 @@ def test_bias_rows_intervals_and_peer_band() -> None:
     assert [p.get("data-group") for p in pts] == ["Overall", "Food"]
     assert [float(p.get("data-x")) for p in pts] == [0.8, -0.2]
     band = [e for e in root.iter(f"{SVG}rect") if e.get("class") == "peer-band"]
-    assert len(band) == 1
+    assert len(band) == 2  # one per drawn row
     # The band is symmetric about the zero line.
     zero = next(e for e in root.iter(f"{SVG}line") if e.get("class") == "ref zero")
     x0, w = float(band[0].get("x")), float(band[0].get("width"))
@@ -277,6 +277,15 @@ def test_bias_rows_intervals_and_peer_band() -> None:
     assert len([e for e in root.iter(f"{SVG}line") if e.get("class") == "interval"]) == 2
     labels = tick_values(root, "y-axis")
     assert labels == ["Overall", "Food"]
+
+
+def test_bias_bands_per_row_follow_each_groups_peers() -> None:
+    root = parse(c.bias_chart(["Overall", "Food"], [0.1, 0.2], [0.0, 0.0], [0.2, 0.4],
+                              peer_limit=[0.5, 1.0], text=TEXT, legend={}))
+    widths = [float(e.get("width")) for e in root.iter(f"{SVG}rect") if e.get("class") == "peer-band"]
+    assert widths[1] == pytest.approx(2 * widths[0], abs=0.02)
+    with pytest.raises(ValueError):
+        c.bias_chart(["a"], [0.1], [0.0], [0.2], peer_limit=[0.5, 1.0], text=TEXT, legend={})
 
 
 # ------------------------------------------------------------------------------------- bars
@@ -303,3 +312,20 @@ def test_two_charts_on_one_page_have_distinct_ids() -> None:
     ids_a = {e.get("id") for e in a.iter() if e.get("id")}
     ids_b = {e.get("id") for e in b.iter() if e.get("id")}
     assert ids_a and not ids_a & ids_b
+
+
+def test_a_long_legend_wraps_inside_the_chart_and_pushes_the_plot_down() -> None:
+    outcomes = list(c.OUTCOME_SHAPES)
+    labels = {o: f"{o} described at some length for the legend" for o in outcomes}
+    root = parse(c.differences_chart(list(range(len(outcomes))), [0.0] * len(outcomes), outcomes,
+                                     [f"S{i}" for i in range(len(outcomes))], text=TEXT, outcome_labels=labels))
+    legend = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "legend")
+    texts = list(legend.iter(f"{SVG}text"))
+    assert len(texts) == len(outcomes)
+    rows = sorted({float(t.get("y")) for t in texts})
+    assert len(rows) > 1
+    assert all(float(t.get("x")) + c._text_width(t.text) <= c.WIDTH for t in texts)
+    # The plot starts below the last legend row.
+    y_axis = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "axis y-axis")
+    top = min(float(v) for ln in y_axis.iter(f"{SVG}line") for v in (ln.get("y1"), ln.get("y2")))
+    assert top > rows[-1] + 4

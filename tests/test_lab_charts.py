@@ -4,6 +4,7 @@ PostgreSQL: what the run stored is read back, what it did not store is recompute
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 from datetime import date
 
 import msgspec
@@ -15,6 +16,7 @@ from labeval.db.errors import NotFound
 from labeval.devtools.demo import run_demo
 from labeval.grading.lab_charts import lab_charts
 from labeval.models import Evidence
+from labeval.web.lab_figures import _x_of_differences, lab_figures
 from scoring.policy import Policy
 from scoring.rates import Z95, funnel_band
 
@@ -93,6 +95,24 @@ async def test_lab_charts_match_the_run_and_the_pairs(conn) -> None:
         if g.bias is not None and g.se is not None:
             assert g.lower < g.bias < g.upper
             assert math.isfinite(g.tau) and g.peer_limit == pytest.approx(charts.peer_z * g.tau)
+
+    # The same numbers drawn: one point per finite value in each chart.
+    figures = lab_figures(charts, gettext=lambda m: m, ngettext=lambda a, b, n: a if n == 1 else b,
+                          fmt_number=lambda v: f"{v:.3g}", fmt_date=date.isoformat)
+    roots = {k: ET.fromstring(str(v)) for k, v in figures.items()}
+    assert all(r.get("role") == "img" for r in roots.values())
+    xs, _title = _x_of_differences(charts.differences, lambda m: m)
+    assert _n_points(roots["differences"]) == sum(
+        p.s is not None and x is not None for p, x in zip(charts.differences, xs, strict=True)) > 10
+    assert _n_points(roots["funnel"]) == len(charts.funnel.points)
+    assert _n_points(roots["cusum"]) == len(charts.cusum.points)
+    assert _n_points(roots["bias"]) == sum(r.bias is not None for r in charts.bias)
+    (highlighted,) = [e for e in roots["funnel"].iter() if (e.get("class") or "").split() == ["point", "highlight"]]
+    assert highlighted.get("data-lab") == code
+
+
+def _n_points(root: ET.Element) -> int:
+    return sum("point" in (e.get("class") or "").split() for e in root.iter())
 
 
 async def test_unknown_lab_or_run_and_a_lab_never_graded(conn) -> None:

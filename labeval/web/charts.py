@@ -186,6 +186,8 @@ def date_ticks(lo: dt.date, hi: dt.date, max_ticks: int = 6) -> list[dt.date]:
 # ------------------------------------------------------------------------------ SVG primitives
 
 WIDTH, HEIGHT = 640, 360
+# Room on the right for the last x tick's label (a date is about 60 px wide, centred on it).
+_RIGHT = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,34 +340,58 @@ def _marker(kind: str, x: float, y: float, css: str, attrs: Mapping[str, str], t
             f"<title>{_esc(tip)}</title></path>")
 
 
+def _text_width(label: str) -> float:
+    # Text is not measurable here: 6 px per character is a fair average at 11 px, and a CJK
+    # character is about as wide as it is high.
+    return sum(11.0 if ord(ch) > 0x2E80 else 6.0 for ch in label)
+
+
+def _key_width(kind: str) -> float:
+    return 22.0 if kind.startswith("line:") else 16.0 if kind.startswith("rect:") else 14.0
+
+
+def _legend_layout(entries: Sequence[tuple[str, str, str]], x0: float, x1: float) -> list[tuple[float, int]]:
+    """(x, row) of each legend entry, wrapping onto a new row where the next would overflow."""
+    out = []
+    x, row = x0, 0
+    for kind, _, label in entries:
+        w = _key_width(kind) + _text_width(label)
+        if x > x0 and x + w > x1:
+            x, row = x0, row + 1
+        out.append((x, row))
+        x += w + 14
+    return out
+
+
+def _top(entries: Sequence[tuple[str, str, str]], left: int, right: int, width: int = WIDTH) -> int:
+    """The top margin that leaves room for the legend's rows."""
+    if not entries:
+        return 16
+    rows = max(r for _, r in _legend_layout(entries, left, width - right)) + 1
+    return 16 + 16 * rows
+
+
 def _legend(frame: _Frame, entries: Sequence[tuple[str, str, str]]) -> list[str]:
-    """entries: (shape or 'line:dash', css class, label), laid out in one row above the plot."""
+    """entries: (marker shape, 'line:<dash>' or 'rect:<fill>'; css class; label), in rows above
+    the plot (the frame's top margin comes from :func:`_top`)."""
     if not entries:
         return []
     out = ['<g class="legend" font-size="11">']
-    x = frame.x0
-    y = frame.y1 - 14
-    for kind, css, label in entries:
+    for (kind, css, label), (x, row) in zip(entries, _legend_layout(entries, frame.x0, frame.x1), strict=True):
+        y = 12.0 + 16 * row
         if kind.startswith("line:"):
             dash = kind[5:]
             dash_attr = f' stroke-dasharray="{_esc(dash)}"' if dash else ""
             out.append(f'<line class="legend-key {_esc(css)}" x1="{_f(x)}" y1="{_f(y)}" x2="{_f(x + 18)}" '
                        f'y2="{_f(y)}" stroke="#000" stroke-width="1.5"{dash_attr}/>')
-            x += 22
         elif kind.startswith("rect:"):
-            fill = kind[5:]
             out.append(f'<rect class="legend-key {_esc(css)}" x="{_f(x)}" y="{_f(y - 5)}" width="12" height="10" '
-                       f'fill="{_esc(fill)}" stroke="#000" stroke-width="0.8"/>')
-            x += 16
+                       f'fill="{_esc(kind[5:])}" stroke="#000" stroke-width="0.8"/>')
         else:
             paint = ('fill="none" stroke="#000" stroke-width="1.6"' if kind in _OPEN_SHAPES
                      else 'fill="#333" stroke="#000" stroke-width="0.8"')
             out.append(f'<path class="legend-key {_esc(css)}" d="{_shape(kind, x + 5, y, 4.5)}" {paint}/>')
-            x += 14
-        out.append(f'<text x="{_f(x)}" y="{_f(y)}" dominant-baseline="middle">{_esc(label)}</text>')
-        # Text width is not measurable here; 6.5 px per character is a fair average at 11 px
-        # (a CJK character is wider, so count it twice).
-        x += 6.5 * sum(2 if ord(ch) > 0x2E80 else 1 for ch in label) + 14
+        out.append(f'<text x="{_f(x + _key_width(kind))}" y="{_f(y)}" dominant-baseline="middle">{_esc(label)}</text>')
     out.append("</g>")
     return out
 
@@ -426,7 +452,13 @@ def differences_chart(
     dropped = int(n - ok.sum())
     if not ok.any():
         return _no_data(chart_id, "differences", text, dropped)
-    frame = _Frame(WIDTH, HEIGHT, 64, 16, 40, 44)
+    present: list[str] = []
+    for i in np.flatnonzero(ok):
+        if str(outcomes[i]) not in present:
+            present.append(str(outcomes[i]))
+    order = [o for o in OUTCOME_SHAPES if o in present] + [o for o in present if o not in OUTCOME_SHAPES]
+    entries = [(OUTCOME_SHAPES.get(o, "plus"), f"outcome-{o}", outcome_labels.get(o, o)) for o in order]
+    frame = _Frame(WIDTH, HEIGHT, 64, _RIGHT, _top(entries, 64, _RIGHT), 44)
     xs, ys = xa[ok], ya[ok]
     xt = nice_ticks(*_padded(float(xs.min()), float(xs.max())))
     yt = nice_ticks(min(-3.5, float(ys.min())), max(3.5, float(ys.max())), 8)
@@ -441,13 +473,10 @@ def differences_chart(
         for sign in (1.0, -1.0):
             parts += _hline(frame, sy(sign * k), f"limit-{int(k)}", dash, 1.0, ("+" if sign > 0 else "−") + fmt(k))
     parts.append("</g>")
-    present = []
     parts.append('<g class="points">')
     for i in np.flatnonzero(ok):
         outcome = str(outcomes[i])
         shape = OUTCOME_SHAPES.get(outcome, "plus")
-        if outcome not in present:
-            present.append(outcome)
         label = outcome_labels.get(outcome, outcome)
         item = f" {items[i]}" if items is not None else ""
         attrs = {"x": _data(xa[i]), "y": _data(ya[i]), "sample": str(samples[i]), "outcome": outcome}
@@ -456,9 +485,7 @@ def differences_chart(
         parts.append(_marker(shape, sx(xa[i]), sy(ya[i]), f"outcome-{outcome}", attrs,
                              f"{samples[i]}{item}: {label}, s = {fmt(float(ya[i]))}"))
     parts.append("</g>")
-    order = [o for o in OUTCOME_SHAPES if o in present] + [o for o in present if o not in OUTCOME_SHAPES]
-    parts += _legend(frame, [(OUTCOME_SHAPES.get(o, "plus"), f"outcome-{o}", outcome_labels.get(o, o))
-                             for o in order])
+    parts += _legend(frame, entries)
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -498,7 +525,12 @@ def funnel_chart(
     curves = [(_as_float(c), css, dash) for c, css, dash in (
         (lower_95, "limit-95", "6 4"), (upper_95, "limit-95", "6 4"),
         (lower_998, "limit-998", "2 3"), (upper_998, "limit-998", "2 3"))]
-    frame = _Frame(WIDTH, HEIGHT, 64, 16, 40, 44)
+    entries = [
+        ("circle", "lab", legend.get("labs", "")), ("triangle", "highlight", legend.get("this_lab", "")),
+        ("line:", "target", legend.get("target", "")), ("line:6 4", "limit-95", legend.get("limits_95", "")),
+        ("line:2 3", "limit-998", legend.get("limits_998", "")),
+    ]
+    frame = _Frame(WIDTH, HEIGHT, 64, _RIGHT, _top(entries, 64, _RIGHT), 44)
     ys_all = [ra[ok]] + [c[np.isfinite(c) & np.isfinite(cn)] for c, _, _ in curves]
     if math.isfinite(target):
         ys_all.append(np.array([target]))
@@ -534,11 +566,7 @@ def funnel_chart(
             parts.append(_marker("circle", sx(na[i]), sy(ra[i]), "lab", attrs, tip, r=3.0))
     parts += mine
     parts.append("</g>")
-    parts += _legend(frame, [
-        ("circle", "lab", legend.get("labs", "")), ("triangle", "highlight", legend.get("this_lab", "")),
-        ("line:", "target", legend.get("target", "")), ("line:6 4", "limit-95", legend.get("limits_95", "")),
-        ("line:2 3", "limit-998", legend.get("limits_998", "")),
-    ])
+    parts += _legend(frame, entries)
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -571,7 +599,9 @@ def cusum_chart(
         return _no_data(chart_id, "cusum", text, dropped)
     idx = np.flatnonzero(ok)
     days = np.array([dates[i].toordinal() for i in idx], dtype=float)  # type: ignore[union-attr]
-    frame = _Frame(WIDTH, HEIGHT, 64, 16, 40, 44)
+    entries = [("circle", "step", legend.get("statistic", "")), ("triangle", "alarm", legend.get("alarm", "")),
+               ("line:6 4", "decision-limit", legend.get("limit", ""))]
+    frame = _Frame(WIDTH, HEIGHT, 64, _RIGHT, _top(entries, 64, _RIGHT), 44)
     d_lo, d_hi = dt.date.fromordinal(int(days.min())), dt.date.fromordinal(int(days.max()))
     dts = date_ticks(d_lo, d_hi)
     top = float(va[ok].max())
@@ -597,9 +627,7 @@ def cusum_chart(
         parts.append(_marker("triangle" if alarm else "circle", sx(d), sy(v), "alarm" if alarm else "step",
                              attrs, tip, r=5.5 if alarm else 2.5))
     parts.append("</g>")
-    parts += _legend(frame, [("circle", "step", legend.get("statistic", "")),
-                             ("triangle", "alarm", legend.get("alarm", "")),
-                             ("line:6 4", "decision-limit", legend.get("limit", ""))])
+    parts += _legend(frame, entries)
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -613,7 +641,7 @@ def bias_chart(
     lower: Sequence[float] | np.ndarray,
     upper: Sequence[float] | np.ndarray,
     *,
-    peer_limit: float,
+    peer_limit: float | Sequence[float] | np.ndarray,
     text: ChartText,
     legend: Mapping[str, str],
     fmt: NumberFormat = _plain,
@@ -621,11 +649,13 @@ def bias_chart(
 ) -> Markup:
     """One row per group (overall, item groups): the lab's bias as a diamond with its interval
     [lower, upper] as a bar, over the peers' band ±peer_limit (= peer_z · τ) shaded and edged
-    with dashed lines, and a line at 0. x is in the bias's unit (σR). ``legend`` keys: bias,
-    interval, peers."""
+    with dashed lines, and a line at 0. x is in the bias's unit (σR). ``peer_limit`` is one
+    number for every row or one per row (each group has its own peers' spread). ``legend``
+    keys: bias, interval, peers."""
     ba, la, ua = _as_float(bias), _as_float(lower), _as_float(upper)
-    if not (len(ba) == len(la) == len(ua) == len(groups)):
-        raise ValueError("groups, bias, lower and upper must have the same length")
+    pa = np.full(len(ba), float(peer_limit)) if np.isscalar(peer_limit) else _as_float(peer_limit)
+    if not (len(ba) == len(la) == len(ua) == len(groups) == len(pa)):
+        raise ValueError("groups, bias, lower, upper (and per-row peer limits) must have the same length")
     ok = np.isfinite(ba)
     dropped = int(len(ba) - ok.sum())
     if not ok.any():
@@ -634,10 +664,12 @@ def bias_chart(
     longest = max(sum(2 if ord(ch) > 0x2E80 else 1 for ch in str(groups[i])) for i in rows)
     left = int(min(200, max(64, 7 * longest + 16)))
     row_h = 28
-    frame = _Frame(WIDTH, 40 + 44 + row_h * len(rows), left, 16, 40, 44)
-    vals = [ba[ok], la[ok & np.isfinite(la)], ua[ok & np.isfinite(ua)], np.array([0.0])]
-    if math.isfinite(peer_limit):
-        vals.append(np.array([-peer_limit, peer_limit]))
+    entries = [("diamond", "bias", legend.get("bias", "")), ("line:", "interval", legend.get("interval", "")),
+               ("rect:#e6e6e6", "peer-band", legend.get("peers", ""))]
+    top = _top(entries, left, _RIGHT)
+    frame = _Frame(WIDTH, top + 44 + row_h * len(rows), left, _RIGHT, top, 44)
+    vals = [ba[ok], la[ok & np.isfinite(la)], ua[ok & np.isfinite(ua)], np.array([0.0]),
+            np.abs(pa[ok & np.isfinite(pa)])]
     allv = np.concatenate(vals)
     span = float(np.abs(allv).max()) or 1.0
     xt = nice_ticks(-span * 1.05, span * 1.05)
@@ -652,13 +684,17 @@ def bias_chart(
                      f'dominant-baseline="middle">{_esc(groups[i])}</text>')
     parts.append("</g>")
     parts += _x_axis(frame, sx, xt, _fmt_all(fmt, xt), text.x_title)
-    if math.isfinite(peer_limit) and peer_limit > 0:
-        x0, x1 = sx(-peer_limit), sx(peer_limit)
-        parts.append(f'<rect class="peer-band" x="{_f(x0)}" y="{_f(frame.y1)}" width="{_f(x1 - x0)}" '
-                     f'height="{_f(frame.y0 - frame.y1)}" fill="#e6e6e6" stroke="none"/>')
+    for k, i in enumerate(rows):
+        limit = float(pa[i])
+        if not (math.isfinite(limit) and limit > 0):
+            continue
+        x0, x1 = sx(-limit), sx(limit)
+        top = frame.y1 + row_h * k + 2
+        parts.append(f'<rect class="peer-band" x="{_f(x0)}" y="{_f(top)}" width="{_f(x1 - x0)}" '
+                     f'height="{_f(row_h - 4)}" fill="#e6e6e6" stroke="none" data-limit="{_data(limit)}"/>')
         for xv in (x0, x1):
-            parts.append(f'<line class="peer-edge" x1="{_f(xv)}" y1="{_f(frame.y1)}" x2="{_f(xv)}" '
-                         f'y2="{_f(frame.y0)}" stroke="#666" stroke-width="1" stroke-dasharray="6 4"/>')
+            parts.append(f'<line class="peer-edge" x1="{_f(xv)}" y1="{_f(top)}" x2="{_f(xv)}" '
+                         f'y2="{_f(top + row_h - 4)}" stroke="#666" stroke-width="1" stroke-dasharray="4 3"/>')
     parts.append(f'<line class="ref zero" x1="{_f(sx(0.0))}" y1="{_f(frame.y1)}" x2="{_f(sx(0.0))}" '
                  f'y2="{_f(frame.y0)}" stroke="#000" stroke-width="1"/>')
     parts.append('<g class="points">')
@@ -677,9 +713,7 @@ def bias_chart(
             tip += f" [{fmt(float(la[i]))}, {fmt(float(ua[i]))}]"
         parts.append(_marker("diamond", sx(ba[i]), y, "bias", attrs, tip, r=5.5))
     parts.append("</g>")
-    parts += _legend(frame, [("diamond", "bias", legend.get("bias", "")),
-                             ("line:", "interval", legend.get("interval", "")),
-                             ("rect:#e6e6e6", "peer-band", legend.get("peers", ""))])
+    parts += _legend(frame, entries)
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -708,7 +742,11 @@ def class_bars_chart(
     dropped = int(sum(int((~f).sum()) for f in finite))
     if not cats or not arrays or not any(f.any() for f in finite):
         return _no_data(chart_id, "classes", text, dropped)
-    frame = _Frame(WIDTH, 300, 56, 16, 40, 44)
+    legend_fills = ["#333", f"url(#{chart_id}-hatch)", "#bbb", f"url(#{chart_id}-dots)"]
+    entries = [(f"rect:{legend_fills[k % len(legend_fills)]}", f"series-{k}", str(name))
+               for k, (name, _) in enumerate(series)]
+    top = _top(entries, 56, _RIGHT)
+    frame = _Frame(WIDTH, 260 + top, 56, _RIGHT, top, 44)
     top = max(float(v[f].max()) for (_, v), f in zip(arrays, finite, strict=True) if f.any())
     yt = nice_ticks(0.0, max(top, 1.0), 6)
     sy = LinearScale(yt[0], yt[-1], frame.y0, frame.y1)
@@ -757,8 +795,6 @@ def class_bars_chart(
             parts.append(f'<text class="bar-label" x="{_f(x + bar_w / 2)}" y="{_f(y - 3)}" text-anchor="middle" '
                          f'font-size="10">{_esc(fmt(float(v[c])))}</text>')
     parts.append("</g>")
-    legend_fills = ["#333", f"url(#{chart_id}-hatch)", "#bbb", f"url(#{chart_id}-dots)"]
-    parts += _legend(frame, [(f"rect:{legend_fills[k % len(legend_fills)]}", f"series-{k}", str(name))
-                             for k, (name, _) in enumerate(series)])
+    parts += _legend(frame, entries)
     parts.append("</svg>")
     return Markup("".join(parts))
