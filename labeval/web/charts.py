@@ -113,8 +113,10 @@ def nice_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
     lo, hi = min(lo, hi), max(lo, hi)
     max_ticks = max(max_ticks, 3)
     width = hi - lo
-    if width <= 1e-12 * max(abs(lo), abs(hi)) or width == 0.0:
-        pad = abs(lo) * 0.1 if lo != 0 else 1.0
+    # Below 1e-12 of the values (or 1e-200 absolute, where a fifth of it could underflow) the
+    # range is taken as a point.
+    if width <= max(1e-12 * max(abs(lo), abs(hi)), 1e-200):
+        pad = abs(lo) * 0.1 if abs(lo) > 1e-200 else 1.0
         lo, hi = lo - pad, hi + pad
     step = nice_step(hi - lo, max_ticks)
     while True:
