@@ -16,6 +16,7 @@ from labeval.db.errors import NotFound
 from labeval.devtools.demo import run_demo
 from labeval.grading.lab_charts import lab_charts
 from labeval.models import Evidence
+from labeval.web.i18n import translator
 from labeval.web.lab_figures import _x_of_differences, lab_figures
 from scoring.policy import Policy
 from scoring.rates import Z95, funnel_band
@@ -97,11 +98,10 @@ async def test_lab_charts_match_the_run_and_the_pairs(conn) -> None:
             assert math.isfinite(g.tau) and g.peer_limit == pytest.approx(charts.peer_z * g.tau)
 
     # The same numbers drawn: one point per finite value in each chart.
-    figures = lab_figures(charts, gettext=lambda m: m, ngettext=lambda a, b, n: a if n == 1 else b,
-                          fmt_number=lambda v: f"{v:.3g}", fmt_date=date.isoformat)
+    figures = lab_figures(charts, translator("en"))
     roots = {k: ET.fromstring(str(v)) for k, v in figures.items()}
     assert all(r.get("role") == "img" for r in roots.values())
-    xs, _title = _x_of_differences(charts.differences, lambda m: m)
+    xs, _title = _x_of_differences(charts.differences, translator("en"))
     assert _n_points(roots["differences"]) == sum(
         p.s is not None and x is not None for p, x in zip(charts.differences, xs, strict=True)) > 10
     assert _n_points(roots["funnel"]) == len(charts.funnel.points)

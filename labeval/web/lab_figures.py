@@ -1,21 +1,20 @@
 """A lab's four charts as SVG, in the reader's language: LabCharts (numbers) → charts.py (SVG).
 
-The words come through the request's gettext/ngettext and the numbers through the locale's
-formatters, passed in, so this module holds no request state and is tested with plain callables.
+The words come through the request's Translator (its gettext, ngettext and the locale's number
+and date formats), passed in: this module holds no request state.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 
 from markupsafe import Markup
 
 from labeval.grading.lab_charts import DifferencePoint, LabCharts
 from labeval.web import charts
+from labeval.web.i18n import Translator
 
-Gettext = Callable[[str], str]
-Ngettext = Callable[[str, str, int], str]
+Gettext = Callable[..., str]
 
 
 def outcome_labels(_: Gettext) -> dict[str, str]:
@@ -32,10 +31,10 @@ def outcome_labels(_: Gettext) -> dict[str, str]:
     }
 
 
-def _dropped(ngettext: Ngettext) -> Callable[[int], str]:
+def _dropped(t: Translator) -> Callable[[int], str]:
     def say(n: int) -> str:
-        return ngettext("%(n)d value without a number was left out.",
-                        "%(n)d values without a number were left out.", n) % {"n": n}
+        return t.ngettext("%(num)d value without a number was left out.",
+                          "%(num)d values without a number were left out.", n) % {"num": n}
     return say
 
 
@@ -45,26 +44,19 @@ def _x_of_differences(points: Sequence[DifferencePoint], _: Gettext) -> tuple[li
     with_s = [p for p in points if p.s is not None]
     if len({p.item_code for p in with_s}) == 1:
         item = with_s[0].item_code
-        return [p.level for p in points], _("Mean of the two results (item %(item)s)") % {"item": item}
+        return [p.level for p in points], _("Mean of the two results (item {item})", item=item)
     if any(p.position is not None for p in with_s):
         return ([p.position for p in points],
                 _("Distance of the mean to the nearest specification limit (σR)"))
     return [float(k + 1) for k in range(len(points))], _("Pairs in order of completion")
 
 
-def lab_figures(
-    data: LabCharts,
-    *,
-    gettext: Gettext,
-    ngettext: Ngettext,
-    fmt_number: Callable[[float], str],
-    fmt_date: Callable[[dt.date], str],
-    group_names: Mapping[str, str] | None = None,
-) -> dict[str, Markup]:
+def lab_figures(data: LabCharts, t: Translator, *, group_names: Mapping[str, str] | None = None) -> dict[str, Markup]:
     """{"differences", "funnel", "cusum", "bias"} → <svg> for the lab page and the report.
     ``group_names`` names item groups (category code → name) in the bias chart."""
-    _ = gettext
-    dropped = _dropped(ngettext)
+    _ = t
+    dropped = _dropped(t)
+    fmt_number, fmt_date = t.number, t.date
     code = data.lab_code
 
     pts = data.differences
@@ -77,8 +69,8 @@ def lab_figures(
         text=charts.ChartText(
             title=_("Differences from partner labs"),
             desc=_("Each of the lab's pairs in the window: the standardised difference s (the lab's "
-                   "result minus its partner's, in units of √2 σR) against %(x)s. Lines at 0, ±2 and ±3; "
-                   "the marker's shape gives the outcome.") % {"x": x_title},
+                   "result minus its partner's, in units of √2 σR) against {x}. Lines at 0, ±2 and ±3; "
+                   "the marker's shape gives the outcome.", x=x_title),
             x_title=x_title, y_title=_("Standardised difference s"),
             no_data=_("No pairs with a standardised difference in the window."), dropped=dropped,
         ),
@@ -133,7 +125,7 @@ def lab_figures(
             title=_("Bias against peer labs"),
             desc=_("The lab's bias in units of σR with its interval (± 2 standard errors), overall and "
                    "within each product category, against the band in which normal labs' biases lie "
-                   "(± %(z)s τ).") % {"z": fmt_number(data.peer_z)},
+                   "(± {z} τ).", z=fmt_number(data.peer_z)),
             x_title=_("Bias (σR)"), no_data=_("No bias could be estimated for this lab."), dropped=dropped,
         ),
         legend={"bias": _("Bias"), "interval": _("± 2 standard errors"), "peers": _("Peers' band")},
