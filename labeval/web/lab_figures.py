@@ -68,9 +68,7 @@ def lab_figures(data: LabCharts, t: Translator, *, group_names: Mapping[str, str
         items=[p.item_code for p in pts],
         text=charts.ChartText(
             title=_("Differences from partner labs"),
-            desc=_("Each of the lab's pairs in the window: the standardised difference s (the lab's "
-                   "result minus its partner's, in units of √2 σR) against {x}. Lines at 0, ±2 and ±3; "
-                   "the marker's shape gives the outcome.", x=x_title),
+            desc=_("Each of the lab's pairs in the window: the standardised difference s (the lab's result minus its partner's, in units of √2 σR) against {x}. Lines at 0, ±2 and ±3; the marker's shape gives the outcome.", x=x_title),
             x_title=x_title, y_title=_("Standardised difference s"),
             no_data=_("No pairs with a standardised difference in the window."), dropped=dropped,
         ),
@@ -85,9 +83,7 @@ def lab_figures(data: LabCharts, t: Translator, *, group_names: Mapping[str, str
         target=float("nan") if f.target is None else f.target,
         text=charts.ChartText(
             title=_("Discrepancy rate against all labs"),
-            desc=_("Every lab of the run: attributed discrepancies per quantitative pair against the number "
-                   "of pairs, with the 95 % and 99.8 % control limits around the overall rate. This lab is "
-                   "the large triangle."),
+            desc=_("Every lab of the run: attributed discrepancies per quantitative pair against the number of pairs, with the 95 % and 99.8 % control limits around the overall rate. This lab is the large triangle."),
             x_title=_("Quantitative pairs"), y_title=_("Attributed discrepancies per pair"),
             no_data=_("No lab had quantitative pairs in this run."), dropped=dropped,
         ),
@@ -102,9 +98,7 @@ def lab_figures(data: LabCharts, t: Translator, *, group_names: Mapping[str, str
         limit=float("nan") if c.limit is None else c.limit,
         text=charts.ChartText(
             title=_("CUSUM of discrepancies over time"),
-            desc=_("The risk-adjusted CUSUM of the lab's attributed discrepancies, pair by pair in order of "
-                   "completion; it rises when discrepancies come more often than expected. Reaching the "
-                   "decision limit h is an alarm (triangles)."),
+            desc=_("The risk-adjusted CUSUM of the lab's attributed discrepancies, pair by pair in order of completion; it rises when discrepancies come more often than expected. Reaching the decision limit h is an alarm (triangles)."),
             x_title=_("Completed on"), y_title=_("CUSUM statistic"),
             no_data=_("No quantitative pairs in the window."), dropped=dropped,
         ),
@@ -123,9 +117,7 @@ def lab_figures(data: LabCharts, t: Translator, *, group_names: Mapping[str, str
         peer_limit=[float("nan") if r.peer_limit is None else r.peer_limit for r in rows],
         text=charts.ChartText(
             title=_("Bias against peer labs"),
-            desc=_("The lab's bias in units of σR with its interval (± 2 standard errors), overall and "
-                   "within each product category, against the band in which normal labs' biases lie "
-                   "(± {z} τ).", z=fmt_number(data.peer_z)),
+            desc=_("The lab's bias in units of σR with its interval (± 2 standard errors), overall and within each product category, against the band in which normal labs' biases lie (± {z} τ).", z=fmt_number(data.peer_z)),
             x_title=_("Bias (σR)"), no_data=_("No bias could be estimated for this lab."), dropped=dropped,
         ),
         legend={"bias": _("Bias"), "interval": _("± 2 standard errors"), "peers": _("Peers' band")},
