@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from litestar.testing import AsyncTestClient
 from test_grading_run import AS_OF, seed, small_policy
+from test_web_a11y import problems
 
 from labeval.app import create_app
 from labeval.config import Settings
@@ -194,3 +195,12 @@ async def test_lab_page_in_chinese(site: AsyncTestClient) -> None:
     assert '<html lang="zh-CN">' in r.text
     title = figure_svg(r.text, "chart-funnel").find(f"{SVG}title").text
     assert title and not title.isascii()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-CN"])
+async def test_the_lab_pages_meet_the_accessibility_basics(site: AsyncTestClient, lang: str) -> None:
+    await sign_in(site, "officer.one")  # the officer's page has the override form too
+    for path in ("/labs/A", "/labs/A/report", "/samples/S001"):
+        r = await site.get(path, headers={**HTML, "Accept-Language": lang})
+        assert r.status_code == 200, path
+        assert problems(r.text) == [], path
