@@ -10,11 +10,13 @@ from datetime import date
 import msgspec
 import numpy as np
 import pytest
+from test_grading_run import AS_OF, seed, small_policy
 
 from labeval.db import labs as lq
 from labeval.db.errors import NotFound
 from labeval.devtools.demo import run_demo
 from labeval.grading.lab_charts import lab_charts
+from labeval.grading.run import run_grading
 from labeval.models import Evidence
 from labeval.web.i18n import translator
 from labeval.web.lab_figures import _x_of_differences, lab_figures
@@ -122,3 +124,27 @@ async def test_unknown_lab_or_run_and_a_lab_never_graded(conn) -> None:
     assert await lab_charts(conn, "L-NEW") is None
     with pytest.raises(NotFound):
         await lab_charts(conn, "L-NEW", run_id=12345)
+
+
+async def test_a_pair_imported_after_the_run_shows_at_once(conn) -> None:
+    await seed(conn)
+    await run_grading(conn, small_policy(), as_of=AS_OF, trigger="test")
+    before = await lab_charts(conn, "A")
+    assert len(before.differences) == 14 and {p.s for p in before.differences} == {0.0}
+    # A new pair reported within the run's window: A (original) reads 50, B (retest) 53.
+    await conn.execute("INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ('S999', 'TEX', 'A')")
+    await conn.executemany(
+        "INSERT INTO results (sample_code, item_code, lab_code, role, value, verdict, reported_on) "
+        "VALUES ('S999', 'Q', $1, $2, $3, 'pass', $4)",
+        [("A", "original", 50.0, date(2026, 5, 1)), ("B", "retest", 53.0, date(2026, 5, 20))],
+    )
+    after = await lab_charts(conn, "A")
+    assert after.run_id == before.run_id
+    (new,) = [p for p in after.differences if p.sample_code == "S999"]
+    # Hand: σR = 1 (absolute), d = 50 − 53 = −3, s = −3 / √2 = −2.1213; CD = 2.8 √(1 − 0.25 · 0) = 2.8 < 3.
+    assert new.s == pytest.approx(-3 / math.sqrt(2))
+    assert (new.role, new.partner, new.outcome, new.level) == ("original", "B", "discrepant", 51.5)
+    # B sees the same pair from its side.
+    b = await lab_charts(conn, "B")
+    (mirror,) = [p for p in b.differences if p.sample_code == "S999"]
+    assert mirror.s == pytest.approx(3 / math.sqrt(2)) and mirror.role == "retest"
