@@ -163,7 +163,15 @@ async def test_unknown_lab_and_sample_are_404_pages(site: AsyncTestClient) -> No
         assert "<html" in r.text
 
 
-async def test_report_is_printable_with_the_charts(site: AsyncTestClient) -> None:
+async def test_report_is_printable_with_the_charts(site: AsyncTestClient, db_url: str) -> None:
+    conn = await connect(db_url)
+    try:  # one pair that does not agree (d = −3 > CD = 2.8), reported inside the run's window
+        await conn.execute("INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ('S999', 'TEX', 'A')")
+        await conn.execute(
+            "INSERT INTO results (sample_code, item_code, lab_code, role, value, verdict, reported_on) VALUES "
+            "('S999', 'Q', 'A', 'original', 50.0, 'pass', '2026-05-01'), ('S999', 'Q', 'B', 'retest', 53.0, 'pass', '2026-05-20')")
+    finally:
+        await conn.close()
     await sign_in(site, "viewer.one")
     r = await site.get("/labs/A/report", headers=HTML)
     assert r.status_code == 200
@@ -174,6 +182,10 @@ async def test_report_is_printable_with_the_charts(site: AsyncTestClient) -> Non
     for fig in ("chart-differences", "chart-funnel", "chart-cusum", "chart-bias"):
         assert points(figure_svg(html, fig))
     assert 'id="override"' not in html and 'table id="grade-history"' in html
+    disagreements = html.split('<table id="pairs">')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(S\d+)</td>", disagreements) == ["S999"]
+    assert "Discrepant" in disagreements
+    assert "15 pairs in the window." in html
 
 
 async def test_sample_page_shows_every_result_side_by_side(site: AsyncTestClient) -> None:

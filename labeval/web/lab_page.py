@@ -36,6 +36,8 @@ from scoring.policy import Policy
 # A busy lab has thousands of pairs in its window; the page lists the first ones (by pair id)
 # and says how many there are; the API pages through all of them.
 PAIRS_SHOWN = 300
+# The printed report lists the pairs that did not agree among all of them (a bound, not a page).
+REPORT_PAIRS = 100_000
 _FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
@@ -63,8 +65,9 @@ def _form_errors(t: Any, form: OverrideForm, today: date) -> tuple[dict[str, str
     return errors, until
 
 
-async def _lab_context(request: Request, conn: asyncpg.Connection, code: str) -> dict[str, Any]:
-    """Everything the lab page and the report show."""
+async def _lab_context(request: Request, conn: asyncpg.Connection, code: str,
+                       pairs_shown: int = PAIRS_SHOWN) -> dict[str, Any]:
+    """Everything the lab page and the report show (the first `pairs_shown` pairs)."""
     t = request_translator(request)
     lab = await q.get_lab(conn, code)
     override = (await overrides.active(conn, today_utc())).get(code)
@@ -76,8 +79,8 @@ async def _lab_context(request: Request, conn: asyncpg.Connection, code: str) ->
     window = await q.latest_window(conn, code)
     pairs, total = [], 0
     if window is not None:
-        rows = await q.lab_pairs(conn, code, window, after=None, limit=PAIRS_SHOWN + 1)
-        pairs = pair_views(rows[:PAIRS_SHOWN], msgspec.convert(window.policy, Policy), lab_code=code)
+        rows = await q.lab_pairs(conn, code, window, after=None, limit=pairs_shown + 1)
+        pairs = pair_views(rows[:pairs_shown], msgspec.convert(window.policy, Policy), lab_code=code)
         total = len(data.differences) if data else len(rows)
     return {
         "lab": lab, "override": override, "effective": override.class_ if override else lab.current_class,
@@ -125,7 +128,8 @@ class LabPageController(Controller):
 
     @get("/{code:str}/report")
     async def report(self, request: Request, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> Template:
-        context = await _lab_context(request, conn, code)
+        # The report lists every pair that did not agree, so it reads the whole window.
+        context = await _lab_context(request, conn, code, pairs_shown=REPORT_PAIRS)
         return page(request, "lab_report.html", **context, today=today_utc())
 
 
