@@ -333,3 +333,30 @@ def test_a_long_legend_wraps_inside_the_chart_and_pushes_the_plot_down() -> None
     y_axis = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "axis y-axis")
     top = min(float(v) for ln in y_axis.iter(f"{SVG}line") for v in (ln.get("y1"), ln.get("y2")))
     assert top > rows[-1] + 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e6, 1e6), st.floats(-40, 40)), min_size=1, max_size=30))
+def test_every_point_lies_inside_the_axes_and_keeps_the_data_order(pairs: list[tuple[float, float]]) -> None:
+    x = [a for a, _ in pairs]
+    s = [b for _, b in pairs]
+    root = parse(_diff_chart(x, s))
+    x_axis = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "axis x-axis")
+    base = next(iter(x_axis.iter(f"{SVG}line")))
+    left, right, bottom = float(base.get("x1")), float(base.get("x2")), float(base.get("y1"))
+    y_axis = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "axis y-axis")
+    top = float(next(iter(y_axis.iter(f"{SVG}line"))).get("y2"))
+    centres = []
+    for p in points(root):
+        # Circles start at their left edge: M(x − r),y with r = 4.5.
+        mx, my = (float(v) for v in re.match(r"M([-\d.]+),([-\d.]+)", p.get("d")).groups())
+        cx, cy = mx + 4.5, my
+        assert left - 0.01 <= cx <= right + 0.01 and top - 0.01 <= cy <= bottom + 0.01
+        centres.append((float(p.get("data-x")), float(p.get("data-y")), cx, cy))
+    # Monotonic both ways: a larger x is never left of a smaller one, a larger s never lower.
+    for a in centres:
+        for b in centres:
+            if a[0] < b[0]:
+                assert a[2] <= b[2] + 0.01
+            if a[1] < b[1]:
+                assert a[3] >= b[3] - 0.01
