@@ -18,7 +18,7 @@ import polars as pl
 
 from scoring.policy import CusumPolicy
 
-__all__ = ["cusum_limit", "lab_cusum", "risk_adjusted_cusum"]
+__all__ = ["cusum_limit", "cusum_paths", "lab_cusum", "risk_adjusted_cusum"]
 
 
 def _chart(weight: pl.Expr, group: str | None) -> pl.Expr:
@@ -42,6 +42,12 @@ def risk_adjusted_cusum(y: np.ndarray, p: np.ndarray, odds_ratio: float) -> np.n
     return path.get_column("c").to_numpy()
 
 
+def cusum_paths(rows: pl.DataFrame, *, odds_ratio: float) -> pl.DataFrame:
+    """``rows`` (idx, y, p, …; sorted in chart order within idx) with each chart's value C_t
+    after the row added as column ``c``."""
+    return rows.with_columns(c=_chart(_weight(pl.col("y"), pl.col("p"), odds_ratio), "idx"))
+
+
 def lab_cusum(
     rows: pl.DataFrame, *, odds_ratio: float, limit: float
 ) -> pl.DataFrame:
@@ -52,7 +58,7 @@ def lab_cusum(
     with C > 0; null if never).
     """
     return (
-        rows.with_columns(c=_chart(_weight(pl.col("y"), pl.col("p"), odds_ratio), "idx"))
+        cusum_paths(rows, odds_ratio=odds_ratio)
         .group_by("idx", maintain_order=True)
         .agg(
             cusum_current=pl.col("c").last(),

@@ -43,7 +43,7 @@ from scoring.attribution import (
     precision_against_peers,
     qualitative_shares,
 )
-from scoring.cusum import cusum_limit, lab_cusum
+from scoring.cusum import cusum_limit, cusum_paths, lab_cusum
 from scoring.patterns import (
     PATTERNS,
     PatternCounts,
@@ -63,7 +63,15 @@ from scoring.rates import (
     shrunk_rates,
 )
 
-__all__ = ["EVIDENCE_SCHEMA", "lab_evidence", "pairs_in_window"]
+__all__ = [
+    "CUSUM_PATH_SCHEMA",
+    "EVIDENCE_SCHEMA",
+    "GROUP_BIAS_SCHEMA",
+    "bias_by_group",
+    "cusum_series",
+    "lab_evidence",
+    "pairs_in_window",
+]
 
 _NUMERIC_OUTCOMES = ("consistent", "discrepant", "reversal_within_uncertainty", "reversal")
 _QUALITATIVE_OUTCOMES = ("qualitative_agree", "qualitative_reversal")
@@ -542,6 +550,146 @@ def _sign_columns(out: pl.DataFrame) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------- assembly
 
 
+@dataclass(frozen=True, slots=True)
+class _Stages:
+    """Stages 1–5, shared by the evidence and by the series its charts are drawn from."""
+
+    df: pl.DataFrame
+    ix: LabIndex
+    comps: Comparisons
+    fit: BiasFit
+    identifiable: np.ndarray
+    roles: pl.DataFrame
+    counts: pl.DataFrame
+    rates: RateEvidence
+
+
+def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stages | None:
+    """The window, graph, bias fit, blame, counts and rates; None when the window is empty."""
+    ep = policy.evidence
+    df = pairs_in_window(scored_pairs, as_of, ep)
+    if df.height == 0:
+        return None
+    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the window
+    # expressions must not see the other families).
+    numeric_only = df.filter(pl.col("numeric"))
+    expected = numeric_only.select(
+        "pair_id",
+        p_expected=baseline_rate(numeric_only, "num_disc", ep.baseline, ep.baseline_prior_pairs)
+        if numeric_only.height
+        else pl.lit(None, dtype=pl.Float64),
+    )
+    df = df.join(expected, on="pair_id", how="left", maintain_order="left")
+
+    ix = _lab_index(df)
+    n_labs = len(ix.labs)
+    comps = _comparisons(df, ix)
+    fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
+    identifiable = _identifiable(fit, ep)
+    blame = _blame(df, ix, fit, ep, n_labs)
+    p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
+    roles = _roles(df, ix, blame, p_lab)
+    counts = _counts(roles, df, ix)
+    return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, roles=roles,
+                   counts=counts, rates=_rates(counts, ep))
+
+
+def _chart_rows(st: _Stages, policy: Policy) -> pl.DataFrame:
+    """The CUSUM's rows (idx, completed_on, pair_id, y, p) in chart order: numeric pairs, in
+    control at the peers' edge of the funnel."""
+    fun = st.rates.funnel
+    lift = 1.0
+    if np.isfinite(fun.target) and fun.target > 0:
+        lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
+    return (
+        st.roles.filter(pl.col("numeric"))
+        .select(
+            "idx", "completed_on", "pair_id",
+            y=pl.col("blame").clip(0.0, 1.0),
+            p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
+        )
+        .sort("idx", "completed_on", "pair_id", nulls_last=False)
+    )
+
+
+CUSUM_PATH_SCHEMA: dict[str, pl.DataType] = {
+    "lab_code": pl.String(),
+    "pair_id": _I64,
+    "completed_on": pl.Date(),
+    "y": _F64,
+    "p": _F64,
+    "cusum": _F64,
+}
+
+
+def cusum_series(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) -> pl.DataFrame:
+    """Every lab's CUSUM path as :func:`lab_evidence` charts it (CUSUM_PATH_SCHEMA): one row
+    per numeric pair and side in chart order, y (the lab's attributed share), p (in-control
+    probability) and the chart's value after the pair. Its maximum per lab is the evidence's
+    cusum_max; the limit h is the evidence's cusum_limit (not recalibrated here)."""
+    st = _stages(scored_pairs, policy, as_of)
+    if st is None:
+        return pl.DataFrame(schema=CUSUM_PATH_SCHEMA)
+    path = cusum_paths(_chart_rows(st, policy), odds_ratio=policy.cusum.odds_ratio)
+    codes = pl.DataFrame({"idx": np.arange(len(st.ix.labs), dtype=np.int64), "lab_code": st.ix.labs})
+    return (
+        path.join(codes, on="idx", how="left", maintain_order="left")
+        .rename({"c": "cusum"})
+        .select(pl.col(c).cast(t) for c, t in CUSUM_PATH_SCHEMA.items())
+    )
+
+
+GROUP_BIAS_SCHEMA: dict[str, pl.DataType] = {
+    "group": pl.String(),
+    "lab_code": pl.String(),
+    "pairs_quantitative": _I64,
+    "identifiable": _BOOL,
+    "bias": _F64,
+    "bias_se": _F64,
+    "bias_tau": _F64,
+    "bias_peer_limit": _F64,
+}
+
+
+def bias_by_group(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date, by: str) -> pl.DataFrame:
+    """Lab biases against peers as :func:`lab_evidence` computes them, but from each group's
+    pairs alone (``by``: a column of the pairs, e.g. category_code), GROUP_BIAS_SCHEMA: each
+    group has its own comparison graph, anchor and peers' spread τ. A lab's bias that differs
+    between groups (an item family it measures high) shows here and is averaged away overall.
+    Rows for every lab with a comparison in the group, sorted by group and lab."""
+    ep = policy.evidence
+    df = pairs_in_window(scored_pairs, as_of, ep)
+    frames = []
+    for (key,), part in df.filter(pl.col(by).is_not_null()).group_by(by, maintain_order=True):
+        ix = _lab_index(part)
+        n_labs = len(ix.labs)
+        comps = _comparisons(part, ix)
+        if len(comps.s) == 0:
+            continue
+        fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
+        identifiable = _identifiable(fit, ep)
+        numeric = part.get_column("numeric").to_numpy()
+        n_quant = np.bincount(np.r_[ix.i1[numeric], ix.i2[numeric]], minlength=n_labs)
+        bias = _bias_evidence(fit, identifiable, n_quant, ep)
+        frames.append(pl.DataFrame({
+            "group": [str(key)] * n_labs,
+            "lab_code": ix.labs,
+            "pairs_quantitative": n_quant.astype(np.int64),
+            "identifiable": identifiable,
+            "bias": _col(bias.bias),
+            "bias_se": _col(bias.se),
+            "bias_tau": [bias.peers.tau] * n_labs,
+            "bias_peer_limit": [ep.peer_z * bias.peers.tau] * n_labs,
+        }).filter(pl.Series(fit.graph.involved)))
+    if not frames:
+        return pl.DataFrame(schema=GROUP_BIAS_SCHEMA)
+    return (
+        pl.concat(frames)
+        .select(pl.col(c).cast(t) for c, t in GROUP_BIAS_SCHEMA.items())
+        .sort("group", "lab_code")
+    )
+
+
 def _empty_evidence() -> pl.DataFrame:
     return pl.DataFrame(schema=EVIDENCE_SCHEMA)
 
@@ -585,31 +733,12 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     """
     ep = policy.evidence
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
-    df = pairs_in_window(scored_pairs, as_of, ep)
-    if df.height == 0:
+    st = _stages(scored_pairs, policy, as_of)
+    if st is None:
         return _empty_evidence()
-    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the window
-    # expressions must not see the other families).
-    numeric_only = df.filter(pl.col("numeric"))
-    expected = numeric_only.select(
-        "pair_id",
-        p_expected=baseline_rate(numeric_only, "num_disc", ep.baseline, ep.baseline_prior_pairs)
-        if numeric_only.height
-        else pl.lit(None, dtype=pl.Float64),
-    )
-    df = df.join(expected, on="pair_id", how="left", maintain_order="left")
-
-    ix = _lab_index(df)
+    df, ix, comps, fit, identifiable = st.df, st.ix, st.comps, st.fit, st.identifiable
+    counts, rates = st.counts, st.rates
     n_labs = len(ix.labs)
-    comps = _comparisons(df, ix)
-    fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
-    identifiable = _identifiable(fit, ep)
-    blame = _blame(df, ix, fit, ep, n_labs)
-    p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
-    roles = _roles(df, ix, blame, p_lab)
-    counts = _counts(roles, df, ix)
-
-    rates = _rates(counts, ep)
     q_expected, q_rate, q_p = _qualitative(counts, ep)
     n_quant = counts.get_column("pairs_quantitative").to_numpy()
     bias = _bias_evidence(fit, identifiable, n_quant, ep)
@@ -625,20 +754,8 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     )
     precision_p = np.where(judged, precision.p, np.nan)
 
-    # CUSUM on numeric pairs, in control at the peers' edge of the funnel.
     fun = rates.funnel
-    lift = 1.0
-    if np.isfinite(fun.target) and fun.target > 0:
-        lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
-    chart_rows = (
-        roles.filter(pl.col("numeric"))
-        .select(
-            "idx", "completed_on", "pair_id",
-            y=pl.col("blame").clip(0.0, 1.0),
-            p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
-        )
-        .sort("idx", "completed_on", "pair_id", nulls_last=False)
-    )
+    chart_rows = _chart_rows(st, policy)
     h = cusum_limit(chart_rows.get_column("p").to_numpy(), policy.cusum)
     chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
 

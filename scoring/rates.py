@@ -30,6 +30,7 @@ __all__ = [
     "baseline_rate",
     "benjamini_hochberg",
     "fit_beta_binomial",
+    "funnel_band",
     "funnel_limits",
     "garwood_interval",
     "poisson_excess_p",
@@ -193,6 +194,15 @@ class FunnelLimits:
     tau2: float
 
 
+def funnel_band(target: float, tau2: float, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """The funnel's limits at sizes n: target ± z sqrt(target (1 − target) / n + τ²), clipped to
+    [0, 1]; NaN where n ≤ 0. Drawing a funnel evaluates this on a grid of n."""
+    n = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = np.where(n > 0, np.sqrt(target * (1 - target) / n + tau2), np.nan)
+    return np.clip(target - z * sd, 0.0, 1.0), np.clip(target + z * sd, 0.0, 1.0)
+
+
 def funnel_limits(observed: np.ndarray, n: np.ndarray, winsor: float = 0.1) -> FunnelLimits:
     """Spiegelhalter (2005) funnel for proportions with additive overdispersion.
 
@@ -234,13 +244,15 @@ def funnel_limits(observed: np.ndarray, n: np.ndarray, winsor: float = 0.1) -> F
     denom = float(w.sum() - (w**2).sum() / w.sum())
     tau2 = max(0.0, (big_n * phi - (big_n - 1)) / denom) if denom > 0 else 0.0
     sd = np.sqrt(s2 + tau2)
+    lo95, hi95 = funnel_band(p0, tau2, n[ok], Z95)
+    lo998, hi998 = funnel_band(p0, tau2, n[ok], Z998)
     return FunnelLimits(
         rate=rate,
         target=p0,
-        lower_95=spread(np.clip(p0 - Z95 * sd, 0.0, 1.0)),
-        upper_95=spread(np.clip(p0 + Z95 * sd, 0.0, 1.0)),
-        lower_998=spread(np.clip(p0 - Z998 * sd, 0.0, 1.0)),
-        upper_998=spread(np.clip(p0 + Z998 * sd, 0.0, 1.0)),
+        lower_95=spread(lo95),
+        upper_95=spread(hi95),
+        lower_998=spread(lo998),
+        upper_998=spread(hi998),
         z=spread((y - p0) / sd),
         phi=phi,
         tau2=tau2,

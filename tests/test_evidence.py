@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from scoring.cusum import risk_adjusted_cusum
-from scoring.evidence import EVIDENCE_SCHEMA, lab_evidence
+from scoring.evidence import (
+    CUSUM_PATH_SCHEMA,
+    EVIDENCE_SCHEMA,
+    GROUP_BIAS_SCHEMA,
+    bias_by_group,
+    cusum_series,
+    lab_evidence,
+)
 from scoring.policy import EvidencePolicy, Policy
 from scoring.rates import garwood_interval
 
@@ -311,3 +318,77 @@ def test_an_isolated_pair_is_not_identifiable_and_goes_to_arbitration():
     assert r["A"]["identifiable"] and not r["A"]["arbitration_suggested"]
     # a pair's biases split the difference: neither is judged (no FDR family membership)
     assert r["X"]["bias_q"] is None and r["Y"]["bias_q"] is None
+
+
+# ------------------------------------------------------------------- the series charts draw
+
+
+def _mixed_rows(seed: int) -> list[dict]:
+    """Labs X (biased in category C2 only) and eight partners, dated over a year, two categories."""
+    rng = np.random.default_rng(seed)
+    partners = [f"P{i}" for i in range(8)]
+    rows = []
+    for i in range(500):
+        cat = "C1" if i % 2 else "C2"
+        if i % 3 == 0:
+            a, b = "X", partners[rng.integers(0, 8)]
+            bias = 1.5 if cat == "C2" else 0.0
+        else:
+            a, b = rng.choice(partners, 2, replace=False)
+            bias = 0.0
+        s = bias + rng.normal()
+        day = dt.date(2025, 1, 1) + dt.timedelta(days=int(i * 0.7))
+        rows.append({"lab_1": a, "lab_2": b, "s": s, "category_code": cat, "item_code": f"I{cat}",
+                     "reported_on_1": day, "reported_on_2": day,
+                     "outcome": "discrepant" if abs(s) > 1.98 else "consistent"})
+    return rows
+
+
+def test_cusum_series_ends_where_the_evidence_says():
+    data = scored(_mixed_rows(3))
+    pol = overall_policy()
+    ev = {r["lab_code"]: r for r in lab_evidence(data, pol, as_of=AS_OF).iter_rows(named=True)}
+    series = cusum_series(data, pol, as_of=AS_OF)
+    assert series.schema == pl.Schema(CUSUM_PATH_SCHEMA)
+    for lab, path in series.group_by("lab_code"):
+        e = ev[lab[0]]
+        assert path.height == e["pairs_quantitative"]
+        assert path.get_column("cusum").max() == pytest.approx(e["cusum_max"], abs=1e-12)
+        assert path.get_column("cusum").to_list()[-1] == pytest.approx(e["cusum_current"], abs=1e-12)
+        # In chart order: completion dates never go back.
+        dates = path.get_column("completed_on").to_list()
+        assert dates == sorted(dates)
+        # The path is the risk-adjusted CUSUM of its own y and p.
+        np.testing.assert_allclose(
+            path.get_column("cusum").to_numpy(),
+            risk_adjusted_cusum(path.get_column("y").to_numpy(), path.get_column("p").to_numpy(),
+                                pol.cusum.odds_ratio),
+            atol=1e-12,
+        )
+    assert cusum_series(scored([]), pol, as_of=AS_OF).height == 0
+
+
+def test_bias_by_group_finds_the_category_the_overall_bias_averages():
+    data = scored(_mixed_rows(4))
+    pol = overall_policy()
+    groups = bias_by_group(data, pol, as_of=AS_OF, by="category_code")
+    assert groups.schema == pl.Schema(GROUP_BIAS_SCHEMA)
+    x = {r["group"]: r for r in groups.filter(pl.col("lab_code") == "X").iter_rows(named=True)}
+    # Planted: 1.5 s units = 1.5 √2 σR in C2, nothing in C1.
+    assert x["C2"]["bias"] == pytest.approx(1.5 * math.sqrt(2), abs=0.35)
+    assert abs(x["C1"]["bias"]) < 0.45
+    overall = lab_evidence(data, pol, as_of=AS_OF).filter(pl.col("lab_code") == "X").row(0, named=True)
+    assert x["C1"]["bias"] < overall["bias"] < x["C2"]["bias"]
+    assert x["C2"]["bias_peer_limit"] == pytest.approx(pol.evidence.peer_z * x["C2"]["bias_tau"])
+
+
+def test_bias_by_group_with_one_group_is_the_overall_bias():
+    data = scored(_mixed_rows(5))
+    pol = overall_policy()
+    one = bias_by_group(data.with_columns(everything=pl.lit("all")), pol, as_of=AS_OF, by="everything")
+    ev = lab_evidence(data, pol, as_of=AS_OF).select("lab_code", "bias", "bias_se", "bias_tau")
+    joined = one.join(ev, on="lab_code", suffix="_ev")
+    assert joined.height == ev.height
+    for col in ("bias", "bias_se", "bias_tau"):
+        np.testing.assert_allclose(joined.get_column(col).to_numpy(), joined.get_column(f"{col}_ev").to_numpy(),
+                                   rtol=1e-12)

@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from scoring.rates import (
+    Z95,
+    Z998,
     benjamini_hochberg,
     fit_beta_binomial,
+    funnel_band,
     funnel_limits,
     garwood_interval,
     poisson_excess_p,
@@ -113,3 +116,22 @@ def test_funnel_overdispersion_hand():
     assert f.tau2 == pytest.approx(0.0028583, rel=1e-4)
     sd = math.sqrt(0.000475 + 0.0028583)
     np.testing.assert_allclose(f.z, [-0.05 / sd, 0.05 / sd, -0.05 / sd, 0.05 / sd], rtol=1e-4)
+
+
+def test_funnel_band_at_the_labs_sizes_is_their_limits():
+    o = np.array([2.0, 10.0, 1.0, 30.0, 5.0, 0.0])
+    n = np.array([20.0, 60.0, 15.0, 150.0, 40.0, 0.0])
+    f = funnel_limits(o, n)
+    lo95, hi95 = funnel_band(f.target, f.tau2, n, Z95)
+    lo998, hi998 = funnel_band(f.target, f.tau2, n, Z998)
+    np.testing.assert_array_equal(lo95, f.lower_95)
+    np.testing.assert_array_equal(hi95, f.upper_95)
+    np.testing.assert_array_equal(lo998, f.lower_998)
+    np.testing.assert_array_equal(hi998, f.upper_998)
+    # hand: target 0.1, τ² 0, n 100 → 0.1 ± 1.96 · 0.03
+    lo, hi = funnel_band(0.1, 0.0, np.array([100.0]), 1.96)
+    assert lo[0] == pytest.approx(0.1 - 0.0588) and hi[0] == pytest.approx(0.1 + 0.0588)
+    # The band narrows as n grows and never leaves [0, 1].
+    grid = np.geomspace(1, 1e4, 50)
+    lo, hi = funnel_band(0.05, 0.001, grid, Z998)
+    assert (np.diff(hi - lo) < 0).all() and (lo >= 0).all() and (hi <= 1).all()

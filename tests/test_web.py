@@ -175,7 +175,7 @@ async def test_dashboard_shows_classes_runs_and_flags(site: AsyncTestClient, db_
     assert sum(counts.values()) == 5
     chart = html.split('id="class-distribution"')[1].split("</svg>")[0]
     for code, label in (("I", "Ⅰ"), ("II", "Ⅱ"), ("III", "Ⅲ"), ("IV", "Ⅳ")):
-        assert f'data-group="{label}" data-series="Last run" data-value="{counts.get(code, 0)}"' in chart
+        assert f'data-category="{label}" data-series="Last run" data-x="{label}" data-y="{float(counts.get(code, 0))}"' in chart
 
 
 async def test_labs_table_filters_sorts_and_pages(site: AsyncTestClient, db_url: str) -> None:

@@ -328,4 +328,7 @@ def test_a_cap_names_its_class_whole() -> None:
     assert [effect_text(en, f"cap {c}") for c in ("I", "II", "III", "IV")] == [
         f"class capped at {DISPLAY[c]}" for c in ("I", "II", "III", "IV")]
     assert effect_text(en, "cap III (rate within the peers' spread)") == (
-        "class capped at Ⅲ (rate within the peers' spread)")
+        "class capped at Ⅲ (the discrepancy rate is within the peers' spread)")
+    # The detail is in words in Chinese too (translated, numbers kept).
+    zh = translator("zh-CN")
+    assert effect_text(zh, "cap IV (observed 7, expected 1.20)") == "类别上限为 Ⅳ（观察到 7，预期 1.20）"

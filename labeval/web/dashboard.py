@@ -13,7 +13,7 @@ from labeval.db import overview
 from labeval.grading.diff import diff_runs
 from labeval.grading.overrides import today_utc
 from labeval.scheduler import next_grading_run
-from labeval.web.charts_basic import grouped_bars
+from labeval.web.charts import ChartText, class_bars_chart
 from labeval.web.reasons import reason_text
 from labeval.web.session import VIEW
 from labeval.web.templating import page, request_translator
@@ -48,10 +48,16 @@ class DashboardController(Controller):
              "why": next((reason_text(t, r) for r in m.reasons_b if r.rule == m.rule), reason_text(t, None, m.rule))}
             for m in moved
         ]
-        chart = grouped_bars(
+        chart = class_bars_chart(
             [d["label"] for d in distribution],
             [(t("Run before"), [d["before"] for d in distribution]), (t("Last run"), [d["now"] for d in distribution])],
-            title=t("Labs per class"), x_title=t("Class"), y_title=t("Labs"), number=t.number,
+            text=ChartText(
+                title=t("Labs per class"),
+                desc=t("Labs per class at the last run and at the run before"),
+                x_title=t("Class"), y_title=t("Labs"), no_data=t("No grading run yet."),
+            ),
+            fmt=lambda v: t.number(v, 0 if float(v).is_integer() else 1),
+            chart_id="chart-classes",
         )
         return page(
             request, "dashboard.html", distribution_chart=chart, last=last, previous=previous, distribution=distribution,

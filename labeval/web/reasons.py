@@ -61,6 +61,36 @@ def _class(code: str) -> str:
     return DISPLAY.get(code, code)
 
 
+def _what(t: Gettext, what: str) -> str:
+    return {"rate": t("the discrepancy rate"), "bias": t("the bias"),
+            "excess variance": t("the excess scatter")}.get(what, what)
+
+
+def cap_note(t: Gettext, note: str) -> str:
+    """The parenthesised detail scoring adds to a cap's effect, in words (numbers kept)."""
+    inner = note.strip()
+    if not inner:
+        return ""
+    if not (inner.startswith("(") and inner.endswith(")")):
+        return " " + inner
+    inner = inner[1:-1]
+    if m := re.fullmatch(r"(.+) beyond the peers' spread by (\S+)", inner):
+        text = t("{what} is beyond the peers' spread by {amount}", what=_what(t, m.group(1)), amount=m.group(2))
+    elif m := re.fullmatch(r"(.+) high, but explained by a bias and precision within the peers' spread", inner):
+        text = t("{what} is high, but explained by a bias and scatter within the peers' spread", what=_what(t, m.group(1)))
+    elif m := re.fullmatch(r"(.+) within the peers' spread", inner):
+        text = t("{what} is within the peers' spread", what=_what(t, m.group(1)))
+    elif m := re.fullmatch(r"shrunk wrong-verdict rate (\S+) vs (\S+)", inner):
+        text = t("shrunk wrong-verdict rate {rate} against {limit}", rate=m.group(1), limit=m.group(2))
+    elif inner == "alarm, but bias and precision within the peers' spread":
+        text = t("an alarm, but bias and scatter within the peers' spread")
+    elif m := re.fullmatch(r"observed (\S+), expected (\S+)", inner):
+        text = t("observed {observed}, expected {expected}", observed=m.group(1), expected=m.group(2))
+    else:
+        text = inner
+    return t(" (") + text + t(")")
+
+
 def effect_text(t: Gettext, effect: str) -> str:
     """The effect in words (the numbers in it kept as they are)."""
     if effect == "start":
@@ -91,9 +121,9 @@ def effect_text(t: Gettext, effect: str) -> str:
         return f"{text} ({note})"
     # Longest class first: (.*) takes the rest, so "cap IV" must not match as "I" + "V".
     if m := re.fullmatch(r"cap (IV|III|II|I)(.*)", effect):
-        return t("class capped at {cls}", cls=_class(m.group(1))) + m.group(2)
+        return t("class capped at {cls}", cls=_class(m.group(1))) + cap_note(t, m.group(2))
     if m := re.fullmatch(r"no cap(.*)", effect):
-        return t("no cap") + m.group(1)
+        return t("no cap") + cap_note(t, m.group(1))
     if m := re.fullmatch(r"class (I|II|III|IV)(?: \(candidate worse than (hold|default) (I|II|III|IV)\))?", effect):
         if m.group(2):
             return t("class {cls} (worse than the class held, {held})", cls=_class(m.group(1)), held=_class(m.group(3)))

@@ -9,6 +9,7 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
 from labeval.web.dashboard import DashboardController
+from labeval.web.lab_page import LabPageController, SamplePageController
 from labeval.web.labs import LabTableController
 from labeval.web.runs import RunPagesController
 from labeval.web.selection import DrawPages, PlanPages
@@ -23,4 +24,13 @@ def static_files() -> Router:
                                       cache_control=CacheControlHeader(max_age=3600), include_in_schema=False)
 
 
-PAGE_HANDLERS = [SignInController, DashboardController, LabTableController, RunPagesController, DrawPages, PlanPages]
+PAGE_HANDLERS = [
+    SignInController,
+    DashboardController,
+    LabTableController,
+    RunPagesController,
+    LabPageController,
+    SamplePageController,
+    DrawPages,
+    PlanPages,
+]
