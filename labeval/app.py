@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 from litestar import Litestar, Router
+from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ImproperlyConfiguredException
@@ -30,7 +31,7 @@ from labeval.api.labs import LabController, SampleController
 from labeval.api.middleware import RequestMiddleware, remember_exception
 from labeval.api.overrides import EventController, OverrideController
 from labeval.api.plans import RetestPlanController
-from labeval.api.problems import PROBLEM_HANDLERS, document_errors
+from labeval.api.problems import document_errors
 from labeval.api.runs import RunController
 from labeval.api.system import health, prometheus_metrics, ready
 from labeval.config import Settings
@@ -39,11 +40,19 @@ from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
-from labeval.keys import load_pepper
+from labeval.keys import derived_secret, load_pepper
 from labeval.metrics import Metrics
 from labeval.policy_file import load_policy
 from labeval.scheduler import build_scheduler, catch_up_missed_run, stop_scheduler
+from labeval.web.errors import exception_handlers
+from labeval.web.routes import PAGE_HANDLERS, static_files
+from labeval.web.session import signed_in
+from labeval.web.templating import template_config
 from scoring.policy import Policy
+
+# Paths whose callers authenticate with a bearer key (no ambient cookie a third-party page could
+# ride on), so CSRF tokens are checked only on the pages' forms.
+_NOT_CSRF = ["^/api/", "^/health", "^/ready", "^/metrics", "^/schema"]
 
 
 async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
@@ -99,17 +108,26 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         route_handlers=[health, ready, LabController, SampleController, ImportController, RunController,
                         OverrideController, EventController, KeyController, AuditController, FeedController,
                         DrawController, RetestPlanController,
-                        *([prometheus_metrics] if settings.metrics == "on" else [])],
+                        *([prometheus_metrics] if settings.metrics == "on" else []),
+                        *PAGE_HANDLERS, static_files()],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
         # First: the request id is set before anything else runs and logs (the audit reads it).
         middleware=[RequestMiddleware(metrics), AuditMiddleware()],
         after_exception=[remember_exception],
-        # Every error on every route is problem details (labeval.api.problems).
-        exception_handlers=PROBLEM_HANDLERS,
-        # One guard for every route: keys, roles, the per-key budget (labeval.api.auth).
-        guards=[authorize],
+        # Every error on every API route is problem details (labeval.api.problems); on a page, the
+        # same answer as an error page (labeval.web.errors).
+        exception_handlers=exception_handlers(),
+        # Two guards for every route: API keys, roles and budgets (labeval.api.auth), and the
+        # people's sessions of the pages (labeval.web.session); each leaves the other's routes alone.
+        guards=[authorize, signed_in],
+        template_config=template_config(),
+        # The double-submit token of every page form. Its secret is derived from the pepper, so
+        # every replica of a deployment accepts every other replica's tokens.
+        csrf_config=CSRFConfig(secret=derived_secret(pepper, "csrf").hex(), exclude=_NOT_CSRF,
+                               cookie_secure=settings.secure_cookies == "on", cookie_samesite="lax",
+                               cookie_httponly=True),
         state=State({"settings": settings, "policy": policy, "key_pepper": pepper, "metrics": metrics,
                      "rate_limiter": TokenBuckets(settings.rate_limit_per_minute)}),
         openapi_config=OpenAPIConfig(
@@ -122,7 +140,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
     )
     if missing := undeclared_routes(app.routes):
         raise ImproperlyConfiguredException(
-            "routes without opt roles or public (labeval.api.auth): " + ", ".join(missing))
+            "routes without opt roles, session_roles or public (labeval.api.auth): " + ", ".join(missing))
     document_guard(app.routes)
     document_errors(app.routes)
     return app

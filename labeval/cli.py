@@ -23,7 +23,7 @@ from rich.table import Table
 
 from labeval.app import create_app
 from labeval.config import Settings
-from labeval.db import apikeys
+from labeval.db import apikeys, users
 from labeval.db import audit as audit_log
 from labeval.db import events as ev
 from labeval.db.errors import NotFound
@@ -53,6 +53,7 @@ from labeval.ingest import UnreadableFile, ingest_path, render, report_json
 from labeval.ingest.pipeline import Progress
 from labeval.keys import ROLES, PepperError, load_pepper
 from labeval.logs import configure_logging
+from labeval.passwords import WeakPassword, check_new, hash_password, new_password
 from labeval.policy_file import PolicyError, load_policy
 from labeval.render import grade_table, run_json
 from labeval.render_runs import (
@@ -487,6 +488,111 @@ def apikey_revoke(ctx: click.Context, key_id: int, as_json: bool) -> None:
         out.print(f"key {key.id} ({key.role}, {key.name}) revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S}")
 
 
+@main.group()
+def user() -> None:
+    """People who sign in to the officers' pages: create, list, set a password, disable."""
+
+
+def _read_password(from_stdin: bool, username: str) -> str:
+    """The new password: one line of standard input (for scripts), else asked twice, hidden."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True)
+    try:
+        check_new(password, username)
+    except WeakPassword as exc:
+        raise click.BadParameter(str(exc), param_hint="password") from exc
+    return password
+
+
+async def _create_user(conn: asyncpg.Connection, username: str, display_name: str, role: str,
+                       password: str) -> users.User:
+    async with conn.transaction():
+        made = await users.create(conn, username=username, display_name=display_name, role=role,
+                                  password_hash=hash_password(password))
+        await audit_log.append(conn, actor=_cli_actor(), action="user.create",
+                               target={"user_id": made.id, "username": username, "role": role})
+        return made
+
+
+@user.command("create")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", "display_name", default=None, help="The name shown on the pages (default: the username).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of standard input.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def user_create(ctx: click.Context, username: str, role: str, display_name: str | None, password_stdin: bool,
+                as_json: bool) -> None:
+    """Make an account. The password is asked for (twice, hidden) unless --password-stdin."""
+    password = _read_password(password_stdin, username)
+    try:
+        made = with_connection(_settings(ctx), lambda conn: _create_user(conn, username, display_name or username,
+                                                                          role, password))
+    except asyncpg.UniqueViolationError:
+        _fail(f"a user named {username!r} exists already", 2, as_json)
+    except asyncpg.CheckViolationError:
+        _fail(f"{username!r} is not a valid username (2-64 letters, digits, . _ @ -, starting with a letter "
+              "or digit)", 2, as_json)
+    _show(made, as_json, lambda u: f"user {u.id}: {u.username} ({u.role})")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """Every account: role, created, disabled (never a password hash)."""
+    rows = with_connection(_settings(ctx), users.list_all)
+
+    def table(rows: list[users.User]) -> Table:
+        t = Table("id", "username", "name", "role", "created", "disabled")
+        for u in rows:
+            t.add_row(str(u.id), u.username, u.display_name, u.role, f"{u.created_at:%Y-%m-%d %H:%M}",
+                      f"{u.disabled_at:%Y-%m-%d %H:%M}" if u.disabled_at else "")
+        return t
+
+    _show(rows, as_json, table)
+
+
+@user.command("password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of standard input.")
+@click.pass_context
+def user_password(ctx: click.Context, username: str, password_stdin: bool) -> None:
+    """Set a new password; the account's open sessions end."""
+    password = _read_password(password_stdin, username)
+
+    async def change(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            found = await users.credentials(conn, username)
+            if found is None:
+                raise NotFound("user", username)
+            await users.set_password(conn, found.user.id, hash_password(password))
+            await audit_log.append(conn, actor=_cli_actor(), action="user.password",
+                                   target={"user_id": found.user.id, "username": found.user.username})
+
+    try:
+        with_connection(_settings(ctx), change)
+    except NotFound as exc:
+        _fail(str(exc), 2, False)
+    out.print(f"password of {username} changed; its sessions are closed")
+
+
+@user.command("disable")
+@click.argument("username")
+@click.pass_context
+def user_disable(ctx: click.Context, username: str) -> None:
+    """Disable an account (it can no longer sign in; its sessions end). Kept for the audit log."""
+    try:
+        done = with_connection(_settings(ctx), _audited(
+            "user.disable", lambda u: {"user_id": u.id, "username": u.username},
+            lambda conn: users.disable(conn, username)))
+    except NotFound as exc:
+        _fail(str(exc), 2, False)
+    out.print(f"user {done.username} disabled")
+
+
 class _DrawGroup(click.Group):
     """`draw --category C --count N …` draws; `draw verify ID` is a subcommand."""
 
@@ -679,9 +785,26 @@ def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str
     if then_serve:
         # Every API route needs a key: one officer key for this demo, printed once.
         key = with_connection(settings, lambda conn: _create_key(conn, _pepper(settings), "demo", "officer"))
+        # And a person to sign in to the pages: a fresh random password at every demo.
+        password = new_password()
+        with_connection(settings, lambda conn: _demo_officer(conn, password))
+        base = f"http://{settings.host}:{settings.port}"
         out.print(f"officer key for the demo (shown once): curl -H 'Authorization: Bearer {key.key}' "
-                  f"http://{settings.host}:{settings.port}/api/v1/labs", markup=False, highlight=False)
+                  f"{base}/api/v1/labs", markup=False, highlight=False)
+        out.print(f"sign in at {base}/ as {DEMO_OFFICER} with password {password}", markup=False, highlight=False)
         _serve(settings, _policy(ctx))
+
+
+DEMO_OFFICER = "demo.officer"
+
+
+async def _demo_officer(conn: asyncpg.Connection, password: str) -> None:
+    """The demo's officer account, made or given a new password (its old sessions end)."""
+    found = await users.credentials(conn, DEMO_OFFICER)
+    if found is None:
+        await _create_user(conn, DEMO_OFFICER, "Demo officer", "officer", password)
+    else:
+        await users.set_password(conn, found.user.id, hash_password(password))
 
 
 @main.group()

@@ -41,6 +41,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     key_pepper: str | None = None
     # Requests per minute per API key (a token bucket per process: each replica counts its own).
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 600
+    # Officers' pages: a session ends after this many idle minutes, and at the latest after
+    # session_hours from sign-in.
+    session_idle_minutes: Annotated[int, msgspec.Meta(ge=1)] = 60
+    session_hours: Annotated[int, msgspec.Meta(ge=1)] = 12
+    # Secure (TLS-only) cookies: "auto" when the request came over https (directly, or as the
+    # proxy's X-Forwarded-Proto says), "on" always, "off" never (plain-http development only).
+    secure_cookies: Literal["auto", "on", "off"] = "auto"
+    # Sign-in rate limit: failed attempts allowed per username, and per client address, in the
+    # window; beyond that the form answers 429 until the oldest failure leaves the window.
+    signin_failures_per_user: Annotated[int, msgspec.Meta(ge=1)] = 5
+    signin_failures_per_client: Annotated[int, msgspec.Meta(ge=1)] = 20
+    signin_window_minutes: Annotated[int, msgspec.Meta(ge=1)] = 15
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -62,7 +74,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         raw.update({k: v for k, v in overrides.items() if v is not None})
         if "log_level" in raw:
             raw["log_level"] = str(raw["log_level"]).upper()
-        for name in ("log_format", "metrics"):
+        for name in ("log_format", "metrics", "secure_cookies"):
             if name in raw:
                 raw[name] = str(raw[name]).lower()
         # strict=False lets "8000" from the environment become an int.

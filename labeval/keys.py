@@ -50,6 +50,12 @@ def secret_hmac(pepper: bytes, secret: str) -> bytes:
     return hmac.new(pepper, secret.encode(), hashlib.sha256).digest()
 
 
+def derived_secret(pepper: bytes, purpose: str) -> bytes:
+    """A secret for another purpose (e.g. the pages' CSRF tokens) derived from the pepper, so a
+    deployment keeps one secret and no purpose can learn another's."""
+    return hmac.new(pepper, f"labeval:{purpose}".encode(), hashlib.sha256).digest()
+
+
 def matches(pepper: bytes, secret: str, stored: bytes) -> bool:
     return hmac.compare_digest(secret_hmac(pepper, secret), stored)
 

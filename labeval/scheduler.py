@@ -178,3 +178,10 @@ async def stop_scheduler(scheduler: AsyncIOScheduler, state: State, timeout: flo
         for task in late:
             task.cancel()
         await asyncio.wait(late, timeout=_CANCEL_GRACE_S)
+
+
+def next_grading_run(state: State) -> datetime | None:
+    """When the scheduled grading run fires next (None: no schedule, or no scheduler running)."""
+    sched: AsyncIOScheduler | None = getattr(state, "scheduler", None)
+    job = sched.get_job(GRADING_JOB_ID) if sched is not None else None
+    return job.next_run_time if job is not None else None

@@ -2,7 +2,8 @@
 officers read the log at GET /api/v1/audit.
 
 Recorded centrally, not by each route, so a new route is audited without doing anything: every
-authenticated POST/PUT/PATCH/DELETE under /api/v1/ writes one row (actor, action = method and
+authenticated POST/PUT/PATCH/DELETE under /api/v1/, and every form an officer submits on the
+pages (actor user:<id>:<username>), writes one row (actor, action = method and
 path template, target = path parameters, SHA-256 of the body, request id, status) before its
 answer leaves the server, refused attempts (403, 4xx) included.
 """
@@ -23,9 +24,18 @@ from labeval.api.auth import AUDIT, Principal
 from labeval.api.paging import Limit, Seq
 from labeval.db import audit
 from labeval.db.audit import AuditEntry
+from labeval.db.users import User
 from labeval.logs import current_request_id
 
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Page forms that change no state of the service (sessions have their own table).
+_NOT_AUDITED = ("/signin", "/signout", "/lang/")
+
+
+def _audited(method: str, path: str) -> bool:
+    if method not in _STATE_CHANGING:
+        return False
+    return path.startswith("/api/v1/") or not path.startswith(("/api/", *_NOT_AUDITED))
 
 
 class AuditMiddleware(ASGIMiddleware):
@@ -37,7 +47,7 @@ class AuditMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         request_id = current_request_id()
-        audited = scope["method"] in _STATE_CHANGING and scope["path"].startswith("/api/v1/")
+        audited = _audited(scope["method"], scope["path"])
         body = hashlib.sha256()
         seen_body = False
 
@@ -52,7 +62,7 @@ class AuditMiddleware(ASGIMiddleware):
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":
                 principal = scope.get("user")
-                if audited and isinstance(principal, Principal):
+                if audited and isinstance(principal, Principal | User):
                     pool: asyncpg.Pool = scope["app"].state.pool
                     async with pool.acquire() as conn:
                         await audit.append(

@@ -101,11 +101,18 @@ def _is_options(handler: BaseRouteHandler) -> bool:
     return getattr(handler, "http_methods", None) == {"OPTIONS"}
 
 
-def _declared(handler: BaseRouteHandler) -> bool:
-    roles = handler.opt.get("roles")
-    if handler.opt.get("public") is True:
-        return roles is None
+def _valid_roles(roles: object) -> bool:
     return isinstance(roles, tuple) and bool(roles) and all(r in ROLES for r in roles)
+
+
+def _declared(handler: BaseRouteHandler) -> bool:
+    """Exactly one of: public, API roles, or session roles (a page for signed-in people)."""
+    roles, session_roles = handler.opt.get("roles"), handler.opt.get("session_roles")
+    if handler.opt.get("public") is True:
+        return roles is None and session_roles is None
+    if session_roles is not None:
+        return roles is None and _valid_roles(session_roles)
+    return _valid_roles(roles)
 
 
 def undeclared_routes(routes: Iterable[object]) -> list[str]:
@@ -139,7 +146,7 @@ def _unauthorized(detail: str) -> ProblemError:
 
 async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """The app-wide guard: authenticate the key, spend its budget, check its role."""
-    if handler.opt.get("public") is True or _is_options(handler):
+    if handler.opt.get("public") is True or _is_options(handler) or "session_roles" in handler.opt:
         return
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

@@ -9,6 +9,7 @@ import logging
 from time import perf_counter
 
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,6 +61,11 @@ class RequestMiddleware(ASGIMiddleware):
         with request_context(request_id):
             try:
                 await next_app(scope, receive, send_with_id)
+            except HTTPException as exc:
+                # Raised by a middleware inside this one (CSRF): litestar's outer handler answers
+                # it with this status, after this middleware has returned.
+                status = exc.status_code
+                raise
             finally:
                 seconds = perf_counter() - t0
                 # The template (/api/v1/runs/{run_id}), never the path: one series per route.
