@@ -9,6 +9,7 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
 from labeval.web.dashboard import DashboardController
+from labeval.web.imports import ImportPagesController
 from labeval.web.labs import LabTableController
 from labeval.web.signin import SignInController
 
@@ -21,4 +22,4 @@ def static_files() -> Router:
                                       cache_control=CacheControlHeader(max_age=3600), include_in_schema=False)
 
 
-PAGE_HANDLERS = [SignInController, DashboardController, LabTableController]
+PAGE_HANDLERS = [SignInController, DashboardController, LabTableController, ImportPagesController]
