@@ -790,8 +790,9 @@ def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str
         with_connection(settings, lambda conn: _demo_officer(conn, password))
         base = f"http://{settings.host}:{settings.port}"
         out.print(f"officer key for the demo (shown once): curl -H 'Authorization: Bearer {key.key}' "
-                  f"{base}/api/v1/labs", markup=False, highlight=False)
-        out.print(f"sign in at {base}/ as {DEMO_OFFICER} with password {password}", markup=False, highlight=False)
+                  f"{base}/api/v1/labs", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"sign in at {base}/ as {DEMO_OFFICER} with password {password}", markup=False, highlight=False,
+                  soft_wrap=True)
         _serve(settings, _policy(ctx))
 
 

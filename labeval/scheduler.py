@@ -24,7 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from litestar.datastructures import State
 
 from labeval.config import Settings
-from labeval.db import audit
+from labeval.db import audit, users
 from labeval.db.grading import last_scheduled_start
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import RunInProgress, run_grading
@@ -75,9 +75,12 @@ async def scheduled_grading(state: State) -> None:
 
 @_drained_at_shutdown
 async def scheduled_expiry(state: State) -> None:
-    """Append the expiry events of overrides past their date (reads already ignore them)."""
+    """Append the expiry events of overrides past their date (reads already ignore them), and
+    delete expired sign-in sessions."""
     async with state.pool.acquire() as conn:
         expired = await expire_due(conn, today_utc())
+        # Sign-in sessions past their expiry are of no use; the hourly job keeps the table small.
+        await users.purge_expired(conn)
     if expired:
         log.info("overrides expired: %s", [o.override_id for o in expired])
 

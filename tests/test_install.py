@@ -50,6 +50,16 @@ def test_wheel_installs_migrates_and_grades(tmp_path: Path) -> None:
     where = _run(bin_dir / "python", "-c", "import labeval.migrations as m; print(m.__file__)", cwd=work)
     assert where.stdout.strip().startswith(str(env_dir))
 
+    # The pages' templates, styles and catalogues ship inside the package, and the installed
+    # catalogue compiles (a page in Chinese needs nothing from the checkout).
+    shipped = _run(bin_dir / "python", "-c",
+                   "from labeval.web.i18n import translator; from labeval.web.templating import TEMPLATE_DIR; "
+                   "from labeval.web.routes import STATIC_DIR; "
+                   "print(translator('zh-CN')('Sign in'), (TEMPLATE_DIR / 'base.html').is_file(), "
+                   "(STATIC_DIR / 'style.css').is_file(), TEMPLATE_DIR)", cwd=work)
+    assert shipped.stdout.split()[:3] == ["登录", "True", "True"]
+    assert shipped.stdout.split()[3].startswith(str(env_dir))
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEVAL_")}
     env["LABEVAL_DATA_DIR"] = str(tmp_path / "data")
     migrated = _run(bin_dir / "labeval", "db", "migrate", cwd=work, env=env)

@@ -7,10 +7,10 @@ How a page is made:
   the signed-in person is `request.user` (a labeval.db.users.User, `.actor` for the audit log);
 - handlers take `conn` (one connection and transaction per request, as the API's) and return
   `labeval.web.templating.page(request, "name.html", **context)`, which adds `_`/`t` (the
-  request's Translator: `t("Text {x}", x=…)`, `t.number`, `t.percent`, `t.date`), `ngettext`,
-  `lang` and `user`;
+  request's Translator, called with the English text and keyword values for its {placeholders};
+  `t.number`, `t.percent`, `t.date`), `ngettext`, `lang` and `user`;
 - templates extend "base.html" (block `title`, block `main`), import macros from "_macros.html"
-  `with context`, write every visible string as `{{ _("…") }}`, numbers and dates through the
+  `with context`, write every visible string through `_` in an expression, numbers and dates through the
   `fmt_number`, `fmt_percent`, `fmt_date`, `fmt_datetime` filters, and every POST form carries
   `{{ csrf_input | safe }}`;
 - Chinese in locales/zh_CN/LC_MESSAGES/<area>.po (`python -m tests.web_catalogue` lists what is

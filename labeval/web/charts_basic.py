@@ -13,19 +13,24 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 56, 120, 28, 44
 _FILLS = ("series-a", "series-b", "series-c")
 
 
-def _nice_max(value: float) -> float:
+def _nice_step(value: float, ticks: int = 4) -> int:
+    """A whole step of 1, 2 or 5 × 10^k such that `ticks` steps cover `value` (counts are whole)."""
     if value <= 0:
-        return 1.0
-    mag = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * mag >= value:
-            return step * mag
-    return 10 * mag
+        return 1
+    raw = value / ticks
+    mag = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    for m in (1, 2, 5, 10):
+        if m * mag >= raw:
+            return int(m * mag)
+    return int(10 * mag)
 
 
 def grouped_bars(groups: Sequence[str], series: Sequence[tuple[str, Sequence[int]]], *, title: str, x_title: str,
                  y_title: str, number: Callable[[int], str]) -> Markup:
-    top = _nice_max(max((v for _, vs in series for v in vs), default=0))
+    highest = max((v for _, vs in series for v in vs), default=0)
+    step = _nice_step(highest)
+    n_ticks = max(1, math.ceil(highest / step))
+    top = step * n_ticks
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
     band = plot_w / max(1, len(groups))
     bar = band * 0.8 / max(1, len(series))
@@ -35,11 +40,11 @@ def grouped_bars(groups: Sequence[str], series: Sequence[tuple[str, Sequence[int
            f'<desc id="cd-desc">{escape("; ".join(f"{g}: " + ", ".join(f"{n} {number(vs[i])}" for n, vs in series) for i, g in enumerate(groups)))}</desc>',
            '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
            '<line x1="0" y1="0" x2="0" y2="6" stroke="#1b1f24" stroke-width="2"/></pattern></defs>']
-    for k in range(5):
-        v = top * k / 4
-        y = _TOP + plot_h - plot_h * k / 4
+    for k in range(n_ticks + 1):
+        v = step * k
+        y = _TOP + plot_h - plot_h * k / n_ticks
         out.append(f'<line x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#c9d1d9"/>')
-        out.append(f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="12">{escape(number(int(v)) if v == int(v) else f"{v:g}")}</text>')
+        out.append(f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="12">{escape(number(v))}</text>')
     for i, g in enumerate(groups):
         x0 = _LEFT + band * i + band * 0.1
         for j, (name, values) in enumerate(series):
