@@ -47,6 +47,7 @@ from .harness import (
     find_chromium,
     run_async,
 )
+from web_client import make_user
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -77,6 +78,22 @@ def live_db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
         yield url
     finally:
         run_async(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="package")
+def accounts(live_db_url: str) -> dict[str, str]:
+    """One person per role that opens pages on the live server: role -> username (the password
+    is web_client.PASSWORD)."""
+
+    async def make() -> dict[str, str]:
+        conn = await connect(live_db_url)
+        try:
+            return {role: (await make_user(conn, f"{role}.browser", role)).username
+                    for role in ("officer", "grader", "viewer")}
+        finally:
+            await conn.close()
+
+    return run_async(make)
 
 
 @pytest.fixture(scope="package")
@@ -120,8 +137,9 @@ def screenshot_dir() -> Path:
 
 
 @pytest.fixture(scope="package")
-def browser(live_server: LiveServer) -> Iterator[Browser]:
-    # After the live server (which needs asyncio.run in this thread before Playwright opens).
+def browser(live_server: LiveServer, accounts: dict[str, str]) -> Iterator[Browser]:
+    # After the live server and the accounts (they run coroutines in this thread's way before
+    # Playwright holds it).
     executable = find_chromium()
     if executable is None:
         pytest.skip("no Chromium found (apt-get install chromium, or set LABEVAL_CHROMIUM)")

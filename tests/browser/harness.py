@@ -10,9 +10,11 @@ import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from playwright.sync_api import Page
+
+from web_client import PASSWORD
 
 # The demo's seed and size (the demo an officer starts has 40 labs, seed 2018; 30 keep the load
 # short and still plant every kind of bad lab and both isolated groups).
@@ -77,9 +79,9 @@ class LiveServer:
         return theirs.scheme in {"data", "blob", "about"} or (theirs.scheme, theirs.netloc) == (ours.scheme, ours.netloc)
 
 
-def sign_in(page: Page, username: str, password: str, *, next_path: str = "/") -> None:
+def sign_in(page: Page, username: str, password: str = PASSWORD, *, next_path: str = "/") -> None:
     """Sign in through the form, as a person would, and wait for the page it leads to."""
-    page.goto(f"/signin?next={next_path}")
+    page.goto(f"/signin?next={quote(next_path, safe='/')}")
     form = page.locator("form#signin")
     form.locator("input[name=username]").fill(username)
     form.locator("input[name=password]").fill(password)
