@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
 
 from labeval.app import create_app
 from labeval.config import Settings
@@ -143,6 +143,8 @@ def browser(live_server: LiveServer, accounts: dict[str, str]) -> Iterator[Brows
     executable = find_chromium()
     if executable is None:
         pytest.skip("no Chromium found (apt-get install chromium, or set LABEVAL_CHROMIUM)")
+    # expect() waits as long as a page may take (its default, 5 s, is short on a busy machine).
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
     with sync_playwright() as pw:
         launched = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -206,12 +208,16 @@ def page(browser: Browser, live_server: LiveServer, screenshot_dir: Path,
 
 
 @pytest.fixture
-def shot(page: Page, screenshot_dir: Path, request: pytest.FixtureRequest) -> Callable[[str], Path]:
-    """shot("step") saves a full-page screenshot `<test>-step.png` now."""
+def shot(page: Page, screenshot_dir: Path, request: pytest.FixtureRequest) -> Callable[..., Path]:
+    """shot("step") saves a full-page screenshot `<test>-step.png` now; shot("step", locator)
+    saves only that element (a chart, a table)."""
 
-    def save(step: str) -> Path:
+    def save(step: str, element: Locator | None = None) -> Path:
         path = screenshot_dir / f"{request.node.name}-{step}.png"
-        page.screenshot(path=path, full_page=True)
+        if element is None:
+            page.screenshot(path=path, full_page=True)
+        else:
+            element.screenshot(path=path)
         return path
 
     return save
