@@ -9,6 +9,7 @@ import re
 
 import pytest
 from litestar.testing import AsyncTestClient
+from test_web_a11y import problems
 
 from labeval.app import create_app
 from labeval.config import Settings
@@ -170,3 +171,13 @@ async def test_the_pages_in_chinese_and_an_unknown_import(site: AsyncTestClient)
     missing = await site.get("/imports/999999", headers=HTML)
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
     assert (await site.get("/imports/999999/rejects.csv", headers=HTML)).status_code == 404
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-CN"])
+async def test_the_imports_pages_meet_the_accessibility_basics(site: AsyncTestClient, lang: str) -> None:
+    await sign_in(site, "officer.one")
+    r = await upload(site, "categories", "c.csv", ONE_BAD_ROW)
+    headers = {**HTML, "Accept-Language": lang}
+    for path in ("/imports", r.headers["location"]):
+        answer = await site.get(path, headers=headers)
+        assert answer.status_code == 200 and problems(answer.text) == [], path

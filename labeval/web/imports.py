@@ -90,13 +90,12 @@ class ImportPagesController(Controller):
         form = await request.form()
         kind = form.get("kind")
         upload = form.get("file")
+        if not isinstance(kind, str) or kind not in KINDS:
+            return await self._index(request, conn, error=t("Choose what the file holds."), status_code=400)
+        # A form sent with no file chosen carries an empty part with no name.
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            return await self._index(request, conn, error=t("Choose a file to upload."), kind=kind, status_code=400)
         try:
-            if not isinstance(kind, str) or kind not in KINDS:
-                return await self._index(request, conn, error=t("Choose what the file holds."), status_code=400)
-            # A form sent with no file chosen carries an empty part with no name.
-            if not isinstance(upload, UploadFile) or not upload.filename:
-                return await self._index(request, conn, error=t("Choose a file to upload."), kind=kind,
-                                         status_code=400)
             report = await ingest_upload(state, kind, upload, user=request.user.actor, source="web")
         except UnreadableFile as exc:
             return await self._index(
