@@ -24,26 +24,36 @@ def _deduction(effect: str) -> float:
         return 0.0
 
 
+def main_reasons(reasons: list[Reason]) -> list[Reason]:
+    """The reasons that weighed most: every cap that fired, else the largest deduction, else a
+    hold, else the identifiability reason (the lab cannot be judged from its pairs: arbitration);
+    none when nothing moved the lab off the starting score. The terminal tables and the pages
+    (in the reader's language) say the same reasons."""
+    caps = [r for r in reasons if r.effect.startswith("cap ")]
+    if caps:
+        return caps
+    deductions = [(r, _deduction(r.effect)) for r in reasons if r.effect.startswith("deduct ")]
+    deductions = [(r, d) for r, d in deductions if d > 0]
+    if deductions:
+        return [max(deductions, key=lambda x: x[1])[0]]
+    held = [r for r in reasons if r.rule in ("insufficient_evidence", "hysteresis")]
+    if held:
+        return held[:1]
+    return [r for r in reasons if r.rule == "identifiability"][:1]
+
+
 def _main_reason(reasons: list[Reason]) -> str:
-    """The reason that weighed most: a cap that fired, else the largest deduction, else a hold,
-    else that the lab cannot be judged from its pairs (not identifiable: arbitration)."""
+    """main_reasons() as one line of the terminal tables."""
     def text(r: Reason) -> str:
         shown = f" ({r.value:.3g})" if r.value is not None else ""
         return f"{r.rule}{shown}: {r.effect}"
 
-    effects = [(r, r.effect) for r in reasons]
-    caps = [r for r, e in effects if e.startswith("cap ")]
-    if caps:
-        return "; ".join(text(r) for r in caps)
-    deductions = [(r, _deduction(e)) for r, e in effects if e.startswith("deduct ")]
-    deductions = [(r, d) for r, d in deductions if d > 0]
-    if deductions:
-        return text(max(deductions, key=lambda x: x[1])[0])
-    held = [r for r, _ in effects if r.rule in ("insufficient_evidence", "hysteresis")]
-    if held:
-        return text(held[0])
-    unjudged = [r for r, _ in effects if r.rule == "identifiability"]
-    return "not identifiable: send to arbitration" if unjudged else "—"
+    main = main_reasons(reasons)
+    if not main:
+        return "—"
+    if main[0].rule == "identifiability":
+        return "not identifiable: send to arbitration"
+    return "; ".join(text(r) for r in main)
 
 
 def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Table:

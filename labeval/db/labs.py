@@ -180,6 +180,12 @@ async def lab_exists(conn: asyncpg.Connection, code: str) -> None:
         raise NotFound("lab", code)
 
 
+async def lab_names(conn: asyncpg.Connection, codes: list[str]) -> dict[str, str]:
+    """The names of these labs (a run's grades carry only the codes)."""
+    rows = await conn.fetch("SELECT lab_code, name FROM labs WHERE lab_code = ANY($1::text[])", codes)
+    return {r["lab_code"]: r["name"] for r in rows}
+
+
 class SampleRow(msgspec.Struct, kw_only=True, frozen=True):
     sample_code: str
     category_code: str

@@ -33,6 +33,8 @@ def _rules(_: Callable[[str], str]) -> dict[str, str]:
         "audit_major": _("Major audit findings"),
         "audit_minor": _("Minor audit findings"),
         "inaccurate_reports": _("Inaccurate reports"),
+        "falsified_report": _("Falsified test reports"),
+        "pt_unsuccessful": _("Unsuccessful proficiency testing (too many unsatisfactory rounds of one scheme)"),
         "score": _("Score"),
         "class_from_score": _("Class from the score"),
         "fdr_excess": _("Discrepancy rate significant after the false-discovery-rate correction"),
@@ -87,7 +89,8 @@ def effect_text(t: Gettext, effect: str) -> str:
         if note.startswith("explained by"):
             return t("no deduction: explained by a bias and scatter within the peers' spread")
         return f"{text} ({note})"
-    if m := re.fullmatch(r"cap (I|II|III|IV)(.*)", effect):
+    # Longest class first: (.*) takes the rest, so "cap IV" must not match as "I" + "V".
+    if m := re.fullmatch(r"cap (IV|III|II|I)(.*)", effect):
         return t("class capped at {cls}", cls=_class(m.group(1))) + m.group(2)
     if m := re.fullmatch(r"no cap(.*)", effect):
         return t("no cap") + m.group(1)

@@ -11,6 +11,7 @@ from litestar.static_files import create_static_files_router
 from labeval.web.dashboard import DashboardController
 from labeval.web.imports import ImportPagesController
 from labeval.web.labs import LabTableController
+from labeval.web.runs import RunPagesController
 from labeval.web.signin import SignInController
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -22,4 +23,4 @@ def static_files() -> Router:
                                       cache_control=CacheControlHeader(max_age=3600), include_in_schema=False)
 
 
-PAGE_HANDLERS = [SignInController, DashboardController, LabTableController, ImportPagesController]
+PAGE_HANDLERS = [SignInController, DashboardController, LabTableController, RunPagesController, ImportPagesController]
