@@ -48,6 +48,7 @@ from labeval.web.errors import exception_handlers
 from labeval.web.routes import PAGE_HANDLERS, static_files
 from labeval.web.session import signed_in
 from labeval.web.templating import template_config
+from labeval.web.uploads import CloseUploadsMiddleware
 from scoring.policy import Policy
 
 # Paths whose callers authenticate with a bearer key (no ambient cookie a third-party page could
@@ -114,7 +115,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         lifespan=[database, scheduler],
         dependencies={"conn": Provide(provide_conn)},
         # First: the request id is set before anything else runs and logs (the audit reads it).
-        middleware=[RequestMiddleware(metrics), AuditMiddleware()],
+        # Last: uploaded files of a form are closed however its request was answered (labeval.web.uploads).
+        middleware=[RequestMiddleware(metrics), AuditMiddleware(), CloseUploadsMiddleware()],
         after_exception=[remember_exception],
         # Every error on every API route is problem details (labeval.api.problems); on a page, the
         # same answer as an error page (labeval.web.errors).

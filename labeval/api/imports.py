@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,24 +88,13 @@ class ImportController(Controller):
                 raise ClientException(f"body is not JSON: {e}") from e
             if not isinstance(rows, list):
                 raise ClientException("a JSON body must be an array of objects (one per row)")
-        # The import is its own unit of work on a connection of its own, not the per-request
-        # transaction: a failure rolls the import back but must keep its `failed` record.
-        metrics: Metrics = state.metrics
-        async with state.pool.acquire() as conn:
-            try:
-                if upload is not None:
-                    report = await _ingest_upload(conn, kind, upload, user)
-                else:
-                    report = await ingest_frame(conn, kind, rows, file_name=None, source="api", user=user)
-            except UnreadableFile as e:
-                metrics.import_failed(report_kind)
-                raise ClientException(str(e)) from e
-            except BaseException:
-                metrics.import_failed(report_kind)
-                raise
-        metrics.import_done(report_kind, accepted=report.accepted, rejected=report.rejected,
-                            duplicates=report.duplicates)
-        return report
+        try:
+            if upload is not None:
+                return await ingest_upload(state, kind, upload, user=user, source="api")
+            return await _counted(state, report_kind, lambda conn: ingest_frame(
+                conn, kind, rows, file_name=None, source="api", user=user))
+        except UnreadableFile as e:
+            raise ClientException(str(e)) from e
 
     @get("/", opt={"roles": READ_WITH_GRADER})
     async def list_(
@@ -151,15 +141,39 @@ class ImportController(Controller):
         return await result_history(conn, sample_code, item_code, role, lab_code)
 
 
-async def _ingest_upload(conn: asyncpg.Connection, kind: str, upload: UploadFile, user: str | None) -> ImportReport:
+async def ingest_upload(state: State, kind: str, upload: UploadFile, *, user: str | None, source: str) -> ImportReport:
+    """An uploaded file through intake, as the API and the imports page take one: copied in
+    chunks to a temporary file (never whole in memory), read by ingest_path, counted in the
+    metrics. Raises UnknownKind and UnreadableFile (the failed import stays in the log)."""
+    report_kind = resolve_kind(kind).kind
     name = upload.filename or "upload"
-    # Keep the suffix: it helps tell CSV from XLSX/Parquet (content is sniffed too).
-    fd, tmp = tempfile.mkstemp(suffix=Path(name).suffix[:16], prefix="labeval-upload-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := await upload.read(_CHUNK):
-                out.write(chunk)
-        return await ingest_path(conn, kind, tmp, source="api", user=user, file_name=name)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        await upload.close()
+
+    async def work(conn: asyncpg.Connection) -> ImportReport:
+        # Keep the suffix: it helps tell CSV from XLSX/Parquet (content is sniffed too).
+        fd, tmp = tempfile.mkstemp(suffix=Path(name).suffix[:16], prefix="labeval-upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := await upload.read(_CHUNK):
+                    out.write(chunk)
+            return await ingest_path(conn, kind, tmp, source=source, user=user, file_name=name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            await upload.close()
+
+    return await _counted(state, report_kind, work)
+
+
+async def _counted(state: State, report_kind: str,
+                   work: Callable[[asyncpg.Connection], Awaitable[ImportReport]]) -> ImportReport:
+    # The import is its own unit of work on a connection of its own, not the per-request
+    # transaction: a failure rolls the import back but must keep its `failed` record.
+    metrics: Metrics = state.metrics
+    async with state.pool.acquire() as conn:
+        try:
+            report = await work(conn)
+        except BaseException:
+            metrics.import_failed(report_kind)
+            raise
+    metrics.import_done(report_kind, accepted=report.accepted, rejected=report.rejected,
+                        duplicates=report.duplicates)
+    return report

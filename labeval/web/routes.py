@@ -9,6 +9,7 @@ from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
 from labeval.web.dashboard import DashboardController
+from labeval.web.imports import ImportPagesController
 from labeval.web.lab_page import LabPageController, SamplePageController
 from labeval.web.labs import LabTableController
 from labeval.web.runs import RunPagesController
@@ -31,6 +32,7 @@ PAGE_HANDLERS = [
     RunPagesController,
     LabPageController,
     SamplePageController,
+    ImportPagesController,
     DrawPages,
     PlanPages,
 ]
