@@ -457,33 +457,49 @@ def qualitative_shares(
     ``prior_pairs`` pseudo-pairs; pairs settled by arbitration enter with their known blame.
     Returns an array over all rows (0.5 where not qualitative or not discrepant).
     """
-    rows = qualitative
-    rev = discrepant & rows
+    rows = np.asarray(qualitative, dtype=bool)
+    rev = np.asarray(discrepant, dtype=bool) & rows
     share = np.full(len(i1), 0.5)
     if not rev.any():
         return share
-    known = np.full(len(i1), np.nan)
+    i1 = np.asarray(i1, dtype=np.int64)
+    i2 = np.asarray(i2, dtype=np.int64)
+    r_rows = np.flatnonzero(rev)
+    known = np.full(r_rows.size, np.nan)
     if sides is not None:
-        sides = np.asarray(sides, dtype=object)
-        known = np.where(sides == "original", 0.0, np.where(sides == "retest", 1.0, known))
-        known = np.where(sides == "neither", 0.5, known)  # both wrong: one error each, halved
+        sr = np.asarray(sides, dtype=object)[r_rows]
+        known = np.where(sr == "original", 0.0, np.where(sr == "retest", 1.0, known))
+        known = np.where(sr == "neither", 0.5, known)  # both wrong: one error each, halved
     n = np.bincount(i1[rows], minlength=n_labs) + np.bincount(i2[rows], minlength=n_labs)
     # Each disagreement is one error among two verdicts.
-    pooled = rev.sum() / max(2.0 * rows.sum(), 1.0)
+    pooled = r_rows.size / max(2.0 * rows.sum(), 1.0)
     pooled = min(max(pooled, 1e-4), 0.5)
+    # Only the disagreements carry errors, and an unsettled one's share depends only on its two
+    # labs: the EM runs on the distinct (original, retest) lab pairs, each with its count.
+    settled = np.isfinite(known)
+    a1, a2 = i1[r_rows], i2[r_rows]
+    fixed = np.bincount(a1[settled], weights=known[settled], minlength=n_labs) + np.bincount(
+        a2[settled], weights=1.0 - known[settled], minlength=n_labs
+    )
+    key = a1[~settled] * max(n_labs, 1) + a2[~settled]
+    uniq, inv, count = np.unique(key, return_inverse=True, return_counts=True)
+    e1, e2 = uniq // max(n_labs, 1), uniq % max(n_labs, 1)
+    count = count.astype(float)
+    share_e = np.full(uniq.size, 0.5)
     q = np.full(n_labs, pooled)
     for _ in range(iterations):
-        a = q[i1] * (1.0 - q[i2])
-        b = q[i2] * (1.0 - q[i1])
-        share = np.where(np.isfinite(known), known, a / np.maximum(a + b, 1e-300))
-        w1 = np.where(rev, share, 0.0)
-        w2 = np.where(rev, 1.0 - share, 0.0)
-        errors = np.bincount(i1[rows], weights=w1[rows], minlength=n_labs) + np.bincount(
-            i2[rows], weights=w2[rows], minlength=n_labs
+        a = q[e1] * (1.0 - q[e2])
+        b = q[e2] * (1.0 - q[e1])
+        share_e = a / np.maximum(a + b, 1e-300)
+        errors = fixed + np.bincount(e1, weights=count * share_e, minlength=n_labs) + np.bincount(
+            e2, weights=count * (1.0 - share_e), minlength=n_labs
         )
         new_q = np.clip((errors + prior_pairs * pooled) / (n + prior_pairs), 1e-6, 0.5)
         converged = np.max(np.abs(new_q - q)) < 1e-9
         q = new_q
         if converged:
             break
-    return np.where(rev, share, 0.5)
+    row_share = known.copy()
+    row_share[~settled] = share_e[inv.reshape(-1)]
+    share[r_rows] = row_share
+    return share

@@ -221,23 +221,39 @@ class LabIndex:
 
 
 def _lab_index(df: pl.DataFrame) -> LabIndex:
-    labs = (
-        pl.concat([df.select(pl.col(c).alias("lab_code")) for c in ("lab_1", "lab_2", "lab_3")])
-        .drop_nulls()
-        .unique()
-        .sort("lab_code")
-        .get_column("lab_code")
-    )
-    index = pl.DataFrame({"lab_code": labs, "idx": np.arange(len(labs), dtype=np.int64)})
+    """Lab codes sorted, and each side's lab as an index into them (−1 where null).
+
+    Each code column is cast to Categorical once (a hash per row): its physical ids give the
+    distinct labs and, through a lookup from id to sorted position, every row's index, without
+    sorting, joining or converting millions of strings.
+    """
+    null = np.iinfo(np.uint32).max
+    cols = ("lab_1", "lab_2", "lab_3")
+    phys = {
+        col: df.get_column(col).cast(pl.Categorical).to_physical().fill_null(null).to_numpy().astype(np.int64)
+        for col in cols
+    }
+    # The code of each id (ids are a column's own), read from one row that carries it.
+    local: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for col, p in phys.items():
+        valid = np.flatnonzero(p != null)
+        if not valid.size:
+            local[col] = (np.zeros(0, dtype=np.int64), [])
+            continue
+        row_of = np.full(int(p[valid].max()) + 1, -1, dtype=np.int64)
+        row_of[p[valid]] = valid
+        ids = np.flatnonzero(row_of >= 0)
+        local[col] = (ids, df.get_column(col).gather(row_of[ids]).to_list())
+    names = sorted({c for _, codes in local.values() for c in codes})
+    position = {c: i for i, c in enumerate(names)}
+    labs = pl.Series("lab_code", names, dtype=pl.String)
 
     def idx(col: str) -> np.ndarray:
-        return (
-            df.select(pl.col(col).alias("lab_code"))
-            .join(index, on="lab_code", how="left", maintain_order="left")
-            .get_column("idx")
-            .fill_null(-1)
-            .to_numpy()
-        )
+        ids, codes = local[col]
+        p = phys[col]
+        lookup = np.full(int(ids.max()) + 2 if ids.size else 1, -1, dtype=np.int64)
+        lookup[ids] = [position[c] for c in codes]
+        return lookup[np.where(p == null, len(lookup) - 1, p)]
 
     return LabIndex(labs=labs, i1=idx("lab_1"), i2=idx("lab_2"), i3=idx("lab_3"))
 
@@ -286,22 +302,35 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
     share1 = blame_shares(ix.i1, ix.i2, fit, ep.blame_floor)
     qual = df.get_column("qualitative").to_numpy()
     qual_disc = df.get_column("qual_disc").to_numpy()
-    sides = df.get_column("arbiter_sides_with").to_numpy() if "arbiter_sides_with" in df.columns else None
+    has_sides = "arbiter_sides_with" in df.columns
+    # The arbiter's word as small codes (0 none, 1 original, 2 retest, 3 neither, 4 both):
+    # comparing millions of Python strings is what made this stage slow.
+    code = (
+        df.get_column("arbiter_sides_with")
+        .replace_strict({"original": 1, "retest": 2, "neither": 3, "both": 4}, default=0, return_dtype=pl.Int8)
+        .fill_null(0)
+        .to_numpy()
+        if has_sides
+        else np.zeros(df.height, dtype=np.int8)
+    )
     if qual_disc.any():
+        rev = np.flatnonzero(qual_disc & qual)
+        sides = np.full(df.height, None, dtype=object) if has_sides else None
+        if sides is not None:
+            sides[rev] = np.array([None, "original", "retest", "neither", "both"], dtype=object)[code[rev]]
         q_share = qualitative_shares(
             ix.i1, ix.i2, qual_disc, qual, sides, n_labs, prior_pairs=ep.baseline_prior_pairs
         )
         share1 = np.where(qual, q_share, share1)
     blame1, blame2 = share1.copy(), 1.0 - share1
     lost1 = lost2 = np.zeros(df.height, dtype=bool)
-    if sides is not None:
-        sides = np.asarray(sides, dtype=object)
-        blame1 = np.where(sides == "original", 0.0, np.where(sides == "retest", 1.0, blame1))
-        blame2 = np.where(sides == "original", 1.0, np.where(sides == "retest", 0.0, blame2))
-        blame1 = np.where(sides == "neither", 1.0, blame1)
-        blame2 = np.where(sides == "neither", 1.0, blame2)
-        lost1 = np.isin(sides, ["retest", "neither"])
-        lost2 = np.isin(sides, ["original", "neither"])
+    if has_sides:
+        blame1 = np.where(code == 1, 0.0, np.where(code == 2, 1.0, blame1))
+        blame2 = np.where(code == 1, 1.0, np.where(code == 2, 0.0, blame2))
+        blame1 = np.where(code == 3, 1.0, blame1)
+        blame2 = np.where(code == 3, 1.0, blame2)
+        lost1 = (code == 2) | (code == 3)
+        lost2 = (code == 1) | (code == 3)
     disc = df.get_column("num_disc").to_numpy() | qual_disc
     return Blame(
         side1=np.where(disc, blame1, 0.0), side2=np.where(disc, blame2, 0.0),
