@@ -39,7 +39,9 @@ The model, in short (ISO 5725-1/-2: σR² = σL² + σr²):
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -51,7 +53,7 @@ from scipy.special import ndtri
 from labeval.devtools.world import PROVINCES
 from scoring.schema import PAIR_INPUT_SCHEMA
 
-__all__ = ["LAB_KINDS", "National", "NationalConfig", "build_national"]
+__all__ = ["LAB_KINDS", "PAIR_BLOCK", "National", "NationalConfig", "build_national"]
 
 LAB_KINDS = ("normal", "biased", "noisy", "careless_qualitative")
 _ABS, _REL, _HOR = 0, 1, 2
@@ -166,10 +168,22 @@ class National:
     labs: pl.DataFrame
     items: pl.DataFrame
     samples: pl.DataFrame
-    # scoring.schema.PAIR_INPUT_SCHEMA, pair_id 1..n_pairs.
-    pairs: pl.DataFrame
     # One row per lab: lab_code, kind (LAB_KINDS), shift (σR), group (0 = main), province, volume.
     truth: pl.DataFrame
+    _gen: _PairGen
+
+    def pair_blocks(self) -> Iterator[pl.DataFrame]:
+        """The pairs (scoring.schema.PAIR_INPUT_SCHEMA, pair_id 1..n_pairs) block by block, each
+        generated when asked for: a consumer that reduces each block holds only one at a time."""
+        for k in range(-(-self.config.n_pairs // PAIR_BLOCK)):
+            yield self._gen.block(k)
+
+    @functools.cached_property
+    def pairs(self) -> pl.DataFrame:
+        """All pairs in one frame (scoring.schema.PAIR_INPUT_SCHEMA, pair_id 1..n_pairs)."""
+        return pl.concat(list(self.pair_blocks())) if self.config.n_pairs else pl.DataFrame(
+            schema=PAIR_INPUT_SCHEMA
+        )
 
     def results(self) -> pl.DataFrame:
         """The results file(s) behind the pairs in the intake layout (every cell text)."""
@@ -493,26 +507,6 @@ def build_national(config: NationalConfig | None = None) -> National:
     p_sample = np.repeat(np.arange(n_s), m)
     offset = np.arange(p_sample.size) - np.repeat(np.cumsum(m) - m, m)
     it = by_cat_start[s_cat[p_sample]] + (first[p_sample] + offset) % per_cat[s_cat[p_sample]]
-    n = it.size
-
-    true, true_pass = _true_values(cfg, rng, items, it)
-    o = _report(cfg, rng, items, labs, s_orig[p_sample], it, true, true_pass)
-    r = _report(cfg, rng, items, labs, s_ret[p_sample], it, true, true_pass)
-
-    # Arbitration of reversals and large discrepancies, by a third lab of the region.
-    both = ~np.isnan(o["x"]) & ~np.isnan(r["x"])
-    sR_lvl, _ = items.sigmas(it, np.where(both, 0.5 * (o["x"] + r["x"]), 0.0))
-    with np.errstate(invalid="ignore"):
-        big = both & (np.abs(o["x"] - r["x"]) > 2.8 * sR_lvl)
-    u = rng.random(n)
-    want = ((o["fail"] != r["fail"]) & (u < cfg.arbitrate_reversals)) | (big & (u < cfg.arbitrate_discrepancies))
-    want &= labs.group[s_orig[p_sample]] == 0
-    a_rows = np.flatnonzero(want)
-    pool = _pool(labs, 7)
-    a_lab = _partner(rng, pool, labs, items.cat[it[a_rows]],
-                     [s_orig[p_sample[a_rows]], s_ret[p_sample[a_rows]]], 0.0, 1.0)
-    a_rows, a_lab = a_rows[a_lab >= 0], a_lab[a_lab >= 0]
-    a = _report(cfg, rng, items, labs, a_lab, it[a_rows], true[a_rows], true_pass[a_rows])
 
     span = max(cfg.window_days - 120, 1)
     s_day = np.sort(rng.integers(0, span, n_s))  # sample codes in sampling order
@@ -522,18 +516,69 @@ def build_national(config: NationalConfig | None = None) -> National:
     earliest = cfg.as_of - timedelta(days=cfg.window_days - 1)
 
     tables = _tables(cfg, rng, items, labs, s_cat, s_orig, s_day, earliest)
-    pairs = _pair_frame(cfg, items, tables, p_sample, it, o, r, a, a_rows, a_lab, s_orig, s_ret,
-                        d1, d2, d3, earliest)
     lab_codes = tables["lab_codes"]
+    gen = _PairGen(cfg=cfg, items=items, labs=labs, tables=tables, p_sample=p_sample.astype(np.int32),
+                   it=it.astype(np.int32), s_orig=s_orig, s_ret=s_ret, d1=d1, d2=d2, d3=d3,
+                   earliest=earliest)
     return National(
         config=cfg, categories=tables["categories"], labs=tables["labs"], items=tables["items"],
-        samples=tables["samples"], pairs=pairs,
+        samples=tables["samples"],
         truth=pl.DataFrame({
             "lab_code": lab_codes, "kind": np.array(LAB_KINDS)[labs.kind], "shift": labs.shift,
             "group": labs.group, "province": np.array(_PROVINCES)[labs.province],
             "volume": labs.volume * cfg.n_pairs / labs.volume.sum(),
         }),
+        _gen=gen,
     )
+
+
+# Pairs are drawn in blocks of this many, each from its own generator seeded by (seed, block), so
+# that the data do not depend on how a consumer reads them and the temporaries stay block-sized.
+PAIR_BLOCK = 1_000_000
+
+
+@dataclass(frozen=True)
+class _PairGen:
+    cfg: NationalConfig
+    items: _Items
+    labs: _Labs
+    tables: dict
+    p_sample: np.ndarray
+    it: np.ndarray
+    s_orig: np.ndarray
+    s_ret: np.ndarray
+    d1: np.ndarray
+    d2: np.ndarray
+    d3: np.ndarray
+    earliest: date
+
+    def block(self, k: int) -> pl.DataFrame:
+        cfg, items, labs = self.cfg, self.items, self.labs
+        lo, hi = k * PAIR_BLOCK, min((k + 1) * PAIR_BLOCK, self.it.size)
+        rng = np.random.default_rng([cfg.seed, 1 + k])
+        p_sample = self.p_sample[lo:hi].astype(np.int64)
+        it = self.it[lo:hi].astype(np.int64)
+        s_orig, s_ret = self.s_orig[p_sample], self.s_ret[p_sample]
+        true, true_pass = _true_values(cfg, rng, items, it)
+        o = _report(cfg, rng, items, labs, s_orig, it, true, true_pass)
+        r = _report(cfg, rng, items, labs, s_ret, it, true, true_pass)
+
+        # Arbitration of reversals and large discrepancies, by a third lab of the region.
+        both = ~np.isnan(o["x"]) & ~np.isnan(r["x"])
+        sR_lvl, _ = items.sigmas(it, np.where(both, 0.5 * (o["x"] + r["x"]), 0.0))
+        with np.errstate(invalid="ignore"):
+            big = both & (np.abs(o["x"] - r["x"]) > 2.8 * sR_lvl)
+        u = rng.random(it.size)
+        want = (((o["fail"] != r["fail"]) & (u < cfg.arbitrate_reversals))
+                | (big & (u < cfg.arbitrate_discrepancies)))
+        want &= labs.group[s_orig] == 0
+        a_rows = np.flatnonzero(want)
+        a_lab = _partner(rng, _pool(labs, 7), labs, items.cat[it[a_rows]], [s_orig[a_rows], s_ret[a_rows]],
+                         0.0, 1.0)
+        a_rows, a_lab = a_rows[a_lab >= 0], a_lab[a_lab >= 0]
+        a = _report(cfg, rng, items, labs, a_lab, it[a_rows], true[a_rows], true_pass[a_rows])
+        return _pair_frame(items, self.tables, lo, p_sample, it, o, r, a, a_rows, a_lab, s_orig, s_ret,
+                           self.d1[p_sample], self.d2[p_sample], self.d3[p_sample][a_rows], self.earliest)
 
 
 def _tables(cfg: NationalConfig, rng: np.random.Generator, items: _Items, labs: _Labs, s_cat: np.ndarray,
@@ -601,9 +646,9 @@ def _tables(cfg: NationalConfig, rng: np.random.Generator, items: _Items, labs: 
             "sample_codes": sample_codes}
 
 
-def _pair_frame(cfg: NationalConfig, items: _Items, tables: dict, p_sample: np.ndarray, it: np.ndarray,
-                o: dict, r: dict, a: dict, a_rows: np.ndarray, a_lab: np.ndarray, s_orig: np.ndarray,
-                s_ret: np.ndarray, d1: np.ndarray, d2: np.ndarray, d3: np.ndarray,
+def _pair_frame(items: _Items, tables: dict, first_id: int, p_sample: np.ndarray, it: np.ndarray,
+                o: dict, r: dict, a: dict, a_rows: np.ndarray, a_lab: np.ndarray, lab1: np.ndarray,
+                lab2: np.ndarray, d1: np.ndarray, d2: np.ndarray, d3: np.ndarray,
                 earliest: date) -> pl.DataFrame:
     n = it.size
     models = pl.Series([*_MODELS, None], dtype=pl.String)
@@ -615,7 +660,7 @@ def _pair_frame(cfg: NationalConfig, items: _Items, tables: dict, p_sample: np.n
 
     item_model = np.where(items.model >= 0, items.model, 3)
     cols: dict[str, pl.Series] = {
-        "pair_id": pl.Series(np.arange(1, n + 1, dtype=np.int64)),
+        "pair_id": pl.Series(np.arange(first_id + 1, first_id + n + 1, dtype=np.int64)),
         "sample_code": tables["sample_codes"].gather(p_sample),
         "item_code": tables["item_codes"].gather(it),
         "category_code": tables["cat_codes"].gather(items.cat[it]),
@@ -630,9 +675,9 @@ def _pair_frame(cfg: NationalConfig, items: _Items, tables: dict, p_sample: np.n
     }
     lab_codes = tables["lab_codes"]
     day0 = (earliest - date(1970, 1, 1)).days
-    for j, rep, lab, day in (("1", o, s_orig[p_sample], d1[p_sample]), ("2", r, s_ret[p_sample], d2[p_sample])):
+    for j, rep, lab, day in (("1", o, lab1, d1), ("2", r, lab2, d2)):
         cols.update(_side_columns(j, rep, lab, day, lab_codes, verdicts, rules, day0))
-    side3 = _side_columns("3", a, a_lab, d3[p_sample[a_rows]], lab_codes, verdicts, rules, day0)
+    side3 = _side_columns("3", a, a_lab, d3, lab_codes, verdicts, rules, day0)
     frame = pl.DataFrame(cols)
     # The arbitration side is present on a few % of pairs: scatter it into null columns.
     full3 = {}
