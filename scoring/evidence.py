@@ -63,7 +63,18 @@ from scoring.rates import (
     shrunk_rates,
 )
 
-__all__ = ["EVIDENCE_SCHEMA", "lab_evidence", "pairs_in_window"]
+__all__ = ["EVIDENCE_INPUT_COLUMNS", "EVIDENCE_SCHEMA", "lab_evidence", "pairs_in_window"]
+
+# The columns of scored pairs (scoring.pairs.score_pairs) that the evidence reads. The window is
+# collected with these alone, so the scores nothing here reads (En, ζ, distances, p_disagree, …)
+# are never computed and millions of rows of other columns are never copied.
+EVIDENCE_INPUT_COLUMNS = (
+    "pair_id", "item_code", "category_code", "kind", "lower_limit", "upper_limit", "lod",
+    "lab_1", "lab_2", "lab_3", "value_1", "value_2", "censored_1", "censored_2",
+    "censor_limit_1", "censor_limit_2", "reported_on_1", "reported_on_2", "sigma_R_at", "s",
+    "exceeds_cd", "outcome", "s_13", "s_23", "arbiter_sides_with", "verdict_contradicts_1",
+    "verdict_contradicts_2",
+)
 
 _NUMERIC_OUTCOMES = ("consistent", "discrepant", "reversal_within_uncertainty", "reversal")
 _QUALITATIVE_OUTCOMES = ("qualitative_agree", "qualitative_reversal")
@@ -174,13 +185,18 @@ EVIDENCE_SCHEMA: dict[str, pl.DataType] = {
 def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePolicy) -> pl.DataFrame:
     """Pairs completed in [as_of − window_days + 1, as_of] (undated pairs kept), with families.
 
+    Only the ``EVIDENCE_INPUT_COLUMNS`` present are kept.
+
     Adds completed_on (the later report date), numeric / qualitative / censored / undecidable
     (exactly one is true per pair), num_disc (numeric and |d| > CD: ``exceeds_cd`` where the
     frame has it, else outcome discrepant/reversal), qual_disc, reversal (outcome "reversal" or
     "qualitative_reversal").
     """
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
-    lazy = scored_pairs.with_columns(completed_on=pl.max_horizontal("reported_on_1", "reported_on_2"))
+    present = scored_pairs.collect_schema().names()
+    lazy = scored_pairs.select([c for c in present if c in EVIDENCE_INPUT_COLUMNS]).with_columns(
+        completed_on=pl.max_horizontal("reported_on_1", "reported_on_2")
+    )
     names = lazy.collect_schema().names()
     outcome = pl.col("outcome")
     numeric = outcome.is_in(_NUMERIC_OUTCOMES).fill_null(False) & pl.col("s").is_not_null()
@@ -341,67 +357,86 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
 # ---------------------------------------------------------------------------------- 4. counts
 
 
-def _roles(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
-    """One row per pair and side (original, retest): what that pair is to that lab."""
+def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
+    """One row per numeric pair and side (original, retest): what the CUSUM charts."""
+    numeric = df.get_column("numeric").to_numpy()
+    rows = np.flatnonzero(numeric)
     common = {
-        "pair_id": df.get_column("pair_id"),
-        "completed_on": df.get_column("completed_on"),
-        "numeric": df.get_column("numeric"),
-        "qualitative": df.get_column("qualitative"),
-        "censored": df.get_column("censored"),
-        "undecidable": df.get_column("undecidable"),
-        "num_disc": df.get_column("num_disc"),
-        "qual_disc": df.get_column("qual_disc"),
-        "reversal": df.get_column("reversal"),
-        "within": (df.get_column("outcome") == "reversal_within_uncertainty").fill_null(False),
-        "censored_disc": (df.get_column("outcome") == "censored_discrepant").fill_null(False),
-        "p_lab": p_lab,
+        "pair_id": df.get_column("pair_id").gather(rows),
+        "completed_on": df.get_column("completed_on").gather(rows),
+        "p_lab": p_lab[rows],
     }
     return pl.concat(
         [
-            pl.DataFrame({**common, "idx": ix.i1, "role": "original", "blame": blame.side1, "lost": blame.lost1}),
-            pl.DataFrame({**common, "idx": ix.i2, "role": "retest", "blame": blame.side2, "lost": blame.lost2}),
+            pl.DataFrame({**common, "idx": ix.i1[rows], "blame": blame.side1[rows]}),
+            pl.DataFrame({**common, "idx": ix.i2[rows], "blame": blame.side2[rows]}),
         ]
     )
 
 
-def _counts(roles: pl.DataFrame, df: pl.DataFrame, ix: LabIndex) -> pl.DataFrame:
-    counts = roles.group_by("idx").agg(
-        pairs_original=(pl.col("role") == "original").sum().cast(pl.Int64),
-        pairs_retest=(pl.col("role") == "retest").sum().cast(pl.Int64),
-        pairs_compared=pl.len().cast(pl.Int64),
-        pairs_quantitative=pl.col("numeric").sum().cast(pl.Int64),
-        pairs_qualitative=pl.col("qualitative").sum().cast(pl.Int64),
-        pairs_censored=pl.col("censored").sum().cast(pl.Int64),
-        pairs_undecidable=pl.col("undecidable").sum().cast(pl.Int64),
-        discrepancies=pl.col("num_disc").sum().cast(pl.Int64),
-        reversals=pl.col("reversal").sum().cast(pl.Int64),
-        reversals_within_uncertainty=pl.col("within").sum().cast(pl.Int64),
-        censored_disagreements=pl.col("censored_disc").sum().cast(pl.Int64),
-        arbitrations_lost=pl.col("lost").sum().cast(pl.Int64),
-        attributed_discrepancies=(pl.col("blame") * pl.col("numeric")).sum(),
-        expected_discrepancies=pl.col("p_lab").filter(pl.col("numeric")).sum(),
-        qualitative_errors=(pl.col("blame") * pl.col("qualitative")).sum(),
-    )
-    arb = pl.DataFrame({"pair_id": df.get_column("pair_id"), "idx": ix.i3}).filter(pl.col("idx") >= 0)
-    all_pairs = (
-        pl.concat([roles.select("pair_id", "idx"), arb])
-        .group_by("idx")
-        .agg(pairs=pl.col("pair_id").n_unique().cast(pl.Int64))
-    )
-    arb_counts = arb.group_by("idx").agg(pairs_arbitration=pl.len().cast(pl.Int64))
-    base = pl.DataFrame({"idx": np.arange(len(ix.labs), dtype=np.int64), "lab_code": ix.labs})
-    int_cols = [c for c, t in counts.schema.items() if t == pl.Int64 and c != "idx"]
-    return (
-        base.join(all_pairs, on="idx", how="left")
-        .join(counts, on="idx", how="left")
-        .join(arb_counts, on="idx", how="left")
-        .sort("idx")
-        .with_columns(
-            pl.col(["pairs", "pairs_arbitration", *int_cols]).fill_null(0),
-            pl.col("attributed_discrepancies", "expected_discrepancies", "qualitative_errors").fill_null(0.0),
+def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
+    """Counts per lab and role, by bincounts over the pairs' lab indices (both sides at once)."""
+    n_labs = len(ix.labs)
+    i1, i2, i3 = ix.i1, ix.i2, ix.i3
+    ok1, ok2, ok3 = i1 >= 0, i2 >= 0, i3 >= 0
+    j1, j2, j3 = np.where(ok1, i1, n_labs), np.where(ok2, i2, n_labs), np.where(ok3, i3, n_labs)
+
+    def per_lab(w1: np.ndarray | None, w2: np.ndarray | None = None) -> np.ndarray:
+        # index n_labs collects the sides without a lab and is dropped
+        a = np.bincount(j1, weights=w1, minlength=n_labs + 1)
+        b = np.bincount(j2, weights=w1 if w2 is None else w2, minlength=n_labs + 1)
+        return (a + b)[:n_labs]
+
+    def flag(name: str) -> np.ndarray:
+        return df.get_column(name).fill_null(False).to_numpy().astype(float)
+
+    outcome = df.get_column("outcome")
+    numeric = flag("numeric")
+    qualitative = flag("qualitative")
+    within = (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy().astype(float)
+    censored_disc = (outcome == "censored_discrepant").fill_null(False).to_numpy().astype(float)
+    original = np.bincount(j1, minlength=n_labs + 1)[:n_labs]
+    retest = np.bincount(j2, minlength=n_labs + 1)[:n_labs]
+    arbitration = np.bincount(j3, minlength=n_labs + 1)[:n_labs]
+    pair_ids = df.get_column("pair_id")
+    if pair_ids.is_unique().all():
+        # A pair counts once for a lab that sits on two of its sides.
+        dup2 = ok2 & (i2 == i1)
+        dup3 = ok3 & ((i3 == i1) | (i3 == i2))
+        pairs = original + retest + arbitration - np.bincount(j2[dup2], minlength=n_labs + 1)[:n_labs] - (
+            np.bincount(j3[dup3], minlength=n_labs + 1)[:n_labs]
         )
-    )
+    else:  # the same pair twice in the frame: count distinct ids
+        ids = pl.DataFrame({
+            "pair_id": pl.concat([pair_ids, pair_ids, pair_ids]),
+            "idx": np.r_[i1, i2, i3],
+        }).filter(pl.col("idx") >= 0).group_by("idx").agg(n=pl.col("pair_id").n_unique())
+        pairs = np.zeros(n_labs, dtype=np.int64)
+        pairs[ids.get_column("idx").to_numpy()] = ids.get_column("n").to_numpy()
+    ints = {
+        "pairs": pairs,
+        "pairs_original": original,
+        "pairs_retest": retest,
+        "pairs_compared": original + retest,
+        "pairs_quantitative": per_lab(numeric),
+        "pairs_qualitative": per_lab(qualitative),
+        "pairs_censored": per_lab(flag("censored")),
+        "pairs_undecidable": per_lab(flag("undecidable")),
+        "discrepancies": per_lab(flag("num_disc")),
+        "reversals": per_lab(flag("reversal")),
+        "reversals_within_uncertainty": per_lab(within),
+        "censored_disagreements": per_lab(censored_disc),
+        "arbitrations_lost": per_lab(blame.lost1.astype(float), blame.lost2.astype(float)),
+        "pairs_arbitration": arbitration,
+    }
+    return pl.DataFrame({
+        "idx": np.arange(n_labs, dtype=np.int64),
+        "lab_code": ix.labs,
+        **{k: pl.Series(np.rint(v).astype(np.int64)) for k, v in ints.items()},
+        "attributed_discrepancies": per_lab(blame.side1 * numeric, blame.side2 * numeric),
+        "expected_discrepancies": per_lab(p_lab * numeric),
+        "qualitative_errors": per_lab(blame.side1 * qualitative, blame.side2 * qualitative),
+    })
 
 
 # ----------------------------------------------------------------------------------- 5. rates
@@ -635,8 +670,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
     p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
-    roles = _roles(df, ix, blame, p_lab)
-    counts = _counts(roles, df, ix)
+    counts = _counts(df, ix, blame, p_lab)
 
     rates = _rates(counts, ep)
     q_expected, q_rate, q_p = _qualitative(counts, ep)
@@ -660,7 +694,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     if np.isfinite(fun.target) and fun.target > 0:
         lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
     chart_rows = (
-        roles.filter(pl.col("numeric"))
+        _chart_rows(df, ix, blame, p_lab)
         .select(
             "idx", "completed_on", "pair_id",
             y=pl.col("blame").clip(0.0, 1.0),
