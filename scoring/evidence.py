@@ -563,28 +563,44 @@ def _bias_evidence(fit: BiasFit, identifiable: np.ndarray, n_quant: np.ndarray, 
 
 
 def _sign_tests(comp_a: np.ndarray, comp_b: np.ndarray, s: np.ndarray) -> pl.DataFrame:
-    oriented = pl.DataFrame(
-        {"idx": np.r_[comp_a, comp_b], "s": np.r_[s, -s]}, schema={"idx": pl.Int64, "s": pl.Float64}
-    )
-    nz = oriented.filter(pl.col("s") != 0).with_columns(a=pl.col("s").abs())
-    ties = (
-        nz.group_by("idx", "a")
-        .agg(t=pl.len().cast(pl.Float64))
-        .group_by("idx")
-        .agg(tie=((pl.col("t") ** 3 - pl.col("t")) / 48.0).sum())
-    )
-    ranks = (
-        nz.with_columns(r=pl.col("a").rank("average").over("idx"))
-        .group_by("idx")
-        .agg(
-            sign_n=pl.len().cast(pl.Int64),
-            sign_positive=(pl.col("s") > 0).sum().cast(pl.Int64),
-            wilcoxon_statistic=pl.col("r").filter(pl.col("s") > 0).sum().cast(pl.Float64),
-        )
-        .join(ties, on="idx", how="left")
-    )
-    medians = oriented.group_by("idx").agg(median_s=pl.col("s").median())
-    return ranks.join(medians, on="idx", how="full", coalesce=True)
+    """Per lab: sign counts, the Wilcoxon W+ with its tie correction, the median of s.
+
+    Each comparison counts for both labs, oriented (s for a, −s for b). Ranks of |s| within a
+    lab (average ranks for ties, zeros dropped) come from one sort by (lab, |s|): a rank is the
+    position in the lab's run plus the mean offset of its run of equal values.
+    """
+    idx = np.r_[comp_a, comp_b].astype(np.int64)
+    sv = np.r_[s, -s].astype(float)
+    n_labs = int(idx.max()) + 1 if idx.size else 0
+    nz = np.flatnonzero(sv != 0)
+    a = np.abs(sv[nz])
+    order = pl.DataFrame({"i": idx[nz], "a": a}).select(
+        pl.arg_sort_by(["i", "a"])
+    ).to_series().to_numpy()
+    li, la = idx[nz][order], a[order]
+    pos = sv[nz][order] > 0
+    m = li.size
+    new_lab = np.r_[True, li[1:] != li[:-1]] if m else np.zeros(0, dtype=bool)
+    new_run = new_lab | np.r_[True, la[1:] != la[:-1]] if m else np.zeros(0, dtype=bool)
+    lab_start = np.maximum.accumulate(np.where(new_lab, np.arange(m), 0)) if m else np.zeros(0, dtype=np.int64)
+    run_id = np.cumsum(new_run) - 1
+    run_first = np.flatnonzero(new_run)
+    run_len = np.diff(np.r_[run_first, m])
+    # average rank of a run = its first position in the lab (1-based) + (length − 1) / 2
+    run_rank = (run_first - lab_start[run_first] + 1) + (run_len - 1) / 2.0
+    rank = run_rank[run_id]
+    t = run_len.astype(float)
+    sign_n = np.bincount(li, minlength=n_labs)
+    present = np.bincount(idx, minlength=n_labs) > 0
+    medians = pl.DataFrame({"idx": idx, "s": sv}).group_by("idx").agg(median_s=pl.col("s").median())
+    labs = np.flatnonzero(present)
+    return pl.DataFrame({
+        "idx": labs,
+        "sign_n": sign_n[labs].astype(np.int64),
+        "sign_positive": np.bincount(li, weights=pos, minlength=n_labs)[labs].astype(np.int64),
+        "wilcoxon_statistic": np.bincount(li, weights=np.where(pos, rank, 0.0), minlength=n_labs)[labs],
+        "tie": np.bincount(li[run_first], weights=(t**3 - t) / 48.0, minlength=n_labs)[labs],
+    }).join(medians, on="idx", how="left")
 
 
 def _sign_columns(out: pl.DataFrame) -> dict[str, np.ndarray]:
