@@ -207,12 +207,16 @@ def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePoli
         if "exceeds_cd" in names
         else outcome.is_in(["discrepant", "reversal"])
     )
+    in_window = pl.col("completed_on").is_null() | (
+        (pl.col("completed_on") <= as_of) & (pl.col("completed_on") >= window_start)
+    )
+    # When every pair is in the window (a look-back as long as the data), no filter: the frame's
+    # columns are then shared with the input instead of copied (a cheap pass over two dates
+    # decides it).
+    if not lazy.select(in_window.all()).collect().item():
+        lazy = lazy.filter(in_window)
     return (
-        lazy.filter(
-            pl.col("completed_on").is_null()
-            | ((pl.col("completed_on") <= as_of) & (pl.col("completed_on") >= window_start))
-        )
-        .with_columns(
+        lazy.with_columns(
             numeric=numeric,
             qualitative=outcome.is_in(_QUALITATIVE_OUTCOMES).fill_null(False),
             censored=outcome.is_in(_CENSORED_OUTCOMES).fill_null(False),
@@ -702,16 +706,16 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
         return _empty_evidence()
-    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the window
-    # expressions must not see the other families).
-    numeric_only = df.filter(pl.col("numeric"))
-    expected = numeric_only.select(
-        "pair_id",
-        p_expected=baseline_rate(numeric_only, "num_disc", ep.baseline, ep.baseline_prior_pairs)
-        if numeric_only.height
-        else pl.lit(None, dtype=pl.Float64),
-    )
-    df = df.join(expected, on="pair_id", how="left", maintain_order="left")
+    # Each numeric pair's baseline discrepancy probability, from numeric pairs only: the other
+    # families' event is null, which the rate's window expressions do not count (computed in
+    # place, row by row, rather than on a filtered copy joined back).
+    event = "__numeric_event"
+    df = df.with_columns(pl.when(pl.col("numeric")).then(pl.col("num_disc")).alias(event))
+    df = df.with_columns(
+        p_expected=pl.when(pl.col("numeric")).then(
+            baseline_rate(df, event, ep.baseline, ep.baseline_prior_pairs)
+        ).cast(pl.Float64)
+    ).drop(event)
 
     ix = _lab_index(df)
     n_labs = len(ix.labs)
@@ -760,6 +764,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         sides, fit.b, n_labs, band=ep.shading_band, clear=ep.nd_clear,
         contradiction_floor=ep.contradiction_floor,
     )
+    del sides
     # The fit clips s; a gross error is judged on the unclipped difference (biases back in s).
     raw_residual = comps.s - (fit.b[comps.a] - fit.b[comps.b]) / SQRT2
     patterns["outliers"] = outlier_counts(

@@ -129,9 +129,10 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.Dat
     lod2 = np.r_[lod, lod]
     lod2 = np.where(np.isnan(lod2), stated_of[item2], lod2)
     return pl.DataFrame({
-        "idx": np.r_[i1, i2].astype(np.int64),
-        "partner": np.r_[i2, i1].astype(np.int64),
-        "item": item2,
+        # int32 lab and item ids: this frame has two rows per pair
+        "idx": np.r_[i1, i2].astype(np.int32),
+        "partner": np.r_[i2, i1].astype(np.int32),
+        "item": item2.astype(np.int32),
         "quant": np.r_[quant, quant],
         "lower_limit": np.r_[lower, lower],
         "upper_limit": np.r_[upper, upper],

@@ -167,7 +167,6 @@ class National:
     categories: pl.DataFrame
     labs: pl.DataFrame
     items: pl.DataFrame
-    samples: pl.DataFrame
     # One row per lab: lab_code, kind (LAB_KINDS), shift (σR), group (0 = main), province, volume.
     truth: pl.DataFrame
     _gen: _PairGen
@@ -177,6 +176,11 @@ class National:
         generated when asked for: a consumer that reduces each block holds only one at a time."""
         for k in range(-(-self.config.n_pairs // PAIR_BLOCK)):
             yield self._gen.block(k)
+
+    @functools.cached_property
+    def samples(self) -> pl.DataFrame:
+        """The samples table in the intake layout (built on first use)."""
+        return self._gen.tables["samples"]()
 
     @functools.cached_property
     def pairs(self) -> pl.DataFrame:
@@ -522,7 +526,6 @@ def build_national(config: NationalConfig | None = None) -> National:
                    earliest=earliest)
     return National(
         config=cfg, categories=tables["categories"], labs=tables["labs"], items=tables["items"],
-        samples=tables["samples"],
         truth=pl.DataFrame({
             "lab_code": lab_codes, "kind": np.array(LAB_KINDS)[labs.kind], "shift": labs.shift,
             "group": labs.group, "province": np.array(_PROVINCES)[labs.province],
@@ -628,19 +631,25 @@ def _tables(cfg: NationalConfig, rng: np.random.Generator, items: _Items, labs: 
         "accreditation_no": "CNAS L" + pl.Series(rng.integers(10000, 99999, cfg.n_labs)).cast(pl.String),
         "status": pl.repeat("active", cfg.n_labs, eager=True, dtype=pl.String),
     }).with_row_index("lab").join(scopes, on="lab", how="left").rename({"code": "scopes"}).drop("lab")
-    own = rng.random(s_cat.size) < 0.8
-    prov = np.where(own, labs.province[s_orig], rng.integers(0, len(_PROVINCES), s_cat.size))
-    samples = pl.DataFrame({
-        "sample_code": sample_codes,
-        "category_code": cat_codes.gather(s_cat),
-        "enterprise": "企业" + pl.Series(rng.integers(1, 200_000, s_cat.size)).cast(pl.String),
-        "sampled_on": pl.Series(s_day, dtype=pl.Int64),
-        "province": provinces.gather(prov),
-        "original_lab_code": lab_codes.gather(s_orig),
-    }).with_columns(
-        (pl.lit(earliest) + pl.duration(days=pl.col("sampled_on"))).cast(pl.Date).cast(pl.String)
-        .alias("sampled_on")
-    )
+
+    def samples() -> pl.DataFrame:
+        # Built when asked for (millions of rows the in-memory benchmarks never read), from a
+        # generator of its own so that the data do not depend on when.
+        srng = np.random.default_rng([cfg.seed, 0])
+        own = srng.random(s_cat.size) < 0.8
+        prov = np.where(own, labs.province[s_orig], srng.integers(0, len(_PROVINCES), s_cat.size))
+        return pl.DataFrame({
+            "sample_code": sample_codes,
+            "category_code": cat_codes.gather(s_cat),
+            "enterprise": "企业" + pl.Series(srng.integers(1, 200_000, s_cat.size)).cast(pl.String),
+            "sampled_on": pl.Series(s_day, dtype=pl.Int64),
+            "province": provinces.gather(prov),
+            "original_lab_code": lab_codes.gather(s_orig),
+        }).with_columns(
+            (pl.lit(earliest) + pl.duration(days=pl.col("sampled_on"))).cast(pl.Date).cast(pl.String)
+            .alias("sampled_on")
+        )
+
     return {"categories": categories, "items": items_table, "labs": labs_table, "samples": samples,
             "lab_codes": lab_codes, "item_codes": item_codes, "cat_codes": cat_codes,
             "sample_codes": sample_codes}
