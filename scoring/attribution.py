@@ -283,9 +283,10 @@ def fit_lab_bias(
     count_e = np.bincount(inv, minlength=n_e).astype(float)
     u_mat = system.matrix(0.25 * count_e, 1.0, _VARIANCE_RIDGE, involved)
 
-    def solve_b(w: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w_e = np.bincount(inv, weights=w, minlength=n_e)
-        wy_e = np.bincount(inv, weights=w * y, minlength=n_e)
+    def solve_b(huber: np.ndarray, var_e: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # weights huber / var_row, with var_row a function of the edge: summed per edge first
+        w_e = np.bincount(inv, weights=huber, minlength=n_e) / var_e
+        wy_e = np.bincount(inv, weights=huber * y, minlength=n_e) / var_e
         rhs = np.bincount(ea, weights=wy_e, minlength=n_labs) - np.bincount(eb, weights=wy_e, minlength=n_labs)
         mat = system.matrix(w_e, -1.0, ep.ridge, involved)
         return _center(_pcg(mat, rhs, b0), comp, involved), w_e
@@ -295,33 +296,34 @@ def fit_lab_bias(
     b = np.zeros(n_labs)
     u = np.zeros(n_labs)
     for _outer in range(2):
-        inv_var = (1.0 / var_e)[inv]
         sd_row = np.sqrt(var_e)[inv]
         for _ in range(ep.irls_iterations):
-            b, _w_e = solve_b(huber * inv_var, b)
+            b, _w_e = solve_b(huber, var_e, b)
             r = y - (b[ea] - b[eb])[inv]
             zr = np.abs(r, out=r)
             zr /= sd_row
-            new = np.minimum(1.0, ep.huber_k / np.maximum(zr, 1e-12))
-            converged = np.max(np.abs(new - huber)) < 1e-6
+            new = np.minimum(1.0, ep.huber_k / np.maximum(zr, 1e-12, out=zr), out=zr)
+            converged = np.max(np.abs(huber - new, out=huber)) < 1e-6
             huber = new
             if converged:
                 break
+        del sd_row
         r = y - (b[ea] - b[eb])[inv]
         target = np.minimum(r**2, ep.clip_s**2) - 1.0
         t_e = np.bincount(inv, weights=target, minlength=n_e)
         u_rhs = 0.5 * (np.bincount(ea, weights=t_e, minlength=n_labs) + np.bincount(eb, weights=t_e, minlength=n_labs))
         u = _pcg(u_mat, u_rhs, u)
         var_e = np.maximum(1.0, 1.0 + 0.5 * (u[ea] + u[eb]))
-    w = huber / var_e[inv]
-    b, w_e = solve_b(w, b)
+    b, w_e = solve_b(huber, var_e, b)
     r = y - (b[ea] - b[eb])[inv]
     b = b - _component_medians(b, comp, involved)
+    # Σ w r² with w = huber / var_row, summed per edge
+    wr2 = float(np.sum(np.bincount(inv, weights=huber * r * r, minlength=n_e) / var_e))
 
     sizes = np.bincount(comp)
     rank = int(involved.sum()) - len(np.unique(comp[involved]))
     dof = m - rank
-    sigma2 = max(1.0, float(np.dot(w, r * r) / dof)) if dof > 0 else 1.0
+    sigma2 = max(1.0, wr2 / dof) if dof > 0 else 1.0
     mat = system.matrix(w_e, -1.0, 0.0, np.ones(n_labs, dtype=bool))
     if n_labs <= ep.dense_limit:
         proj = (comp[:, None] == comp[None, :]) / sizes[comp][:, None]

@@ -263,43 +263,48 @@ def pattern_counts(
     b = np.nan_to_num(np.asarray(bias, dtype=float), nan=0.0)
     quant = sides.filter(pl.col("quant") & pl.col("sigma").is_not_nan() & (pl.col("sigma") > 0))
     idx = quant.get_column("idx").to_numpy()
-    partner = quant.get_column("partner").to_numpy()
-    delta = b[idx] - b[partner] if len(idx) else np.zeros(0)
     sigma = quant.get_column("sigma").to_numpy()
-    x = quant.get_column("x").to_numpy()
     xp = quant.get_column("xp").to_numpy()
-    cens = quant.get_column("cens").to_numpy()
     cens_p = quant.get_column("cens_p").to_numpy()
     upper = quant.get_column("upper_limit").to_numpy()
     lower = quant.get_column("lower_limit").to_numpy()
     lod = quant.get_column("lod").to_numpy()
     out: dict[str, PatternCounts] = {}
 
-    # shading: partner beyond a limit (a numeric partner value, not censored)
+    # Which sides each test examines is decided on every side; the probabilities (normal CDFs,
+    # the costly part) only on the sides examined.
     with np.errstate(invalid="ignore"):
         p_num = np.isfinite(xp) & ~cens_p
         over = p_num & np.isfinite(upper) & (xp > upper)
         under = p_num & np.isfinite(lower) & (xp < lower) & ~over
-        d_up = (upper - xp) / sigma  # < 0 where over
-        d_lo = (xp - lower) / sigma  # < 0 where under
+        clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
+    partner = quant.get_column("partner").to_numpy()
+    x = quant.get_column("x").to_numpy()
+    cens = quant.get_column("cens").to_numpy()
+
+    # shading: partner beyond a limit (a numeric partner value, not censored)
+    use = np.flatnonzero(over | under)
+    sg, xpu, xu, up, lo = sigma[use], xp[use], x[use], upper[use], lower[use]
+    delta = b[idx[use]] - b[partner[use]]
+    ov = over[use]
+    with np.errstate(invalid="ignore"):
+        d_up = (up - xpu) / sg  # < 0 where over
+        d_lo = (xpu - lo) / sg  # < 0 where under
         p_up = ndtr((d_up - delta) / _SQRT2) - ndtr((d_up - band - delta) / _SQRT2)
         p_lo = ndtr((band - d_lo - delta) / _SQRT2) - ndtr((-d_lo - delta) / _SQRT2)
-        lab_num = np.isfinite(x) & ~cens
-        in_up = lab_num & ((upper - x) / sigma >= 0) & ((upper - x) / sigma <= band)
-        in_lo = lab_num & ((x - lower) / sigma >= 0) & ((x - lower) / sigma <= band)
-    use = over | under
+        lab_num = np.isfinite(xu) & ~cens[use]
+        in_up = lab_num & ((up - xu) / sg >= 0) & ((up - xu) / sg <= band)
+        in_lo = lab_num & ((xu - lo) / sg >= 0) & ((xu - lo) / sg <= band)
     out["shading"] = _counts(
-        "shading", n_labs, idx[use],
-        np.where(over, in_up, in_lo)[use], np.where(over, p_up, p_lo)[use],
+        "shading", n_labs, idx[use], np.where(ov, in_up, in_lo), np.where(ov, p_up, p_lo),
     )
 
     # not detected where the partner finds a clear amount
+    nd = np.flatnonzero(clear_amount)
+    delta = b[idx[nd]] - b[partner[nd]]
     with np.errstate(invalid="ignore"):
-        clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
-        p_nd = ndtr(((lod - xp) / sigma - delta) / _SQRT2)
-    out["nd_hiding"] = _counts(
-        "nd_hiding", n_labs, idx[clear_amount], cens[clear_amount], p_nd[clear_amount]
-    )
+        p_nd = ndtr(((lod[nd] - xp[nd]) / sigma[nd] - delta) / _SQRT2)
+    out["nd_hiding"] = _counts("nd_hiding", n_labs, idx[nd], cens[nd], p_nd)
 
     # a verdict contradicting the lab's own number (over all decidable sides, any item kind)
     dec = sides.filter(pl.col("contradicts") >= 0)
