@@ -21,6 +21,7 @@ a peak resident memory (of the whole measuring process, generation included) of 
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
 import time
@@ -96,11 +97,13 @@ def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measur
         _floor(frame)
         floor = min(floor, time.perf_counter() - t0)
 
+    c0 = time.process_time()
     t0 = time.perf_counter()
     evidence = lab_evidence(frame.lazy(), policy, as_of=as_of)
     t1 = time.perf_counter()
     grades = grade(evidence, None, None, policy)
     t2 = time.perf_counter()
+    cpu = time.process_time() - c0
     return Measurement(
         seconds=t2 - t0,
         floor_seconds=floor,
@@ -108,6 +111,10 @@ def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measur
             "repeats": "evidence + grade once (its caches cold); floor best of 3",
             "evidence_seconds": round(t1 - t0, 3),
             "grade_seconds": round(t2 - t1, 3),
+            # CPU time of the process over evidence + grade (all threads): on a shared machine
+            # it shows how much of the wall clock was waiting for a core.
+            "cpu_seconds": round(cpu, 3),
+            "load_average_1min": round(os.getloadavg()[0], 2),
             **{k: round(v, 3) for k, v in details.items()},
             "labs": evidence.height,
             "graded": grades.height,
