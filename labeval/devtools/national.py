@@ -494,11 +494,16 @@ def build_national(config: NationalConfig | None = None) -> National:
     labs = _labs(cfg, rng)
     per_cat = np.bincount(items.cat, minlength=cfg.n_categories)
     n_samples = int(math.ceil(cfg.n_pairs / max(cfg.items_per_sample - 0.2, 0.5)))
-    s_cat, s_orig, s_ret = _samples(cfg, rng, labs, items, n_samples)
-    m = np.minimum(1 + rng.poisson(cfg.items_per_sample - 1.0, s_cat.size), per_cat[s_cat])
-    end = np.cumsum(m)
-    cut = int(np.searchsorted(end, cfg.n_pairs, side="left"))
-    if cut >= s_cat.size:
+    for _ in range(8):
+        s_cat, s_orig, s_ret = _samples(cfg, rng, labs, items, n_samples)
+        m = np.minimum(1 + rng.poisson(cfg.items_per_sample - 1.0, s_cat.size), per_cat[s_cat])
+        end = np.cumsum(m)
+        cut = int(np.searchsorted(end, cfg.n_pairs, side="left"))
+        if cut < s_cat.size:
+            break
+        # small categories (few items) or partners not found: more samples, drawn afresh
+        n_samples = 2 * n_samples + 10
+    else:
         raise ValueError("n_pairs too large for the samples drawn")
     m = m[: cut + 1].copy()
     m[-1] -= int(end[cut] - cfg.n_pairs)
