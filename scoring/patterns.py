@@ -168,22 +168,30 @@ def poisson_binomial_sf(observed: int, probs: np.ndarray) -> float:
     return float(min(1.0, max(0.0, dist[-1])))
 
 
-def _capped_sum(a: np.ndarray, b: np.ndarray, degree: int, cap: int) -> np.ndarray:
-    """Distribution of min(X + Y, cap) from those of min(X, cap) and min(Y, cap), row by row.
+def _capped_sum(a: np.ndarray, b: np.ndarray, cap: int) -> np.ndarray:
+    """Distribution of min(X + Y, cap) from those of X and Y, row by row.
 
-    Rows of ``a`` and ``b`` hold P(X = 0..cap−1) and P(X ≥ cap) in the last column, with nothing
-    beyond ``degree``. Every term is a product of probabilities added to others, never
-    subtracted, so a tail of 1e-30 keeps its relative precision.
+    Rows of ``a`` and ``b`` (same width w) hold P(X = 0..w−1); when w − 1 = cap the last cell is
+    P(X ≥ cap). The result is as wide as the sum needs, up to cap + 1. Every term is a product
+    of probabilities added to others, never subtracted, so a tail of 1e-30 keeps its relative
+    precision.
     """
-    out = np.zeros_like(a)
+    rows, w = a.shape
+    width = min(2 * (w - 1), cap) + 1
+    out = np.zeros((rows, width))
+    if width - 1 < cap:  # no sum reaches the cap: a plain convolution
+        for i in range(w):
+            out[:, i : i + w] += a[:, i : i + 1] * b
+        return out
     # tail[:, m] = P(Y >= m)
     tail = np.cumsum(b[:, ::-1], axis=1)[:, ::-1]
-    for i in range(min(degree, cap) + 1):
-        top = min(i + degree, cap - 1)
-        if top >= i:
-            out[:, i : top + 1] += a[:, i : i + 1] * b[:, : top - i + 1]
-        if cap - i <= degree:
-            out[:, cap] += a[:, i] * tail[:, cap - i]
+    for i in range(w):
+        n_exact = min(w, cap - i)  # the j with i + j < cap
+        if n_exact > 0:
+            out[:, i : i + n_exact] += a[:, i : i + 1] * b[:, :n_exact]
+        first_tail = max(cap - i, 0)
+        if first_tail < w:
+            out[:, cap] += a[:, i] * tail[:, first_tail]
     return out
 
 
@@ -193,9 +201,9 @@ def _tail_probabilities(idx: np.ndarray, probs: np.ndarray, observed: np.ndarray
 
     Labs are grouped by a cap (the power of two at or above their observed count); within a group
     each lab's Bernoulli distributions are combined pairwise, all labs together, in about log2
-    of its count of rounds, each distribution capped at the group's cap (the top cell holds
-    "cap or more"). The cost is a few vector operations per round instead of one Python step per
-    pair.
+    of its count of rounds; a distribution is only as wide as its support, up to the cap (whose
+    cell holds "cap or more"), so memory stays near two cells per pair. The cost is a few vector
+    operations per round instead of one Python step per pair.
     """
     k = np.round(observed).astype(np.int64)
     probs = np.clip(np.asarray(probs, dtype=float), 0.0, 1.0)
@@ -211,25 +219,24 @@ def _tail_probabilities(idx: np.ndarray, probs: np.ndarray, observed: np.ndarray
         rows = np.flatnonzero(member[idx])
         order = rows[np.argsort(idx[rows], kind="stable")]
         owner = idx[order]
-        dist = np.zeros((order.size, cap + 1))
+        dist = np.empty((order.size, 2))
         dist[:, 0] = 1.0 - probs[order]
-        dist[:, 1] += probs[order]
-        degree = 1
-        identity = np.zeros(cap + 1)
-        identity[0] = 1.0
+        dist[:, 1] = probs[order]
         while owner.size and (owner.size != np.unique(owner).size):
             starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
             counts = np.diff(np.r_[starts, owner.size])
             # an owner with an odd count gets a certain zero, so that nodes pair within owners
             odd_end = (starts + counts)[counts % 2 == 1]
+            identity = np.zeros(dist.shape[1])
+            identity[0] = 1.0
             dist = np.insert(dist, odd_end, identity, axis=0)
             owner = np.insert(owner, odd_end, owner[odd_end - 1])
-            dist = _capped_sum(dist[0::2], dist[1::2], degree, cap)
+            dist = _capped_sum(dist[0::2], dist[1::2], cap)
             owner = owner[0::2]
-            degree = min(2 * degree, cap)
         labs = owner
-        cum = np.cumsum(dist[:, ::-1], axis=1)[:, ::-1]  # cum[:, j] = P(X >= j), j <= cap
-        out[labs] = np.minimum(1.0, np.maximum(0.0, cum[np.arange(labs.size), k[labs]]))
+        cum = np.cumsum(dist[:, ::-1], axis=1)[:, ::-1]  # cum[:, j] = P(X >= j)
+        reach = k[labs] < cum.shape[1]
+        out[labs[reach]] = np.minimum(1.0, np.maximum(0.0, cum[np.flatnonzero(reach), k[labs[reach]]]))
     return out
 
 
