@@ -268,26 +268,28 @@ def pattern_counts(
 ) -> dict[str, PatternCounts]:
     """The three pattern tests for every lab. ``bias`` in σR units per lab (NaN → 0)."""
     b = np.nan_to_num(np.asarray(bias, dtype=float), nan=0.0)
-    quant = sides.filter(pl.col("quant") & pl.col("sigma").is_not_nan() & (pl.col("sigma") > 0))
-    idx = quant.get_column("idx").to_numpy()
-    sigma = quant.get_column("sigma").to_numpy()
-    xp = quant.get_column("xp").to_numpy()
-    cens_p = quant.get_column("cens_p").to_numpy()
-    upper = quant.get_column("upper_limit").to_numpy()
-    lower = quant.get_column("lower_limit").to_numpy()
-    lod = quant.get_column("lod").to_numpy()
+
+    # Column arrays of the sides frame (no copy: it is built from numpy arrays without nulls);
+    # the tests pick their rows by index, so no filtered copy of the whole frame is made.
+    def col(name: str) -> np.ndarray:
+        return sides.get_column(name).to_numpy()
+
+    sigma = col("sigma")
+    xp = col("xp")
+    upper, lower, lod = col("upper_limit"), col("lower_limit"), col("lod")
     out: dict[str, PatternCounts] = {}
 
     # Which sides each test examines is decided on every side; the probabilities (normal CDFs,
     # the costly part) only on the sides examined.
     with np.errstate(invalid="ignore"):
-        p_num = np.isfinite(xp) & ~cens_p
+        p_num = col("quant") & (sigma > 0) & np.isfinite(xp) & ~col("cens_p")
         over = p_num & np.isfinite(upper) & (xp > upper)
         under = p_num & np.isfinite(lower) & (xp < lower) & ~over
         clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
-    partner = quant.get_column("partner").to_numpy()
-    x = quant.get_column("x").to_numpy()
-    cens = quant.get_column("cens").to_numpy()
+    idx = col("idx")
+    partner = col("partner")
+    x = col("x")
+    cens = col("cens")
 
     # shading: partner beyond a limit (a numeric partner value, not censored)
     use = np.flatnonzero(over | under)
@@ -314,9 +316,10 @@ def pattern_counts(
     out["nd_hiding"] = _counts("nd_hiding", n_labs, idx[nd], cens[nd], p_nd)
 
     # a verdict contradicting the lab's own number (over all decidable sides, any item kind)
-    dec = sides.filter(pl.col("contradicts") >= 0)
-    c_idx = dec.get_column("idx").to_numpy()
-    c_obs = dec.get_column("contradicts").to_numpy() == 1
+    contradicts = col("contradicts")
+    decidable = contradicts >= 0
+    c_idx = idx[decidable]
+    c_obs = contradicts[decidable] == 1
     pooled = float(c_obs.mean()) if len(c_obs) else 0.0
     rate = max(pooled, contradiction_floor)
     out["verdict_contradiction"] = _counts(
