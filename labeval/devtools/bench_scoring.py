@@ -14,6 +14,7 @@ import time
 import numpy as np
 import polars as pl
 
+from labeval.devtools.bench_types import Measurement
 from scoring.pairs import score_pairs
 from scoring.policy import Policy
 from scoring.schema import PAIR_INPUT_SCHEMA
@@ -182,3 +183,19 @@ def render(result: dict) -> str:
         f"({result['pairs_per_second']:,.0f} pairs/s); "
         f"floor (d only) {result['floor_seconds']:.4f} s; ratio {result['ratio']:.1f}x"
     )
+
+
+# The `labeval bench` target contract (labeval.devtools.bench).
+DEFAULT_N = 1_000_000
+QUICK_N = 20_000
+GOAL = "ratio <= 8"
+
+
+def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measurement:
+    r = run(pairs=n, seed=seed)
+    return Measurement(seconds=r["seconds"], floor_seconds=r["floor_seconds"],
+                       details={"pairs_per_second": r["pairs_per_second"], "timing": "best of 3"})
+
+
+def passed(m: Measurement) -> bool:
+    return m.seconds <= 8 * m.floor_seconds
