@@ -31,7 +31,9 @@ from types import ModuleType
 
 import asyncpg
 import msgspec
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from labeval.config import Settings
 from labeval.db.migrate import migrate
@@ -143,11 +145,13 @@ def _run_child(target: str, n: int, seed: int, database_url: str | None, timeout
             proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, timeout=timeout,
                                   check=False)
         except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"{target}: no result within {timeout:.0f} s") from exc
-        if proc.returncode != 0 or not out.exists():
-            raise BenchError(f"{target}: the measuring process failed (exit {proc.returncode})"
-                             + (f": {out.read_text()}" if out.exists() else ""))
-        return json.loads(out.read_text())
+            raise BenchError(f"no result within {timeout:.0f} s") from exc
+        if not out.exists():
+            raise BenchError(f"the measuring process died (exit {proc.returncode}) without a result")
+        child = json.loads(out.read_text())
+        if "error" in child:
+            raise BenchError(child["error"])
+        return child
 
 
 def _result(target: str, n: int, module: ModuleType, child: dict) -> dict:
@@ -195,17 +199,18 @@ def _figure(value: object) -> str:
     return str(value)
 
 
-def table(results: list[dict]) -> Table:
-    """The results for a person: one row per target, the target's own figures last."""
-    t = Table("target", "n", "seconds", "floor s", "ratio", "peak RSS MB", "goal", "passed", "details")
-    common = {"target", "n", "seconds", "floor_seconds", "ratio", "peak_rss_mb", "goal", "passed",
-              "children_peak_rss_mb"}
+def table(results: list[dict]) -> Group:
+    """The results for a person: one row per target, then each target's own figures."""
+    t = Table("target", "n", "seconds", "floor s", "ratio", "peak RSS MB", "goal", "passed")
+    common = {"target", "n", "seconds", "floor_seconds", "ratio", "peak_rss_mb", "goal", "passed"}
+    lines = []
     for r in results:
         if "error" in r:
-            t.add_row(r["target"], _figure(r.get("n")), "", "", "", "", "", "[red]error[/red]", r["error"])
+            t.add_row(r["target"], _figure(r.get("n")), "", "", "", "", "", "[red]error[/red]")
+            lines.append(f"{r['target']}: {r['error']}")
             continue
-        details = ", ".join(f"{k}={_figure(v)}" for k, v in r.items() if k not in common)
         t.add_row(r["target"], f"{r['n']:,}", f"{r['seconds']:.4g}", f"{r['floor_seconds']:.4g}",
                   f"{r['ratio']:.3g}", f"{r['peak_rss_mb']:.0f}", r["goal"],
-                  "[green]yes[/green]" if r["passed"] else "[red]no[/red]", details)
-    return t
+                  "[green]yes[/green]" if r["passed"] else "[red]no[/red]")
+        lines.append(f"{r['target']}: " + ", ".join(f"{k}={_figure(v)}" for k, v in r.items() if k not in common))
+    return Group(t, *(Text(line) for line in lines))
