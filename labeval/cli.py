@@ -15,7 +15,6 @@ from typing import NoReturn, TypeVar
 import asyncpg
 import click
 import msgspec
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
@@ -64,6 +63,7 @@ from labeval.render_runs import (
     runs_table,
     verify_text,
 )
+from labeval.serving import serve as serve_app
 from scoring.classes import CLASSES
 from scoring.policy import Policy
 
@@ -150,11 +150,8 @@ def _serve(settings: Settings, policy: Policy) -> None:
     except PepperError as exc:
         raise ConfigurationError(str(exc)) from exc
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                # Our root handler formats uvicorn's lines too; the app writes the access lines.
-                log_config=None, access_log=False,
-                # On SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then cancel them.
-                timeout_graceful_shutdown=settings.shutdown_timeout)
+    serve_app(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+              shutdown_timeout=settings.shutdown_timeout)
 
 
 @main.group()
