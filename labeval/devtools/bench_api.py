@@ -62,6 +62,8 @@ GOAL = "at 200 connections: >= 40% of the floor's req/s (ratio <= 2.5), p99 <= 2
 # labs and one lab, so their cost depends on the data little (see docs/performance.md).
 DEMO_LABS = 200
 QUICK_DEMO_LABS = 40
+# How cost grows with the data: LABEVAL_BENCH_API_LABS=1000 labeval bench api (6 to 5000 labs).
+LABS_ENV = "LABEVAL_BENCH_API_LABS"
 # A pepper for the scratch database's keys only (the served app is given the same one).
 PEPPER = "labeval-bench-pepper-not-a-secret-0000"
 # Bounds of every load run (count first, then time): a run never goes on by itself.
@@ -239,7 +241,7 @@ def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measur
     if database_url is None:
         raise ValueError("the api benchmark needs a database")
     quick = n <= QUICK_N
-    n_labs = QUICK_DEMO_LABS if quick else DEMO_LABS
+    n_labs = int(os.environ.get(LABS_ENV) or (QUICK_DEMO_LABS if quick else DEMO_LABS))
     category, lab, feed_key, viewer_key, labs = asyncio.run(_prepare(database_url, n_labs, seed))
     loader = Loader(n, QUICK_CELL_TIMEOUT if quick else CELL_TIMEOUT)
     cells: dict[str, Cell] = {}
