@@ -83,7 +83,9 @@ end
 """
 # wrk's run is timed: the first (warm-up) run of a route lasts this long and its rate sets how
 # long the measured runs last to answer about n requests.
-WRK_WARMUP_SECONDS = 1
+WRK_WARMUP_SECONDS = 2
+# A measured wrk run lasts at most this long, whatever the warm-up's rate said.
+WRK_MAX_SECONDS = 60
 
 
 class Cell(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,7 +199,7 @@ class Loader:
     def warm_up(self, url: str, headers: list[str]) -> None:
         if self.kind == "wrk":
             rate = _wrk(url, 50, WRK_WARMUP_SECONDS, headers).rps
-            self.seconds = int(min(max(1, round(self.requests / rate)), self.timeout))
+            self.seconds = int(min(max(1, round(self.requests / rate)), self.timeout, WRK_MAX_SECONDS))
         else:
             _python(url, 50, min(self.requests, 500), self.timeout, headers)
 
