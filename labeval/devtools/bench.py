@@ -131,6 +131,14 @@ def _scratch_database(admin_url: str, target: str) -> Iterator[str]:
         asyncio.run(_drop_scratch(admin_url, name))
 
 
+def _stderr_fd() -> int | None:
+    # Our stderr's descriptor; None where stderr is not a file (a captured stream).
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def _run_child(target: str, n: int, seed: int, database_url: str | None, timeout: float) -> dict:
     """Measure in a fresh interpreter; its stdout/stderr pass through to ours (on stderr)."""
     with tempfile.TemporaryDirectory(prefix="labeval-bench-") as tmp:
@@ -142,8 +150,9 @@ def _run_child(target: str, n: int, seed: int, database_url: str | None, timeout
         cmd = [sys.executable, "-m", "labeval.devtools.bench_child", target, str(n), str(seed), str(out)]
         try:
             # The child's own output goes to our stderr: stdout carries only the results.
-            proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, timeout=timeout,
-                                  check=False)
+            fd = _stderr_fd()
+            proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if fd is None else fd, stderr=fd,
+                                  timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise BenchError(f"no result within {timeout:.0f} s") from exc
         if not out.exists():
