@@ -48,7 +48,12 @@ async def scoped_labs(conn: asyncpg.Connection, categories: list[str], today: da
     """Active labs accredited for each category, in lab_code order."""
     rows = await conn.fetch(
         """
-        WITH open AS (
+        WITH latest AS (
+            SELECT DISTINCT ON (g.lab_code) g.lab_code, g.class, g.run_id
+            FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
+            WHERE r.status = 'succeeded'
+            ORDER BY g.lab_code, r.as_of DESC, r.run_id DESC
+        ), open AS (
             SELECT lab_code, class, valid_until FROM grade_overrides
             WHERE revoked_at IS NULL AND expired_at IS NULL AND valid_until >= $2
         )
@@ -56,16 +61,7 @@ async def scoped_labs(conn: asyncpg.Connection, categories: list[str], today: da
                open.class AS override_class, open.valid_until AS override_valid_until
         FROM lab_scopes s
         JOIN labs l ON l.lab_code = s.lab_code
-        -- The latest succeeded grade of each listed lab only (by the lab_grades_lab index): the
-        -- latest grade of every lab in the register, joined afterwards, made the feed's cost
-        -- grow with the register instead of with the list (labeval bench api).
-        LEFT JOIN LATERAL (
-            SELECT g.class, g.run_id
-            FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id
-            WHERE g.lab_code = l.lab_code AND r.status = 'succeeded'
-            ORDER BY r.as_of DESC, r.run_id DESC
-            LIMIT 1
-        ) latest ON true
+        LEFT JOIN latest ON latest.lab_code = l.lab_code
         LEFT JOIN open ON open.lab_code = l.lab_code
         WHERE s.category_code = ANY($1::text[]) AND l.status = 'active'
         ORDER BY s.category_code, l.lab_code
