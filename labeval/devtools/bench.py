@@ -209,17 +209,18 @@ def _figure(value: object) -> str:
 
 
 def table(results: list[dict]) -> Group:
-    """The results for a person: one row per target, then each target's own figures."""
-    t = Table("target", "n", "seconds", "floor s", "ratio", "peak RSS MB", "goal", "passed")
+    """The results for a person: one row per target, then each target's goal and own figures."""
+    t = Table("target", "n", "seconds", "floor s", "ratio", "peak RSS MB", "passed")
     common = {"target", "n", "seconds", "floor_seconds", "ratio", "peak_rss_mb", "goal", "passed"}
     lines = []
     for r in results:
         if "error" in r:
-            t.add_row(r["target"], _figure(r.get("n")), "", "", "", "", "", "[red]error[/red]")
+            t.add_row(r["target"], "" if r.get("n") is None else f"{r['n']:,}", "", "", "", "", "[red]error[/red]")
             lines.append(f"{r['target']}: {r['error']}")
             continue
         t.add_row(r["target"], f"{r['n']:,}", f"{r['seconds']:.4g}", f"{r['floor_seconds']:.4g}",
-                  f"{r['ratio']:.3g}", f"{r['peak_rss_mb']:.0f}", r["goal"],
+                  f"{r['ratio']:.3g}", f"{r['peak_rss_mb']:.0f}",
                   "[green]yes[/green]" if r["passed"] else "[red]no[/red]")
-        lines.append(f"{r['target']}: " + ", ".join(f"{k}={_figure(v)}" for k, v in r.items() if k not in common))
+        lines.append(f"{r['target']}: goal {r['goal']}; "
+                     + ", ".join(f"{k}={_figure(v)}" for k, v in r.items() if k not in common))
     return Group(t, *(Text(line) for line in lines))
