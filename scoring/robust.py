@@ -415,6 +415,14 @@ def algorithm_a_groups(
         sq = (n_lo * (lo - new_loc) ** 2 + n_hi * (hi - new_loc) ** 2
               + mid2 - 2.0 * new_loc * mid1 + n_mid * new_loc**2)
         new_scale = factor * np.sqrt(np.maximum(sq, 0.0) / (pa - 1))
+        # When more than half the values are tied, s* shrinks geometrically; algorithm_a stops
+        # once x* -+ 1.5 s* are the same number in the data's own coordinates (every clipped
+        # value then equals x* and s* is exactly 0). The centred values here would carry on
+        # into subnormals: stop at the same point.
+        ma = med[active]
+        collapsed = (ma + lo) == (ma + hi)
+        new_loc = np.where(collapsed, la, new_loc)
+        new_scale = np.where(collapsed, 0.0, new_scale)
         done = (new_scale == 0.0) | (
             (np.abs(new_loc - la) <= tol * new_scale) & (np.abs(new_scale - sa) <= tol * new_scale)
         )
