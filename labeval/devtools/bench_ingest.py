@@ -8,6 +8,7 @@ at least half the floor's (ratio >= 0.5).
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import polars as pl
 
 from labeval.db.bench import copy_into_floor, create_floor_table
 from labeval.db.pool import connect
+from labeval.devtools.bench_types import Measurement
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 
 N_ITEMS = 20
@@ -134,3 +136,23 @@ def render(result: dict) -> str:
         f"{result['floor_rows_per_second']:,.0f} rows/s\n"
         f"ratio {result['ratio']:.2f} of the floor's throughput ({ok} the 0.5 target)"
     )
+
+
+# The `labeval bench` target contract (labeval.devtools.bench): the ratio is time over the
+# floor's time, so ">= 0.2x the floor's throughput" is "ratio <= 5".
+DEFAULT_N = 1_000_000
+QUICK_N = 20_000
+GOAL = "ratio <= 5 (>= 0.2x the floor's rows/s)"
+
+
+def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measurement:
+    if database_url is None:
+        raise ValueError("the ingest benchmark needs a database")
+    r = asyncio.run(run(database_url, rows=n))
+    return Measurement(seconds=r["ingest_seconds"], floor_seconds=r["floor_seconds"],
+                       details={"rows_per_second": r["rows_per_second"], "accepted": r["accepted"],
+                                "rejected": r["rejected"], "timing": "one run"})
+
+
+def passed(m: Measurement) -> bool:
+    return m.seconds <= 5 * m.floor_seconds
