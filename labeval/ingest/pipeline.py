@@ -20,6 +20,7 @@ rollback of that transaction takes the failed record with it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -123,21 +124,44 @@ async def _stage_batches(
     progress: Progress | None,
 ) -> int:
     """Read, validate and COPY every batch: valid rows into the stage, rejects into the log.
-    Reading and validating are CPU-bound polars work: they run in a worker thread, so the event
-    loop keeps serving other requests during a large import. Returns the rows read."""
+    Reading, validating and encoding are CPU-bound polars work: they run in a worker thread, so
+    the event loop keeps serving other requests during a large import, and batch k+1 is prepared
+    while PostgreSQL takes in batch k (the two overlap on two cores). Returns the rows read."""
     present = set(src.columns)
     stage_names = [ROW, *[c.name for c in staging_columns(spec, present)]]
-    rows = 0
     batches = src.batches()
-    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-        rows += batch.height
-        valid, rejects = await asyncio.to_thread(validate_batch, batch, spec, present, refs, today, src.raw_names)
-        if valid.height:
-            await intake.copy_frame(conn, stage, valid, stage_names)
-        if rejects.height:
-            await intake.copy_rejects(conn, import_id, rejects, ROW)
-        if progress is not None:
-            progress(rows, src.estimated_rows)
+
+    def prepare() -> tuple[int, bytes | None, bytes | None] | None:
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        valid, rejects = validate_batch(batch, spec, present, refs, today, src.raw_names)
+        return (
+            batch.height,
+            intake.frame_csv(valid) if valid.height else None,
+            intake.frame_csv(intake.reject_rows(import_id, rejects, ROW)) if rejects.height else None,
+        )
+
+    rows = 0
+    pending = asyncio.ensure_future(asyncio.to_thread(prepare))
+    try:
+        while (ready := await pending) is not None:
+            # Only one batch is read at a time: the next starts once this one is ready.
+            pending = asyncio.ensure_future(asyncio.to_thread(prepare))
+            height, valid_csv, rejects_csv = ready
+            rows += height
+            if valid_csv is not None:
+                await intake.copy_csv(conn, stage, valid_csv, stage_names)
+            if rejects_csv is not None:
+                await intake.copy_csv(conn, "import_rejects", rejects_csv, list(intake.REJECT_COLUMNS))
+            if progress is not None:
+                progress(rows, src.estimated_rows)
+    finally:
+        # A failed COPY leaves the next batch in preparation: wait for it, so that the source is
+        # not closed under the worker thread (its error, if any, is not the one to report).
+        if not pending.done():
+            with contextlib.suppress(Exception):
+                await pending
     return rows
 
 
