@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -55,12 +55,22 @@ from scoring.policy import Policy
 # ride on), so CSRF tokens are checked only on the pages' forms.
 _NOT_CSRF = ["^/api/", "^/health", "^/ready", "^/metrics", "^/schema"]
 
+# HTTP's safe methods: their handlers only read (none writes; a change is a POST, PUT, PATCH or DELETE).
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
-async def provide_conn(state: State) -> AsyncIterator[asyncpg.Connection]:
-    """One connection and one transaction per request; an exception in the handler rolls back."""
+
+async def provide_conn(state: State, request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """One connection per request. A request that may change data runs in one transaction (an
+    exception in the handler rolls it back). A GET or HEAD runs its queries without BEGIN and
+    COMMIT: two round trips fewer on every read (measured by `labeval bench api`), and at READ
+    COMMITTED a transaction would not give its statements one snapshot anyway."""
     pool: asyncpg.Pool = state.pool
-    async with pool.acquire() as conn, conn.transaction():
-        yield conn
+    async with pool.acquire() as conn:
+        if request.method in _READ_ONLY_METHODS:
+            yield conn
+            return
+        async with conn.transaction():
+            yield conn
 
 
 def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:

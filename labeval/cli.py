@@ -15,7 +15,6 @@ from typing import NoReturn, TypeVar
 import asyncpg
 import click
 import msgspec
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
@@ -31,8 +30,7 @@ from labeval.db.grading import get_run, list_runs
 from labeval.db.migrate import MigrationError, migrate, status
 from labeval.db.pool import connect
 from labeval.db.server import database_url
-from labeval.devtools import bench_ingest as ingest_benchmark
-from labeval.devtools import bench_scoring as scoring_benchmark
+from labeval.devtools import bench as bench_framework
 from labeval.devtools.demo import run_demo
 from labeval.grading.diff import diff_runs
 from labeval.grading.draws import NotEnoughLabs
@@ -66,6 +64,7 @@ from labeval.render_runs import (
     runs_table,
     verify_text,
 )
+from labeval.serving import serve as serve_app
 from scoring.classes import CLASSES
 from scoring.policy import Policy
 
@@ -152,11 +151,8 @@ def _serve(settings: Settings, policy: Policy) -> None:
     except PepperError as exc:
         raise ConfigurationError(str(exc)) from exc
     out.print(f"labeval serving on http://{settings.host}:{settings.port}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                # Our root handler formats uvicorn's lines too; the app writes the access lines.
-                log_config=None, access_log=False,
-                # On SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then cancel them.
-                timeout_graceful_shutdown=settings.shutdown_timeout)
+    serve_app(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+              shutdown_timeout=settings.shutdown_timeout)
 
 
 @main.group()
@@ -808,26 +804,34 @@ async def _demo_officer(conn: asyncpg.Connection, password: str) -> None:
         await users.set_password(conn, found.user.id, hash_password(password))
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks (figures are ratios against a floor measured in the same process)."""
-
-
-@bench.command("scoring")
-@click.option("--pairs", default=1_000_000, show_default=True, type=click.IntRange(1000))
-@click.option("--seed", default=0, type=int)
-def bench_scoring(pairs: int, seed: int) -> None:
-    """score_pairs throughput against a bare polars pass computing d."""
-    out.print(scoring_benchmark.render(scoring_benchmark.run(pairs=pairs, seed=seed)))
-
-
-@bench.command("ingest")
-@click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(1000))
+@main.command("bench")
+@click.argument("targets", nargs=-1, required=True, type=click.Choice([*bench_framework.TARGETS, "all"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per target and line.")
+@click.option("--quick", is_flag=True, help="Small sizes: checks every target runs, not how fast.")
+@click.option("--n", "n", default=None, type=click.IntRange(1), help="Size for every target (default: each its own).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.pass_context
-def bench_ingest(ctx: click.Context, rows: int) -> None:
-    """Results intake throughput against a bare COPY of the same CSV."""
-    result = with_connection(_settings(ctx), lambda conn: ingest_benchmark.run(conn, rows=rows))
-    out.print(ingest_benchmark.render(result))
+def bench(ctx: click.Context, targets: tuple[str, ...], as_json: bool, quick: bool, n: int | None, seed: int) -> None:
+    """Benchmarks: `bench TARGET… | all`, each target in its own process, as ratios against a
+    floor measured in the same process on the same data.
+
+    Exit 0: every target ran (and, without --quick, met its goal); 1: a goal was missed;
+    2: a target could not run. Targets on PostgreSQL get a scratch database of their own on the
+    configured (or embedded) server, dropped afterwards."""
+    results = []
+    for result in bench_framework.run(targets, _settings(ctx), n=n, quick=quick, seed=seed):
+        results.append(result)
+        if as_json:
+            _emit_json(result)
+            sys.stdout.flush()
+        elif "error" in result:
+            err.print(f"[red]{result['target']}: {result['error']}[/red]")
+    if not as_json:
+        out.print(bench_framework.table(results))
+    if any("error" in r for r in results):
+        sys.exit(2)
+    if not quick and not all(r["passed"] for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -101,13 +101,26 @@ def _cusum_limit_cached(
 ) -> float:
     steps = arl0 * factor
     paths = _simulate_max_paths(p_grid, odds_ratio, n_sim, steps, seed)
+    # A path's running maximum is flat between its records (the steps where it rises), so the
+    # first step at or above h is a record: keeping the records alone (value, step, path) turns
+    # each ARL evaluation of the bisection into a count over records instead of a binary search
+    # per path. records_before[i] counts the records of paths before path i.
+    rises = np.empty(paths.shape, dtype=bool)
+    rises[:, 0] = True
+    np.greater(paths[:, 1:], paths[:, :-1], out=rises[:, 1:])
+    path, step = np.nonzero(rises)
+    value = paths[path, step].astype(np.float64)
+    del paths, rises
+    records_before = np.r_[0, np.cumsum(np.bincount(path, minlength=n_sim))]
+    # a sentinel step per path: never reaching h is a run truncated at `steps`
+    step_or_end = np.r_[step, steps]
 
     def arl(h: float) -> float:
-        # run length = first t with max-so-far >= h (each row is non-decreasing, so a binary
-        # search finds it); truncated runs count as `steps`.
-        first = np.fromiter(
-            (np.searchsorted(row, h, side="left") for row in paths), dtype=np.int64,
-            count=len(paths),
+        # run length = first t with max-so-far >= h; truncated runs count as `steps`. The float32
+        # values are compared with h in double precision, as a binary search of the paths does.
+        below = np.bincount(path[value < h], minlength=n_sim)
+        first = np.where(
+            below < np.diff(records_before), step_or_end[records_before[:-1] + below], steps
         )
         return float(np.mean(np.minimum(first + 1, steps)))
 

@@ -27,10 +27,12 @@ Everything is pure (no I/O).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 from scipy import stats
 
 from scoring.attribution import (
@@ -65,6 +67,7 @@ from scoring.rates import (
 
 __all__ = [
     "CUSUM_PATH_SCHEMA",
+    "EVIDENCE_INPUT_COLUMNS",
     "EVIDENCE_SCHEMA",
     "GROUP_BIAS_SCHEMA",
     "bias_by_group",
@@ -72,6 +75,17 @@ __all__ = [
     "lab_evidence",
     "pairs_in_window",
 ]
+
+# The columns of scored pairs (scoring.pairs.score_pairs) that the evidence reads. The window is
+# collected with these alone, so the scores nothing here reads (En, ζ, distances, p_disagree, …)
+# are never computed and millions of rows of other columns are never copied.
+EVIDENCE_INPUT_COLUMNS = (
+    "pair_id", "item_code", "category_code", "kind", "lower_limit", "upper_limit", "lod",
+    "lab_1", "lab_2", "lab_3", "value_1", "value_2", "censored_1", "censored_2",
+    "censor_limit_1", "censor_limit_2", "reported_on_1", "reported_on_2", "sigma_R_at", "s",
+    "exceeds_cd", "outcome", "s_13", "s_23", "arbiter_sides_with", "verdict_contradicts_1",
+    "verdict_contradicts_2",
+)
 
 _NUMERIC_OUTCOMES = ("consistent", "discrepant", "reversal_within_uncertainty", "reversal")
 _QUALITATIVE_OUTCOMES = ("qualitative_agree", "qualitative_reversal")
@@ -179,8 +193,12 @@ EVIDENCE_SCHEMA: dict[str, pl.DataType] = {
 # ------------------------------------------------------------------------------ 1. the window
 
 
-def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePolicy) -> pl.DataFrame:
+def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePolicy,
+                    keep: tuple[str, ...] = ()) -> pl.DataFrame:
     """Pairs completed in [as_of − window_days + 1, as_of] (undated pairs kept), with families.
+
+    Only the ``EVIDENCE_INPUT_COLUMNS`` present are kept, and the columns named in ``keep``
+    (e.g. the grouping column of :func:`bias_by_group`).
 
     Adds completed_on (the later report date), numeric / qualitative / censored / undecidable
     (exactly one is true per pair), num_disc (numeric and |d| > CD: ``exceeds_cd`` where the
@@ -188,7 +206,11 @@ def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePoli
     "qualitative_reversal").
     """
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
-    lazy = scored_pairs.with_columns(completed_on=pl.max_horizontal("reported_on_1", "reported_on_2"))
+    present = scored_pairs.collect_schema().names()
+    wanted = set(EVIDENCE_INPUT_COLUMNS) | set(keep)
+    lazy = scored_pairs.select([c for c in present if c in wanted]).with_columns(
+        completed_on=pl.max_horizontal("reported_on_1", "reported_on_2")
+    )
     names = lazy.collect_schema().names()
     outcome = pl.col("outcome")
     numeric = outcome.is_in(_NUMERIC_OUTCOMES).fill_null(False) & pl.col("s").is_not_null()
@@ -197,12 +219,16 @@ def pairs_in_window(scored_pairs: pl.LazyFrame, as_of: dt.date, ep: EvidencePoli
         if "exceeds_cd" in names
         else outcome.is_in(["discrepant", "reversal"])
     )
+    in_window = pl.col("completed_on").is_null() | (
+        (pl.col("completed_on") <= as_of) & (pl.col("completed_on") >= window_start)
+    )
+    # When every pair is in the window (a look-back as long as the data), no filter: the frame's
+    # columns are then shared with the input instead of copied (a cheap pass over two dates
+    # decides it).
+    if not lazy.select(in_window.all()).collect().item():
+        lazy = lazy.filter(in_window)
     return (
-        lazy.filter(
-            pl.col("completed_on").is_null()
-            | ((pl.col("completed_on") <= as_of) & (pl.col("completed_on") >= window_start))
-        )
-        .with_columns(
+        lazy.with_columns(
             numeric=numeric,
             qualitative=outcome.is_in(_QUALITATIVE_OUTCOMES).fill_null(False),
             censored=outcome.is_in(_CENSORED_OUTCOMES).fill_null(False),
@@ -229,23 +255,39 @@ class LabIndex:
 
 
 def _lab_index(df: pl.DataFrame) -> LabIndex:
-    labs = (
-        pl.concat([df.select(pl.col(c).alias("lab_code")) for c in ("lab_1", "lab_2", "lab_3")])
-        .drop_nulls()
-        .unique()
-        .sort("lab_code")
-        .get_column("lab_code")
-    )
-    index = pl.DataFrame({"lab_code": labs, "idx": np.arange(len(labs), dtype=np.int64)})
+    """Lab codes sorted, and each side's lab as an index into them (−1 where null).
+
+    Each code column is cast to Categorical once (a hash per row): its physical ids give the
+    distinct labs and, through a lookup from id to sorted position, every row's index, without
+    sorting, joining or converting millions of strings.
+    """
+    null = np.iinfo(np.uint32).max
+    cols = ("lab_1", "lab_2", "lab_3")
+    phys = {
+        col: df.get_column(col).cast(pl.Categorical).to_physical().fill_null(null).to_numpy().astype(np.int64)
+        for col in cols
+    }
+    # The code of each id (ids are a column's own), read from one row that carries it.
+    local: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for col, p in phys.items():
+        valid = np.flatnonzero(p != null)
+        if not valid.size:
+            local[col] = (np.zeros(0, dtype=np.int64), [])
+            continue
+        row_of = np.full(int(p[valid].max()) + 1, -1, dtype=np.int64)
+        row_of[p[valid]] = valid
+        ids = np.flatnonzero(row_of >= 0)
+        local[col] = (ids, df.get_column(col).gather(row_of[ids]).to_list())
+    names = sorted({c for _, codes in local.values() for c in codes})
+    position = {c: i for i, c in enumerate(names)}
+    labs = pl.Series("lab_code", names, dtype=pl.String)
 
     def idx(col: str) -> np.ndarray:
-        return (
-            df.select(pl.col(col).alias("lab_code"))
-            .join(index, on="lab_code", how="left", maintain_order="left")
-            .get_column("idx")
-            .fill_null(-1)
-            .to_numpy()
-        )
+        ids, codes = local[col]
+        p = phys[col]
+        lookup = np.full(int(ids.max()) + 2 if ids.size else 1, -1, dtype=np.int64)
+        lookup[ids] = [position[c] for c in codes]
+        return lookup[np.where(p == null, len(lookup) - 1, p)]
 
     return LabIndex(labs=labs, i1=idx("lab_1"), i2=idx("lab_2"), i3=idx("lab_3"))
 
@@ -294,22 +336,35 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
     share1 = blame_shares(ix.i1, ix.i2, fit, ep.blame_floor)
     qual = df.get_column("qualitative").to_numpy()
     qual_disc = df.get_column("qual_disc").to_numpy()
-    sides = df.get_column("arbiter_sides_with").to_numpy() if "arbiter_sides_with" in df.columns else None
+    has_sides = "arbiter_sides_with" in df.columns
+    # The arbiter's word as small codes (0 none, 1 original, 2 retest, 3 neither, 4 both):
+    # comparing millions of Python strings is what made this stage slow.
+    code = (
+        df.get_column("arbiter_sides_with")
+        .replace_strict({"original": 1, "retest": 2, "neither": 3, "both": 4}, default=0, return_dtype=pl.Int8)
+        .fill_null(0)
+        .to_numpy()
+        if has_sides
+        else np.zeros(df.height, dtype=np.int8)
+    )
     if qual_disc.any():
+        rev = np.flatnonzero(qual_disc & qual)
+        sides = np.full(df.height, None, dtype=object) if has_sides else None
+        if sides is not None:
+            sides[rev] = np.array([None, "original", "retest", "neither", "both"], dtype=object)[code[rev]]
         q_share = qualitative_shares(
             ix.i1, ix.i2, qual_disc, qual, sides, n_labs, prior_pairs=ep.baseline_prior_pairs
         )
         share1 = np.where(qual, q_share, share1)
     blame1, blame2 = share1.copy(), 1.0 - share1
     lost1 = lost2 = np.zeros(df.height, dtype=bool)
-    if sides is not None:
-        sides = np.asarray(sides, dtype=object)
-        blame1 = np.where(sides == "original", 0.0, np.where(sides == "retest", 1.0, blame1))
-        blame2 = np.where(sides == "original", 1.0, np.where(sides == "retest", 0.0, blame2))
-        blame1 = np.where(sides == "neither", 1.0, blame1)
-        blame2 = np.where(sides == "neither", 1.0, blame2)
-        lost1 = np.isin(sides, ["retest", "neither"])
-        lost2 = np.isin(sides, ["original", "neither"])
+    if has_sides:
+        blame1 = np.where(code == 1, 0.0, np.where(code == 2, 1.0, blame1))
+        blame2 = np.where(code == 1, 1.0, np.where(code == 2, 0.0, blame2))
+        blame1 = np.where(code == 3, 1.0, blame1)
+        blame2 = np.where(code == 3, 1.0, blame2)
+        lost1 = (code == 2) | (code == 3)
+        lost2 = (code == 1) | (code == 3)
     disc = df.get_column("num_disc").to_numpy() | qual_disc
     return Blame(
         side1=np.where(disc, blame1, 0.0), side2=np.where(disc, blame2, 0.0),
@@ -320,67 +375,118 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
 # ---------------------------------------------------------------------------------- 4. counts
 
 
-def _roles(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
-    """One row per pair and side (original, retest): what that pair is to that lab."""
+def _chart_order(rows: pl.DataFrame) -> pl.Series:
+    """Row order by (idx, completed_on with nulls first, pair_id): each lab's chart in time.
+
+    The three keys are packed into one integer (lab, day, rank of the pair id) whenever it fits
+    in 63 bits, which it does for any realistic window: one integer sort instead of three keys.
+    """
+    if rows.height == 0:
+        return pl.Series(np.zeros(0, dtype=np.uint32))
+    day = rows.get_column("completed_on").cast(pl.Int32).cast(pl.Int64)
+    first, last = day.min(), day.max()
+    days = 1 if first is None else int(last) - int(first) + 2
+    day_code = (day - (0 if first is None else int(first)) + 1).fill_null(0).to_numpy()
+    pid = rows.get_column("pair_id")
+    if "pair_rank" in rows.columns:
+        pid_rank = rows.get_column("pair_rank").to_numpy()
+    else:
+        pid_rank = pid.rank("dense").cast(pl.Int64).to_numpy() if pid.null_count() == 0 else None
+    idx = rows.get_column("idx").to_numpy()
+    n_ids = int(pid_rank.max()) + 1 if pid_rank is not None else 0
+    n_labs = int(idx.max()) + 1
+    if pid_rank is None or idx.min() < 0 or math.log2(n_labs) + math.log2(days) + math.log2(n_ids) > 62:
+        return rows.with_row_index("__r").sort(
+            "idx", "completed_on", "pair_id", nulls_last=False
+        ).get_column("__r")
+    key = (idx * days + day_code) * n_ids + pid_rank
+    return pl.Series(key).arg_sort()
+
+
+def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
+    """One row per numeric pair and side (original, retest): what the CUSUM charts."""
+    numeric = df.get_column("numeric").to_numpy()
+    rows = np.flatnonzero(numeric)
+    pair_id = df.get_column("pair_id")
     common = {
-        "pair_id": df.get_column("pair_id"),
-        "completed_on": df.get_column("completed_on"),
-        "numeric": df.get_column("numeric"),
-        "qualitative": df.get_column("qualitative"),
-        "censored": df.get_column("censored"),
-        "undecidable": df.get_column("undecidable"),
-        "num_disc": df.get_column("num_disc"),
-        "qual_disc": df.get_column("qual_disc"),
-        "reversal": df.get_column("reversal"),
-        "within": (df.get_column("outcome") == "reversal_within_uncertainty").fill_null(False),
-        "censored_disc": (df.get_column("outcome") == "censored_discrepant").fill_null(False),
-        "p_lab": p_lab,
+        "pair_id": pair_id.gather(rows),
+        "completed_on": df.get_column("completed_on").gather(rows),
+        "p_lab": p_lab[rows],
     }
+    if pair_id.null_count() == 0 and pair_id.is_sorted():
+        # pairs in id order (as the service reads them): a pair's rank is its row
+        common["pair_rank"] = rows.astype(np.int64)
     return pl.concat(
         [
-            pl.DataFrame({**common, "idx": ix.i1, "role": "original", "blame": blame.side1, "lost": blame.lost1}),
-            pl.DataFrame({**common, "idx": ix.i2, "role": "retest", "blame": blame.side2, "lost": blame.lost2}),
+            pl.DataFrame({**common, "idx": ix.i1[rows], "blame": blame.side1[rows]}),
+            pl.DataFrame({**common, "idx": ix.i2[rows], "blame": blame.side2[rows]}),
         ]
     )
 
 
-def _counts(roles: pl.DataFrame, df: pl.DataFrame, ix: LabIndex) -> pl.DataFrame:
-    counts = roles.group_by("idx").agg(
-        pairs_original=(pl.col("role") == "original").sum().cast(pl.Int64),
-        pairs_retest=(pl.col("role") == "retest").sum().cast(pl.Int64),
-        pairs_compared=pl.len().cast(pl.Int64),
-        pairs_quantitative=pl.col("numeric").sum().cast(pl.Int64),
-        pairs_qualitative=pl.col("qualitative").sum().cast(pl.Int64),
-        pairs_censored=pl.col("censored").sum().cast(pl.Int64),
-        pairs_undecidable=pl.col("undecidable").sum().cast(pl.Int64),
-        discrepancies=pl.col("num_disc").sum().cast(pl.Int64),
-        reversals=pl.col("reversal").sum().cast(pl.Int64),
-        reversals_within_uncertainty=pl.col("within").sum().cast(pl.Int64),
-        censored_disagreements=pl.col("censored_disc").sum().cast(pl.Int64),
-        arbitrations_lost=pl.col("lost").sum().cast(pl.Int64),
-        attributed_discrepancies=(pl.col("blame") * pl.col("numeric")).sum(),
-        expected_discrepancies=pl.col("p_lab").filter(pl.col("numeric")).sum(),
-        qualitative_errors=(pl.col("blame") * pl.col("qualitative")).sum(),
-    )
-    arb = pl.DataFrame({"pair_id": df.get_column("pair_id"), "idx": ix.i3}).filter(pl.col("idx") >= 0)
-    all_pairs = (
-        pl.concat([roles.select("pair_id", "idx"), arb])
-        .group_by("idx")
-        .agg(pairs=pl.col("pair_id").n_unique().cast(pl.Int64))
-    )
-    arb_counts = arb.group_by("idx").agg(pairs_arbitration=pl.len().cast(pl.Int64))
-    base = pl.DataFrame({"idx": np.arange(len(ix.labs), dtype=np.int64), "lab_code": ix.labs})
-    int_cols = [c for c, t in counts.schema.items() if t == pl.Int64 and c != "idx"]
-    return (
-        base.join(all_pairs, on="idx", how="left")
-        .join(counts, on="idx", how="left")
-        .join(arb_counts, on="idx", how="left")
-        .sort("idx")
-        .with_columns(
-            pl.col(["pairs", "pairs_arbitration", *int_cols]).fill_null(0),
-            pl.col("attributed_discrepancies", "expected_discrepancies", "qualitative_errors").fill_null(0.0),
+def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
+    """Counts per lab and role, by bincounts over the pairs' lab indices (both sides at once)."""
+    n_labs = len(ix.labs)
+    i1, i2, i3 = ix.i1, ix.i2, ix.i3
+    ok1, ok2, ok3 = i1 >= 0, i2 >= 0, i3 >= 0
+    j1, j2, j3 = np.where(ok1, i1, n_labs), np.where(ok2, i2, n_labs), np.where(ok3, i3, n_labs)
+
+    def per_lab(w1: np.ndarray | None, w2: np.ndarray | None = None) -> np.ndarray:
+        # index n_labs collects the sides without a lab and is dropped
+        a = np.bincount(j1, weights=w1, minlength=n_labs + 1)
+        b = np.bincount(j2, weights=w1 if w2 is None else w2, minlength=n_labs + 1)
+        return (a + b)[:n_labs]
+
+    def flag(name: str) -> np.ndarray:
+        return df.get_column(name).fill_null(False).to_numpy().astype(float)
+
+    outcome = df.get_column("outcome")
+    numeric = flag("numeric")
+    qualitative = flag("qualitative")
+    within = (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy().astype(float)
+    censored_disc = (outcome == "censored_discrepant").fill_null(False).to_numpy().astype(float)
+    original = np.bincount(j1, minlength=n_labs + 1)[:n_labs]
+    retest = np.bincount(j2, minlength=n_labs + 1)[:n_labs]
+    arbitration = np.bincount(j3, minlength=n_labs + 1)[:n_labs]
+    pair_ids = df.get_column("pair_id")
+    if pair_ids.is_unique().all():
+        # A pair counts once for a lab that sits on two of its sides.
+        dup2 = ok2 & (i2 == i1)
+        dup3 = ok3 & ((i3 == i1) | (i3 == i2))
+        pairs = original + retest + arbitration - np.bincount(j2[dup2], minlength=n_labs + 1)[:n_labs] - (
+            np.bincount(j3[dup3], minlength=n_labs + 1)[:n_labs]
         )
-    )
+    else:  # the same pair twice in the frame: count distinct ids
+        ids = pl.DataFrame({
+            "pair_id": pl.concat([pair_ids, pair_ids, pair_ids]),
+            "idx": np.r_[i1, i2, i3],
+        }).filter(pl.col("idx") >= 0).group_by("idx").agg(n=pl.col("pair_id").n_unique())
+        pairs = np.zeros(n_labs, dtype=np.int64)
+        pairs[ids.get_column("idx").to_numpy()] = ids.get_column("n").to_numpy()
+    ints = {
+        "pairs": pairs,
+        "pairs_original": original,
+        "pairs_retest": retest,
+        "pairs_compared": original + retest,
+        "pairs_quantitative": per_lab(numeric),
+        "pairs_qualitative": per_lab(qualitative),
+        "pairs_censored": per_lab(flag("censored")),
+        "pairs_undecidable": per_lab(flag("undecidable")),
+        "discrepancies": per_lab(flag("num_disc")),
+        "reversals": per_lab(flag("reversal")),
+        "reversals_within_uncertainty": per_lab(within),
+        "censored_disagreements": per_lab(censored_disc),
+        "arbitrations_lost": per_lab(blame.lost1.astype(float), blame.lost2.astype(float)),
+        "pairs_arbitration": arbitration,
+    }
+    return pl.DataFrame({
+        "idx": np.arange(n_labs, dtype=np.int64),
+        "lab_code": ix.labs,
+        **{k: pl.Series(np.rint(v).astype(np.int64)) for k, v in ints.items()},
+        "attributed_discrepancies": per_lab(blame.side1 * numeric, blame.side2 * numeric),
+        "expected_discrepancies": per_lab(p_lab * numeric),
+        "qualitative_errors": per_lab(blame.side1 * qualitative, blame.side2 * qualitative),
+    })
 
 
 # ----------------------------------------------------------------------------------- 5. rates
@@ -507,28 +613,44 @@ def _bias_evidence(fit: BiasFit, identifiable: np.ndarray, n_quant: np.ndarray, 
 
 
 def _sign_tests(comp_a: np.ndarray, comp_b: np.ndarray, s: np.ndarray) -> pl.DataFrame:
-    oriented = pl.DataFrame(
-        {"idx": np.r_[comp_a, comp_b], "s": np.r_[s, -s]}, schema={"idx": pl.Int64, "s": pl.Float64}
-    )
-    nz = oriented.filter(pl.col("s") != 0).with_columns(a=pl.col("s").abs())
-    ties = (
-        nz.group_by("idx", "a")
-        .agg(t=pl.len().cast(pl.Float64))
-        .group_by("idx")
-        .agg(tie=((pl.col("t") ** 3 - pl.col("t")) / 48.0).sum())
-    )
-    ranks = (
-        nz.with_columns(r=pl.col("a").rank("average").over("idx"))
-        .group_by("idx")
-        .agg(
-            sign_n=pl.len().cast(pl.Int64),
-            sign_positive=(pl.col("s") > 0).sum().cast(pl.Int64),
-            wilcoxon_statistic=pl.col("r").filter(pl.col("s") > 0).sum().cast(pl.Float64),
-        )
-        .join(ties, on="idx", how="left")
-    )
-    medians = oriented.group_by("idx").agg(median_s=pl.col("s").median())
-    return ranks.join(medians, on="idx", how="full", coalesce=True)
+    """Per lab: sign counts, the Wilcoxon W+ with its tie correction, the median of s.
+
+    Each comparison counts for both labs, oriented (s for a, −s for b). Ranks of |s| within a
+    lab (average ranks for ties, zeros dropped) come from one sort by (lab, |s|): a rank is the
+    position in the lab's run plus the mean offset of its run of equal values.
+    """
+    idx = np.r_[comp_a, comp_b].astype(np.int64)
+    sv = np.r_[s, -s].astype(float)
+    n_labs = int(idx.max()) + 1 if idx.size else 0
+    nz = np.flatnonzero(sv != 0)
+    a = np.abs(sv[nz])
+    order = pl.DataFrame({"i": idx[nz], "a": a}).select(
+        pl.arg_sort_by(["i", "a"])
+    ).to_series().to_numpy()
+    li, la = idx[nz][order], a[order]
+    pos = sv[nz][order] > 0
+    m = li.size
+    new_lab = np.r_[True, li[1:] != li[:-1]] if m else np.zeros(0, dtype=bool)
+    new_run = new_lab | np.r_[True, la[1:] != la[:-1]] if m else np.zeros(0, dtype=bool)
+    lab_start = np.maximum.accumulate(np.where(new_lab, np.arange(m), 0)) if m else np.zeros(0, dtype=np.int64)
+    run_id = np.cumsum(new_run) - 1
+    run_first = np.flatnonzero(new_run)
+    run_len = np.diff(np.r_[run_first, m])
+    # average rank of a run = its first position in the lab (1-based) + (length − 1) / 2
+    run_rank = (run_first - lab_start[run_first] + 1) + (run_len - 1) / 2.0
+    rank = run_rank[run_id]
+    t = run_len.astype(float)
+    sign_n = np.bincount(li, minlength=n_labs)
+    present = np.bincount(idx, minlength=n_labs) > 0
+    medians = pl.DataFrame({"idx": idx, "s": sv}).group_by("idx").agg(median_s=pl.col("s").median())
+    labs = np.flatnonzero(present)
+    return pl.DataFrame({
+        "idx": labs,
+        "sign_n": sign_n[labs].astype(np.int64),
+        "sign_positive": np.bincount(li, weights=pos, minlength=n_labs)[labs].astype(np.int64),
+        "wilcoxon_statistic": np.bincount(li, weights=np.where(pos, rank, 0.0), minlength=n_labs)[labs],
+        "tie": np.bincount(li[run_first], weights=(t**3 - t) / 48.0, minlength=n_labs)[labs],
+    }).join(medians, on="idx", how="left")
 
 
 def _sign_columns(out: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -559,7 +681,8 @@ class _Stages:
     comps: Comparisons
     fit: BiasFit
     identifiable: np.ndarray
-    roles: pl.DataFrame
+    blame: Blame
+    p_lab: np.ndarray
     counts: pl.DataFrame
     rates: RateEvidence
 
@@ -570,16 +693,16 @@ def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stag
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
         return None
-    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the window
-    # expressions must not see the other families).
-    numeric_only = df.filter(pl.col("numeric"))
-    expected = numeric_only.select(
-        "pair_id",
-        p_expected=baseline_rate(numeric_only, "num_disc", ep.baseline, ep.baseline_prior_pairs)
-        if numeric_only.height
-        else pl.lit(None, dtype=pl.Float64),
-    )
-    df = df.join(expected, on="pair_id", how="left", maintain_order="left")
+    # Each numeric pair's baseline discrepancy probability, from numeric pairs only: the other
+    # families' event is null, which the rate's window expressions do not count (computed in
+    # place, row by row, rather than on a filtered copy joined back).
+    event = "__numeric_event"
+    df = df.with_columns(pl.when(pl.col("numeric")).then(pl.col("num_disc")).alias(event))
+    df = df.with_columns(
+        p_expected=pl.when(pl.col("numeric")).then(
+            baseline_rate(df, event, ep.baseline, ep.baseline_prior_pairs)
+        ).cast(pl.Float64)
+    ).drop(event)
 
     ix = _lab_index(df)
     n_labs = len(ix.labs)
@@ -588,28 +711,24 @@ def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stag
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
     p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
-    roles = _roles(df, ix, blame, p_lab)
-    counts = _counts(roles, df, ix)
-    return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, roles=roles,
+    counts = _counts(df, ix, blame, p_lab)
+    return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, blame=blame, p_lab=p_lab,
                    counts=counts, rates=_rates(counts, ep))
 
 
-def _chart_rows(st: _Stages, policy: Policy) -> pl.DataFrame:
+def _cusum_rows(st: _Stages, policy: Policy) -> pl.DataFrame:
     """The CUSUM's rows (idx, completed_on, pair_id, y, p) in chart order: numeric pairs, in
     control at the peers' edge of the funnel."""
     fun = st.rates.funnel
     lift = 1.0
     if np.isfinite(fun.target) and fun.target > 0:
         lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
-    return (
-        st.roles.filter(pl.col("numeric"))
-        .select(
-            "idx", "completed_on", "pair_id",
-            y=pl.col("blame").clip(0.0, 1.0),
-            p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
-        )
-        .sort("idx", "completed_on", "pair_id", nulls_last=False)
+    rows = _chart_rows(st.df, st.ix, st.blame, st.p_lab).select(
+        "idx", "completed_on", "pair_id", cs.by_name("pair_rank", require_all=False),
+        y=pl.col("blame").clip(0.0, 1.0),
+        p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
     )
+    return rows.gather(_chart_order(rows))
 
 
 CUSUM_PATH_SCHEMA: dict[str, pl.DataType] = {
@@ -630,7 +749,7 @@ def cusum_series(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     st = _stages(scored_pairs, policy, as_of)
     if st is None:
         return pl.DataFrame(schema=CUSUM_PATH_SCHEMA)
-    path = cusum_paths(_chart_rows(st, policy), odds_ratio=policy.cusum.odds_ratio)
+    path = cusum_paths(_cusum_rows(st, policy), odds_ratio=policy.cusum.odds_ratio)
     codes = pl.DataFrame({"idx": np.arange(len(st.ix.labs), dtype=np.int64), "lab_code": st.ix.labs})
     return (
         path.join(codes, on="idx", how="left", maintain_order="left")
@@ -658,7 +777,7 @@ def bias_by_group(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date,
     between groups (an item family it measures high) shows here and is averaged away overall.
     Rows for every lab with a comparison in the group, sorted by group and lab."""
     ep = policy.evidence
-    df = pairs_in_window(scored_pairs, as_of, ep)
+    df = pairs_in_window(scored_pairs, as_of, ep, keep=(by,))
     frames = []
     for (key,), part in df.filter(pl.col(by).is_not_null()).group_by(by, maintain_order=True):
         ix = _lab_index(part)
@@ -755,7 +874,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     precision_p = np.where(judged, precision.p, np.nan)
 
     fun = rates.funnel
-    chart_rows = _chart_rows(st, policy)
+    chart_rows = _cusum_rows(st, policy)
     h = cusum_limit(chart_rows.get_column("p").to_numpy(), policy.cusum)
     chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
 
@@ -764,6 +883,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
         sides, fit.b, n_labs, band=ep.shading_band, clear=ep.nd_clear,
         contradiction_floor=ep.contradiction_floor,
     )
+    del sides
     # The fit clips s; a gross error is judged on the unclipped difference (biases back in s).
     raw_residual = comps.s - (fit.b[comps.a] - fit.b[comps.b]) / SQRT2
     patterns["outliers"] = outlier_counts(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from scipy import stats
 from scipy.special import ndtr
 
 __all__ = [
@@ -67,36 +68,83 @@ class PatternCounts:
 
 
 def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.DataFrame:
-    """One row per pair side (original and retest) with the lab's and the partner's data."""
-    def col(name: str, dtype: pl.DataType) -> pl.Expr:
-        # Frames built by hand (tests, simulations) may leave out what a pattern needs: no column,
-        # no test.
-        return (pl.col(name) if name in pairs.columns else pl.lit(None)).cast(dtype)
+    """One row per pair side (original and retest) with the lab's and the partner's data.
 
-    def side(j: str, k: str, lab: np.ndarray, partner: np.ndarray) -> pl.DataFrame:
-        return pairs.select(
-            col("item_code", pl.String()).alias("item_code"),
-            col("kind", pl.String()).alias("kind"),
-            col("lower_limit", pl.Float64()).alias("lower_limit"),
-            col("upper_limit", pl.Float64()).alias("upper_limit"),
-            col("lod", pl.Float64()).alias("lod"),
-            col("sigma_R_at", pl.Float64()).alias("sigma"),
-            col(f"value_{j}", pl.Float64()).alias("x"),
-            col(f"value_{k}", pl.Float64()).alias("xp"),
-            col(f"censored_{j}", pl.Boolean()).fill_null(False).alias("cens"),
-            col(f"censored_{k}", pl.Boolean()).fill_null(False).alias("cens_p"),
-            col(f"censor_limit_{j}", pl.Float64()).alias("censor_limit"),
-            col(f"verdict_contradicts_{j}", pl.Boolean()).alias("contradicts"),
-        ).with_columns(idx=pl.Series(lab, dtype=pl.Int64), partner=pl.Series(partner, dtype=pl.Int64))
+    Columns: idx, partner (lab indices), item (an id per item code), quant (a quantitative item),
+    lower_limit, upper_limit, lod (the item's, else the median limit stated for the item), sigma
+    (σR at the pair's level), x, xp (the lab's and the partner's numbers), cens, cens_p, and
+    contradicts (1 / 0, −1 where undecidable). Built from numpy arrays: the two sides are the
+    same columns swapped, so nothing is selected or joined per side.
+    """
+    n = pairs.height
 
-    sides = pl.concat([side("1", "2", i1, i2), side("2", "1", i2, i1)])
+    def has(name: str) -> bool:
+        # Frames built by hand (tests, simulations) may leave out what a pattern needs: no
+        # column, no test.
+        return name in pairs.columns
+
+    def num(name: str) -> np.ndarray:
+        if not has(name):
+            return np.full(n, np.nan)
+        return pairs.get_column(name).cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+    def flag(name: str) -> np.ndarray:
+        if not has(name):
+            return np.zeros(n, dtype=bool)
+        return pairs.get_column(name).cast(pl.Boolean).fill_null(False).to_numpy()
+
+    def tri(name: str) -> np.ndarray:
+        if not has(name):
+            return np.full(n, -1, dtype=np.int8)
+        return pairs.get_column(name).cast(pl.Int8).fill_null(-1).to_numpy()
+
+    item = (
+        pairs.get_column("item_code").cast(pl.String).cast(pl.Categorical).to_physical()
+        .cast(pl.Int64).fill_null(-1).to_numpy()
+        if has("item_code") else np.full(n, -1, dtype=np.int64)
+    )
+    quant = (
+        (pairs.get_column("kind").cast(pl.String) != "qualitative").fill_null(False).to_numpy()
+        if has("kind") else np.zeros(n, dtype=bool)
+    )
+    lower, upper, lod, sigma = num("lower_limit"), num("upper_limit"), num("lod"), num("sigma_R_at")
+    v1, v2 = num("value_1"), num("value_2")
+    c1, c2 = flag("censored_1"), flag("censored_2")
+    limit = np.r_[num("censor_limit_1"), num("censor_limit_2")]
+    item2 = np.r_[item, item]
     # The detection limit a not-detected result is judged against: the item's LOD, else the
     # median limit labs state when they report the item as censored (not this lab's own, which it
     # could choose).
-    stated = sides.group_by("item_code").agg(stated_limit=pl.col("censor_limit").median())
-    return sides.join(stated, on="item_code", how="left", maintain_order="left").with_columns(
-        lod=pl.coalesce("lod", "stated_limit")
+    stated = (
+        pl.DataFrame({"item": item2, "limit": limit})
+        .lazy()
+        .filter(pl.col("limit").is_not_nan() & (pl.col("item") >= 0))
+        .group_by("item")
+        .agg(pl.col("limit").median())
+        .collect()
     )
+    # index −1 (no item code) lands on the last cell, which stays NaN
+    stated_of = np.full(max(int(item2.max()) + 2, 1) if n else 1, np.nan)
+    stated_of[stated.get_column("item").to_numpy()] = stated.get_column("limit").to_numpy()
+    lod2 = np.r_[lod, lod]
+    lod2 = np.where(np.isnan(lod2), stated_of[item2], lod2)
+    return pl.DataFrame({
+        # int32 lab and item ids: this frame has two rows per pair
+        "idx": np.r_[i1, i2].astype(np.int32),
+        "partner": np.r_[i2, i1].astype(np.int32),
+        "item": item2.astype(np.int32),
+        "quant": np.r_[quant, quant],
+        "lower_limit": np.r_[lower, lower],
+        "upper_limit": np.r_[upper, upper],
+        "lod": lod2,
+        "sigma": np.r_[sigma, sigma],
+        "x": np.r_[v1, v2],
+        "xp": np.r_[v2, v1],
+        "cens": np.r_[c1, c2],
+        "cens_p": np.r_[c2, c1],
+        "censor_limit": limit,
+        "contradicts": np.r_[tri("verdict_contradicts_1"), tri("verdict_contradicts_2")],
+    })
 
 
 def _per_lab(n_labs: int, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -120,20 +168,97 @@ def poisson_binomial_sf(observed: int, probs: np.ndarray) -> float:
     return float(min(1.0, max(0.0, dist[-1])))
 
 
+def _capped_sum(a: np.ndarray, b: np.ndarray, cap: int) -> np.ndarray:
+    """Distribution of min(X + Y, cap) from those of X and Y, row by row.
+
+    Rows of ``a`` and ``b`` (same width w) hold P(X = 0..w−1); when w − 1 = cap the last cell is
+    P(X ≥ cap). The result is as wide as the sum needs, up to cap + 1. Every term is a product
+    of probabilities added to others, never subtracted, so a tail of 1e-30 keeps its relative
+    precision.
+    """
+    rows, w = a.shape
+    width = min(2 * (w - 1), cap) + 1
+    out = np.zeros((rows, width))
+    if width - 1 < cap:  # no sum reaches the cap: a plain convolution
+        for i in range(w):
+            out[:, i : i + w] += a[:, i : i + 1] * b
+        return out
+    # tail[:, m] = P(Y >= m)
+    tail = np.cumsum(b[:, ::-1], axis=1)[:, ::-1]
+    for i in range(w):
+        n_exact = min(w, cap - i)  # the j with i + j < cap
+        if n_exact > 0:
+            out[:, i : i + n_exact] += a[:, i : i + 1] * b[:, :n_exact]
+        first_tail = max(cap - i, 0)
+        if first_tail < w:
+            out[:, cap] += a[:, i] * tail[:, first_tail]
+    return out
+
+
+def _tail_probabilities(idx: np.ndarray, probs: np.ndarray, observed: np.ndarray, n_labs: int) -> np.ndarray:
+    """P(X ≥ observed[lab]) per lab, X the lab's sum of independent Bernoulli(probs) (1 where
+    observed ≤ 0): :func:`poisson_binomial_sf` for all labs at once.
+
+    Labs are grouped by a cap (the power of two at or above their observed count); within a group
+    each lab's Bernoulli distributions are combined pairwise, all labs together, in about log2
+    of its count of rounds; a distribution is only as wide as its support, up to the cap (whose
+    cell holds "cap or more"), so memory stays near two cells per pair. The cost is a few vector
+    operations per round instead of one Python step per pair.
+    """
+    k = np.round(observed).astype(np.int64)
+    probs = np.clip(np.asarray(probs, dtype=float), 0.0, 1.0)
+    need = k > 0
+    # A lab with no pair cannot reach a positive count.
+    out = np.where(need, 0.0, 1.0)
+    if not need.any():
+        return out
+    caps = np.where(need, 1 << np.ceil(np.log2(np.maximum(k, 1))).astype(np.int64), 0)
+    for cap in np.unique(caps[need]):
+        cap = int(cap)
+        member = caps == cap
+        rows = np.flatnonzero(member[idx])
+        order = rows[np.argsort(idx[rows], kind="stable")]
+        owner = idx[order]
+        dist = np.empty((order.size, 2))
+        dist[:, 0] = 1.0 - probs[order]
+        dist[:, 1] = probs[order]
+        while owner.size and (owner.size != np.unique(owner).size):
+            starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
+            counts = np.diff(np.r_[starts, owner.size])
+            # an owner with an odd count gets a certain zero, so that nodes pair within owners
+            odd_end = (starts + counts)[counts % 2 == 1]
+            identity = np.zeros(dist.shape[1])
+            identity[0] = 1.0
+            dist = np.insert(dist, odd_end, identity, axis=0)
+            owner = np.insert(owner, odd_end, owner[odd_end - 1])
+            dist = _capped_sum(dist[0::2], dist[1::2], cap)
+            owner = owner[0::2]
+        labs = owner
+        cum = np.cumsum(dist[:, ::-1], axis=1)[:, ::-1]  # cum[:, j] = P(X >= j)
+        reach = k[labs] < cum.shape[1]
+        out[labs[reach]] = np.minimum(1.0, np.maximum(0.0, cum[np.flatnonzero(reach), k[labs[reach]]]))
+    return out
+
+
 def _counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, exp: np.ndarray) -> PatternCounts:
     """Per-lab O, E and the exact one-sided p of O under independent pairs with the given P."""
     n = _per_lab(n_labs, idx, np.ones(len(idx)))
     o = _per_lab(n_labs, idx, obs.astype(float))
     e = _per_lab(n_labs, idx, exp)
-    p = np.where(n > 0, 1.0, np.nan)
-    min_p = np.where(n > 0, 1.0, np.nan)
-    order = np.argsort(idx, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(idx, minlength=n_labs))]
-    probs_sorted = np.asarray(exp, dtype=float)[order]
-    for lab in np.flatnonzero(n > 0):
-        probs = probs_sorted[bounds[lab] : bounds[lab + 1]]
-        p[lab] = poisson_binomial_sf(int(round(o[lab])), probs)
-        min_p[lab] = float(np.prod(np.clip(probs, 0.0, 1.0)))
+    has = n > 0
+    probs = np.clip(np.asarray(exp, dtype=float), 0.0, 1.0)
+    if len(probs) and np.all(probs == probs[0]):
+        # One rate for every pair: the Poisson-binomial is the binomial.
+        rate = float(probs[0])
+        p = np.where(o > 0, stats.binom.sf(np.round(o) - 1, n, rate), 1.0)
+        with np.errstate(divide="ignore"):
+            min_p = rate**n
+    else:
+        p = _tail_probabilities(idx, probs, o, n_labs)
+        with np.errstate(divide="ignore"):
+            min_p = np.exp(_per_lab(n_labs, idx, np.log(probs)))
+    p = np.where(has, np.minimum(1.0, np.maximum(0.0, p)), np.nan)
+    min_p = np.where(has, min_p, np.nan)
     return PatternCounts(name=name, n=n.astype(np.int64), observed=o, expected=e, p=p, min_p=min_p)
 
 
@@ -143,52 +268,58 @@ def pattern_counts(
 ) -> dict[str, PatternCounts]:
     """The three pattern tests for every lab. ``bias`` in σR units per lab (NaN → 0)."""
     b = np.nan_to_num(np.asarray(bias, dtype=float), nan=0.0)
-    quant = sides.filter(
-        (pl.col("kind") != "qualitative") & pl.col("sigma").is_not_null() & (pl.col("sigma") > 0)
-    )
-    idx = quant.get_column("idx").to_numpy()
-    partner = quant.get_column("partner").to_numpy()
-    delta = b[idx] - b[partner] if len(idx) else np.zeros(0)
-    sigma = quant.get_column("sigma").to_numpy()
-    x = quant.get_column("x").to_numpy()
-    xp = quant.get_column("xp").to_numpy()
-    cens = quant.get_column("cens").to_numpy()
-    cens_p = quant.get_column("cens_p").to_numpy()
-    upper = quant.get_column("upper_limit").to_numpy()
-    lower = quant.get_column("lower_limit").to_numpy()
-    lod = quant.get_column("lod").to_numpy()
+
+    # Column arrays of the sides frame (no copy: it is built from numpy arrays without nulls);
+    # the tests pick their rows by index, so no filtered copy of the whole frame is made.
+    def col(name: str) -> np.ndarray:
+        return sides.get_column(name).to_numpy()
+
+    sigma = col("sigma")
+    xp = col("xp")
+    upper, lower, lod = col("upper_limit"), col("lower_limit"), col("lod")
     out: dict[str, PatternCounts] = {}
 
-    # shading: partner beyond a limit (a numeric partner value, not censored)
+    # Which sides each test examines is decided on every side; the probabilities (normal CDFs,
+    # the costly part) only on the sides examined.
     with np.errstate(invalid="ignore"):
-        p_num = np.isfinite(xp) & ~cens_p
+        p_num = col("quant") & (sigma > 0) & np.isfinite(xp) & ~col("cens_p")
         over = p_num & np.isfinite(upper) & (xp > upper)
         under = p_num & np.isfinite(lower) & (xp < lower) & ~over
-        d_up = (upper - xp) / sigma  # < 0 where over
-        d_lo = (xp - lower) / sigma  # < 0 where under
+        clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
+    idx = col("idx")
+    partner = col("partner")
+    x = col("x")
+    cens = col("cens")
+
+    # shading: partner beyond a limit (a numeric partner value, not censored)
+    use = np.flatnonzero(over | under)
+    sg, xpu, xu, up, lo = sigma[use], xp[use], x[use], upper[use], lower[use]
+    delta = b[idx[use]] - b[partner[use]]
+    ov = over[use]
+    with np.errstate(invalid="ignore"):
+        d_up = (up - xpu) / sg  # < 0 where over
+        d_lo = (xpu - lo) / sg  # < 0 where under
         p_up = ndtr((d_up - delta) / _SQRT2) - ndtr((d_up - band - delta) / _SQRT2)
         p_lo = ndtr((band - d_lo - delta) / _SQRT2) - ndtr((-d_lo - delta) / _SQRT2)
-        lab_num = np.isfinite(x) & ~cens
-        in_up = lab_num & ((upper - x) / sigma >= 0) & ((upper - x) / sigma <= band)
-        in_lo = lab_num & ((x - lower) / sigma >= 0) & ((x - lower) / sigma <= band)
-    use = over | under
+        lab_num = np.isfinite(xu) & ~cens[use]
+        in_up = lab_num & ((up - xu) / sg >= 0) & ((up - xu) / sg <= band)
+        in_lo = lab_num & ((xu - lo) / sg >= 0) & ((xu - lo) / sg <= band)
     out["shading"] = _counts(
-        "shading", n_labs, idx[use],
-        np.where(over, in_up, in_lo)[use], np.where(over, p_up, p_lo)[use],
+        "shading", n_labs, idx[use], np.where(ov, in_up, in_lo), np.where(ov, p_up, p_lo),
     )
 
     # not detected where the partner finds a clear amount
+    nd = np.flatnonzero(clear_amount)
+    delta = b[idx[nd]] - b[partner[nd]]
     with np.errstate(invalid="ignore"):
-        clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
-        p_nd = ndtr(((lod - xp) / sigma - delta) / _SQRT2)
-    out["nd_hiding"] = _counts(
-        "nd_hiding", n_labs, idx[clear_amount], cens[clear_amount], p_nd[clear_amount]
-    )
+        p_nd = ndtr(((lod[nd] - xp[nd]) / sigma[nd] - delta) / _SQRT2)
+    out["nd_hiding"] = _counts("nd_hiding", n_labs, idx[nd], cens[nd], p_nd)
 
     # a verdict contradicting the lab's own number (over all decidable sides, any item kind)
-    dec = sides.filter(pl.col("contradicts").is_not_null())
-    c_idx = dec.get_column("idx").to_numpy()
-    c_obs = dec.get_column("contradicts").to_numpy().astype(bool)
+    contradicts = col("contradicts")
+    decidable = contradicts >= 0
+    c_idx = idx[decidable]
+    c_obs = contradicts[decidable] == 1
     pooled = float(c_obs.mean()) if len(c_obs) else 0.0
     rate = max(pooled, contradiction_floor)
     out["verdict_contradiction"] = _counts(

@@ -26,6 +26,7 @@ from test_grading_run import AS_OF, seed, small_policy
 import labeval.api.labs
 import labeval.cli
 import labeval.grading.run
+import labeval.serving
 from labeval.app import create_app
 from labeval.cli import main
 from labeval.config import Settings
@@ -347,7 +348,7 @@ def test_the_command_configures_logging_once_json_for_serve(
     configured: list[tuple[str, str]] = []
     served: list[dict] = []
     monkeypatch.setattr(labeval.cli, "configure_logging", lambda level, fmt: configured.append((level, fmt)))
-    monkeypatch.setattr(labeval.cli.uvicorn, "run", lambda app, **kw: served.append(kw))
+    monkeypatch.setattr(labeval.serving.uvicorn, "run", lambda app, **kw: served.append(kw))
     # --help: the group has configured logging by then; the URL points nowhere and is never used.
     result = CliRunner().invoke(main, ["--database-url", "postgresql://nowhere/x", *args],
                                 env={"LABEVAL_SHUTDOWN_TIMEOUT": "7.5", **env}, catch_exceptions=False)

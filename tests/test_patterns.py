@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import ndtr
 
-from scoring.patterns import outlier_counts, pattern_counts, pattern_sides, poisson_binomial_sf
+from scoring.patterns import (
+    _tail_probabilities,
+    outlier_counts,
+    pattern_counts,
+    pattern_sides,
+    poisson_binomial_sf,
+)
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
@@ -48,6 +54,23 @@ def test_poisson_binomial_matches_brute_force(probs, k):
         if bits.sum() >= k:
             total += float(np.prod(np.where(bits, p, 1 - p)))
     assert poisson_binomial_sf(k, p) == pytest.approx(total, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.floats(0.0, 1.0)), min_size=0, max_size=80),
+    st.lists(st.integers(0, 40), min_size=5, max_size=5),
+)
+def test_tail_probabilities_of_all_labs_at_once_match_the_recursion(rows, observed):
+    # The vectorised pairwise combination is the one-lab recursion above, lab by lab, down to
+    # tails far below 1e-12 (relative error, not absolute).
+    idx = np.array([r[0] for r in rows], dtype=np.int64)
+    probs = np.array([r[1] for r in rows], dtype=float)
+    obs = np.array(observed, dtype=float)
+    got = _tail_probabilities(idx, probs, obs, 5)
+    for lab in range(5):
+        want = poisson_binomial_sf(int(obs[lab]), probs[idx == lab])
+        assert got[lab] == pytest.approx(want, rel=1e-9, abs=1e-300)
 
 
 def test_poisson_binomial_equals_binomial_for_equal_probabilities():

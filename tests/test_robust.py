@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import statistics
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
@@ -23,6 +24,7 @@ from scoring.robust import (
     QN_FACTOR,
     AlgorithmAResult,
     algorithm_a,
+    algorithm_a_groups,
     algorithm_s,
     algorithm_s_factors,
     hampel,
@@ -512,3 +514,63 @@ def test_hampel_default_scale_and_errors():
     assert hampel(x) == pytest.approx(hampel(x, scale=qn(x)))
     with pytest.raises(ValueError, match="scale"):
         hampel(x, scale=-1.0)
+
+
+# --- Algorithm A for many groups at once --------------------------------------------------------
+
+
+def test_algorithm_a_groups_annex_e3_and_reference_trace():
+    # ISO 13528:2022 Annex E, example E.3 (printed x* = 0.257, s* = 0.0395, u(x*) = 0.0085) as one
+    # group beside the 12 results whose exact fixed point the independent trace gives.
+    small = [0.251, 0.262, 0.249, 0.270, 0.231, 0.244, 0.258, 0.301, 0.190, 0.255, 0.266, 0.247]
+    trace = _reference_trace(small, steps=400)
+    r = algorithm_a_groups(ISO_E3 + small, ["E3"] * len(ISO_E3) + ["small"] * len(small), tol=1e-12)
+    e3, sm = r.row(0, named=True), r.row(1, named=True)
+    assert (e3["group"], e3["p"], e3["start"], e3["converged"]) == ("E3", 34, "made", True)
+    assert round(e3["location"], 3) == 0.257
+    assert round(e3["scale"], 4) == 0.0395
+    assert round(e3["uncertainty"], 4) == 0.0085
+    assert sm["location"] == pytest.approx(trace[-1][0], rel=1e-9)
+    assert sm["scale"] == pytest.approx(trace[-1][1], rel=1e-9)
+
+
+group_lists = st.lists(values, min_size=1, max_size=6)
+
+
+@given(group_lists, st.randoms(use_true_random=False))
+@settings(max_examples=150, deadline=None)
+@example([[0.0, 0.001, 0.001, 0.001, 0.001, 0.001]], random.Random(0))
+def test_algorithm_a_groups_is_algorithm_a_per_group(groups, rnd):
+    # Every group, in any input order, gets what the one-group function gives it: same start,
+    # same number of update steps, same estimates (to the rounding of the sums).
+    flat = [(f"g{i}", v) for i, g in enumerate(groups) for v in g]
+    rnd.shuffle(flat)
+    r = algorithm_a_groups([v for _, v in flat], [k for k, _ in flat], tol=1e-9, max_iter=400)
+    assert r["group"].to_list() == sorted(f"g{i}" for i in range(len(groups)))
+    for row in r.iter_rows(named=True):
+        data = groups[int(row["group"][1:])]
+        one = algorithm_a(data, tol=1e-9, max_iter=400)
+        assert (row["p"], row["start"]) == (one.p, one.start)
+        # The rounding of the data: a scale below it is zero for every purpose.
+        tiny = 1e-12 * max(abs(v) for v in data)
+        if one.scale > tiny:
+            # Ties can leave a step's stopping test within rounding of its limit: one step apart.
+            assert row["converged"] == one.converged
+            assert abs(row["iterations"] - one.iterations) <= 1
+        # else: more than half the values tied, s* shrank to the rounding of the data, where the
+        # one-group function stops at a float's last bit and this one at exactly 0.
+        assert abs(row["location"] - one.location) <= 1e-6 * one.scale + 1e-12 * abs(one.location) + tiny
+        assert row["scale"] == pytest.approx(one.scale, rel=1e-6, abs=tiny)
+        assert row["uncertainty"] == pytest.approx(one.uncertainty, rel=1e-6, abs=tiny)
+
+
+def test_algorithm_a_groups_small_and_bad_input():
+    r = algorithm_a_groups([1.0, 2.0, 5.0, 5.0, 5.0], [1, 1, 2, 2, 2])
+    few, same = r.row(0, named=True), r.row(1, named=True)
+    # Two values: no estimate, said so, not an error for the other groups.
+    assert few["start"] == "too_few" and few["p"] == 2 and math.isnan(few["location"])
+    assert (same["start"], same["location"], same["scale"], same["iterations"]) == ("degenerate", 5.0, 0.0, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        algorithm_a_groups([1.0, float("nan"), 2.0], [1, 1, 1])
+    with pytest.raises(ValueError, match="same length"):
+        algorithm_a_groups([1.0, 2.0, 3.0], [1, 1])

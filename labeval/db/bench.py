@@ -16,3 +16,21 @@ async def create_floor_table(conn: asyncpg.Connection, columns: tuple[str, ...])
 
 async def copy_into_floor(conn: asyncpg.Connection, path: Path) -> None:
     await conn.copy_to_table(FLOOR_TABLE, source=path, format="csv", header=True)
+
+
+async def busiest_category(conn: asyncpg.Connection) -> str | None:
+    """The product category most labs are accredited for (the longest eligibility list)."""
+    return await conn.fetchval(
+        # Ties broken by code, so that a benchmark asks for the same list on the same data.
+        "SELECT category_code FROM lab_scopes GROUP BY category_code ORDER BY count(*) DESC, category_code LIMIT 1")
+
+
+async def graded_lab(conn: asyncpg.Connection) -> str | None:
+    """A lab of the latest succeeded run (its detail page has evidence and a grade history)."""
+    return await conn.fetchval(
+        "SELECT g.lab_code FROM lab_grades g JOIN grading_runs r ON r.run_id = g.run_id "
+        "WHERE r.status = 'succeeded' ORDER BY r.run_id DESC, g.lab_code LIMIT 1")
+
+
+async def lab_count(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM labs")

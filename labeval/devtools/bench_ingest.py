@@ -1,23 +1,37 @@
 """Intake throughput against the floor: a plain COPY of the same CSV into a bare table.
 
-run() builds the reference data and a results CSV of original/retest pairs, times ingest_path
-on it, then times `COPY bare_table FROM file` on the same bytes. Everything happens in one
-transaction that is rolled back, so the database is left as it was. Target: ingest throughput
-at least half the floor's (ratio >= 0.5).
+Two ways in:
+
+* ``measure(n, seed=…, database_url=…)``, the `labeval bench ingest` target: a national data set
+  (labeval.devtools.national) of n result rows, its reference tables loaded first, then the
+  results file timed through the full intake (validation, cross-row rules, versioning, the
+  import log, commit) in a fresh database made on the given server and dropped at the end. The
+  floor is a bare COPY of the same file into a table of text columns with no constraint, index
+  or trigger (median of three, same process, same database).
+* ``run(conn_or_url, rows)``, the small synthetic form (pairs of 20 items by 40 labs): everything
+  in one transaction that is rolled back, so the database is left as it was.
 """
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
 import polars as pl
 
-from labeval.db.bench import copy_into_floor, create_floor_table
+from labeval.db.bench import FLOOR_TABLE, copy_into_floor, create_floor_table
+from labeval.db.migrate import migrate
 from labeval.db.pool import connect
+from labeval.db.server import with_database
+from labeval.devtools.bench_types import Measurement
+from labeval.devtools.national import NationalConfig, build_national
 from labeval.ingest.pipeline import ingest_frame, ingest_path
 
 N_ITEMS = 20
@@ -119,18 +133,144 @@ async def run(conn_or_url: asyncpg.Connection | str, rows: int = 1_000_000) -> d
         "rejected": report.rejected,
         "floor_seconds": round(floor_s, 3),
         "floor_rows_per_second": round(rows / floor_s, 1),
-        # Throughput ratio ingest / floor (target >= 0.5).
+        # Throughput ratio ingest / floor (target >= 0.2).
         "ratio": round(floor_s / ingest_s, 3),
     }
 
 
 def render(result: dict) -> str:
-    ok = "meets" if result["ratio"] >= 0.5 else "below"
+    ok = "meets" if result["ratio"] >= 0.2 else "below"
     return (
         f"ingest {result['rows']:,} result rows ({result['file_bytes'] / 1e6:.1f} MB CSV): "
         f"{result['ingest_seconds']:.2f} s, {result['rows_per_second']:,.0f} rows/s "
         f"(accepted {result['accepted']:,}, rejected {result['rejected']:,})\n"
         f"floor (plain COPY into a bare table): {result['floor_seconds']:.2f} s, "
         f"{result['floor_rows_per_second']:,.0f} rows/s\n"
-        f"ratio {result['ratio']:.2f} of the floor's throughput ({ok} the 0.5 target)"
+        f"ratio {result['ratio']:.2f} of the floor's throughput ({ok} the 0.2 target)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the `labeval bench ingest` target
+
+DEFAULT_N = 1_000_000
+QUICK_N = 20_000
+# ratio = seconds / floor_seconds, so ">= 0.2x the floor's throughput" is "ratio <= 5".
+GOAL = "ratio <= 5 (intake >= 0.2x the rows/s of a bare COPY of the same file)"
+REFERENCE_KINDS = ("categories", "labs", "items", "samples")
+FLOOR_REPEATS = 3
+
+
+def passed(m: Measurement) -> bool:
+    return m.seconds <= 5 * m.floor_seconds
+
+
+# The national generator draws its samples before cutting them to n_pairs and cannot reach a
+# small n_pairs with every seed; below this the set is built at this size and cut.
+_SMALLEST_NATIONAL = 50_000
+
+
+def national_results(n: int, seed: int) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """(reference tables in load order, n result rows): the national set with about n/2 pairs,
+    its results file grouped by sample (original, retest, arbitration) and cut to n rows."""
+    data = build_national(NationalConfig(n_pairs=max(n // 2, _SMALLEST_NATIONAL), seed=seed))
+    tables = data.intake_tables()
+    results = tables.pop("results").sort("sample_code", maintain_order=True).head(n)
+    return tables, results
+
+
+async def scratch_database(database_url: str, label: str) -> str:
+    """A new, migrated database on the server of database_url; returns its URL."""
+    name = f"labeval_{label}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = with_database(database_url, name)
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def drop_database(database_url: str, url: str) -> None:
+    """Drop the database of `url` (made by scratch_database) from the server of database_url."""
+    name = urlsplit(url).path.lstrip("/")
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def load_reference(conn: asyncpg.Connection, tables: dict[str, pl.DataFrame]) -> None:
+    for kind in REFERENCE_KINDS:
+        report = await ingest_frame(conn, kind, tables[kind], file_name=f"national-{kind}", source="bench")
+        if report.rejected:
+            raise RuntimeError(f"the national {kind} table has {report.rejected} rejected rows")
+
+
+async def _floor(conn: asyncpg.Connection, path: Path, columns: tuple[str, ...]) -> float:
+    """Median of FLOOR_REPEATS bare COPYs of the file, each into a new bare table."""
+    times = []
+    for _ in range(FLOOR_REPEATS):
+        async with conn.transaction():
+            await create_floor_table(conn, columns)
+            t = time.perf_counter()
+            await copy_into_floor(conn, path)
+            times.append(time.perf_counter() - t)
+            await conn.execute(f"DROP TABLE {FLOOR_TABLE}")
+    return statistics.median(times)
+
+
+async def _measure(n: int, seed: int, database_url: str) -> Measurement:
+    t = time.perf_counter()
+    tables, results = national_results(n, seed)
+    generate_s = time.perf_counter() - t
+    url = await scratch_database(database_url, "bench_ingest")
+    try:
+        conn = await connect(url)
+        try:
+            t = time.perf_counter()
+            await load_reference(conn, tables)
+            reference_s = time.perf_counter() - t
+            with tempfile.TemporaryDirectory(prefix="labeval-bench-") as d:
+                path = Path(d) / "results.csv"
+                results.write_csv(path)
+                size = path.stat().st_size
+                rooms: dict[str, float] = {}
+                t = time.perf_counter()
+                report = await ingest_path(conn, "results", path, source="bench", timings=rooms)
+                ingest_s = time.perf_counter() - t
+                floor_s = await _floor(conn, path, tuple(results.columns))
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(database_url, url)
+    return Measurement(
+        seconds=ingest_s,
+        floor_seconds=floor_s,
+        details={
+            "rows": results.height,
+            "file_mb": round(size / 1e6, 1),
+            "accepted": report.accepted,
+            "rejected": report.rejected,
+            "rows_per_second": round(results.height / ingest_s),
+            "floor_rows_per_second": round(results.height / floor_s),
+            "throughput_vs_floor": round(floor_s / ingest_s, 3),
+            **{f"{room}_s": v for room, v in rooms.items()},
+            "reference_tables_s": round(reference_s, 3),
+            "generate_s": round(generate_s, 3),
+            "timing": f"intake once; floor median of {FLOOR_REPEATS}",
+        },
+    )
+
+
+def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measurement:
+    """n result rows of the national set through the full intake, against a bare COPY of them."""
+    if database_url is None:
+        raise ValueError("the ingest benchmark needs a PostgreSQL server (database_url)")
+    return asyncio.run(_measure(n, seed, database_url))

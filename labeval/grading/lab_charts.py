@@ -189,7 +189,9 @@ _CACHE_SIZE = 4
 def _compute(pairs: pl.DataFrame, policy: Policy, as_of: date) -> _RunSeries:
     """CPU-bound part, for every lab at once."""
     scored = score_pairs(pairs.lazy(), policy).collect().lazy()
-    window = pairs_in_window(scored, as_of, policy.evidence)
+    # The differences chart reads more of a pair than the evidence does.
+    window = pairs_in_window(scored, as_of, policy.evidence,
+                             keep=("sample_code", "outcome_13", "dist_sigma_1", "dist_sigma_2", "level"))
     paths = cusum_series(scored, policy, as_of=as_of).join(
         window.select("pair_id", "sample_code"), on="pair_id", how="left", maintain_order="left"
     )

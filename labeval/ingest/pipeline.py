@@ -20,6 +20,7 @@ rollback of that transaction takes the failed record with it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -58,8 +59,10 @@ async def ingest_path(
     batch_size: int = BATCH_ROWS,
     file_name: str | None = None,
     today: date | None = None,
+    timings: dict[str, float] | None = None,
 ) -> ImportReport:
-    """Import one file (CSV, XLSX or Parquet). Raises UnreadableFile when it is not a table."""
+    """Import one file (CSV, XLSX or Parquet). Raises UnreadableFile when it is not a table.
+    `timings`, when given, receives the seconds spent in each room (stage, cross_row, load, log)."""
     spec = resolve_kind(kind)
     name = file_name or str(path)
     try:
@@ -69,7 +72,8 @@ async def ingest_path(
         await _record_failure(conn, ImportSource(kind=spec.kind, source=source, user_name=user, file_name=name), str(e))
         raise
     try:
-        return await _run(conn, spec, src, source=source, user=user, progress=progress, today=today)
+        return await _run(conn, spec, src, source=source, user=user, progress=progress, today=today,
+                          timings=timings)
     finally:
         src.close()
 
@@ -123,21 +127,44 @@ async def _stage_batches(
     progress: Progress | None,
 ) -> int:
     """Read, validate and COPY every batch: valid rows into the stage, rejects into the log.
-    Reading and validating are CPU-bound polars work: they run in a worker thread, so the event
-    loop keeps serving other requests during a large import. Returns the rows read."""
+    Reading, validating and encoding are CPU-bound polars work: they run in a worker thread, so
+    the event loop keeps serving other requests during a large import, and batch k+1 is prepared
+    while PostgreSQL takes in batch k (the two overlap on two cores). Returns the rows read."""
     present = set(src.columns)
     stage_names = [ROW, *[c.name for c in staging_columns(spec, present)]]
-    rows = 0
     batches = src.batches()
-    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-        rows += batch.height
-        valid, rejects = await asyncio.to_thread(validate_batch, batch, spec, present, refs, today, src.raw_names)
-        if valid.height:
-            await intake.copy_frame(conn, stage, valid, stage_names)
-        if rejects.height:
-            await intake.copy_rejects(conn, import_id, rejects, ROW)
-        if progress is not None:
-            progress(rows, src.estimated_rows)
+
+    def prepare() -> tuple[int, bytes | None, bytes | None] | None:
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        valid, rejects = validate_batch(batch, spec, present, refs, today, src.raw_names)
+        return (
+            batch.height,
+            intake.frame_csv(valid) if valid.height else None,
+            intake.frame_csv(intake.reject_rows(import_id, rejects, ROW)) if rejects.height else None,
+        )
+
+    rows = 0
+    pending = asyncio.ensure_future(asyncio.to_thread(prepare))
+    try:
+        while (ready := await pending) is not None:
+            # Only one batch is read at a time: the next starts once this one is ready.
+            pending = asyncio.ensure_future(asyncio.to_thread(prepare))
+            height, valid_csv, rejects_csv = ready
+            rows += height
+            if valid_csv is not None:
+                await intake.copy_csv(conn, stage, valid_csv, stage_names)
+            if rejects_csv is not None:
+                await intake.copy_csv(conn, "import_rejects", rejects_csv, list(intake.REJECT_COLUMNS))
+            if progress is not None:
+                progress(rows, src.estimated_rows)
+    finally:
+        # A failed COPY leaves the next batch in preparation: wait for it, so that the source is
+        # not closed under the worker thread (its error, if any, is not the one to report).
+        if not pending.done():
+            with contextlib.suppress(Exception):
+                await pending
     return rows
 
 
@@ -149,9 +176,17 @@ def _compared(spec: Spec, cols: list[Col]) -> list[str]:
 
 async def _run(
     conn: asyncpg.Connection, spec: Spec, src: Source, *, source: str, user: str | None,
-    progress: Progress | None, today: date | None,
+    progress: Progress | None, today: date | None, timings: dict[str, float] | None = None,
 ) -> ImportReport:
     t0 = time.perf_counter()
+    clock = [t0]
+
+    def lap(room: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[room] = round(now - clock[0], 3)
+        clock[0] = now
+
     today = today or date.today()
     cols = staging_columns(spec, set(src.columns))
     who = ImportSource(
@@ -166,24 +201,28 @@ async def _run(
             stage = f"ingest_stage_{import_id}"
             await intake.create_stage(conn, stage, [(c.name, c.sql) for c in cols], ROW)
             rows = await _stage_batches(conn, spec, src, stage, import_id, refs, today, progress)
+            lap("stage")
             # cross-row: rules that need the whole file (and the database)
             await intake.prepare_stage(conn, stage, spec.stage_index)
             target = spec.target
             await intake.reject_file_duplicates(conn, target, stage, import_id, _compared(spec, cols))
             for rule in spec.cross_row:
                 await rule(conn, target, stage, import_id)
+            lap("cross_row")
             # load: what is left goes into the kind's table
             names = [c.name for c in cols]
             counts = await spec.load(conn, stage, import_id, names)
             for step in spec.after_load:
                 await step(conn, target, stage, names)
             await intake.drop_stage(conn, stage)
+            lap("load")
             # import log: the record completes with the counts, in the same transaction
             rejected = await complete_import(
                 conn, import_id, rows=rows, accepted=counts.accepted, duplicates=counts.duplicates,
                 corrections=counts.corrections,
             )
             first = await first_rejects(conn, import_id, REPORT_REJECTS)
+        lap("log")
     except Exception as e:
         await _record_failure(conn, who, f"{type(e).__name__}: {e}")
         raise

@@ -67,14 +67,56 @@ def _bounds(col: Col, t: pl.Expr) -> tuple[pl.Expr, str] | None:
     return (t < col.min), f"{col.name}: must not be less than {col.min:g}"
 
 
-def _typed(spec: Spec, refs: RefData, today: date) -> tuple[list[pl.Expr], list[Check]]:
-    """Typed column expressions (over cleaned columns) and the single-column checks."""
+# Column types whose typed value is a function of the cell alone, costly per row (Unicode
+# normalisation, regular expressions, several date formats) and with few distinct cells in a real
+# file (roles, verdicts, dates, replicate counts): typed once per distinct cell of a batch.
+_BY_DISTINCT = ("int", "date", "bool", "enum")
+
+
+def _cell_value(col: Col, c: pl.Expr) -> pl.Expr:
+    """The typed value of one cleaned cell (an enum gives '' for a recognised "no value")."""
+    if col.type == "int":
+        f = num_text(c).cast(pl.Float64, strict=False)
+        ok = f.is_finite() & (f == f.floor()) & (f.abs() < 2**31)
+        return pl.when(ok).then(f).otherwise(None).cast(pl.Int64)
+    if col.type == "date":
+        return _parse_date(num_text(c))
+    if col.type == "bool":
+        w = word(c)
+        return pl.when(w.is_in(list(_TRUE))).then(True).when(w.is_in(list(_FALSE))).then(False).otherwise(None)
+    assert col.enum is not None
+    return _enum_expr(c, dict(col.enum))
+
+
+def distinct_lookups(clean: pl.DataFrame, spec: Spec) -> dict[str, pl.Expr]:
+    """For each column typed by distinct cell: an expression mapping the cleaned column to its
+    typed value through a table of the batch's distinct cells (a hash lookup per row instead of
+    the parsing). Null stays null, as it does when parsed."""
+    out: dict[str, pl.Expr] = {}
+    for col in spec.columns:
+        if col.type not in _BY_DISTINCT:
+            continue
+        cells = clean.get_column(C(col.name)).drop_nulls().unique()
+        typed = pl.DataFrame({"cell": cells}).select(_cell_value(col, pl.col("cell")).alias("typed")).to_series()
+        out[col.name] = pl.col(C(col.name)).replace_strict(cells, typed, default=None, return_dtype=typed.dtype)
+    return out
+
+
+def _typed(
+    spec: Spec, refs: RefData, today: date, lookups: dict[str, pl.Expr] | None = None
+) -> tuple[list[pl.Expr], list[Check]]:
+    """Typed column expressions (over cleaned columns) and the single-column checks. `lookups`
+    (distinct_lookups) replaces the per-row parsing of the columns it covers."""
     exprs: list[pl.Expr] = []
     checks: list[Check] = []
+    lookups = lookups or {}
     for col in spec.columns:
         c = pl.col(C(col.name))
         t = pl.col(T(col.name))
         n = col.name
+        cell = lookups.get(n)
+        if cell is None and col.type in _BY_DISTINCT:
+            cell = _cell_value(col, c)
         if col.type in ("code", "text"):
             exprs.append(c.alias(T(n)))
         elif col.type == "float":
@@ -82,25 +124,19 @@ def _typed(spec: Spec, refs: RefData, today: date) -> tuple[list[pl.Expr], list[
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a number"))
             checks.append(Check(n, t.is_not_null() & ~_finite(t), f"{n}: not a finite number"))
         elif col.type == "int":
-            f = num_text(c).cast(pl.Float64, strict=False)
-            ok = f.is_finite() & (f == f.floor()) & (f.abs() < 2**31)
-            exprs.append(pl.when(ok).then(f).otherwise(None).cast(pl.Int64).alias(T(n)))
+            exprs.append(cell.alias(T(n)))
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a whole number"))
         elif col.type == "date":
-            exprs.append(_parse_date(num_text(c)).alias(T(n)))
+            exprs.append(cell.alias(T(n)))
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a date (expected YYYY-MM-DD)"))
             if col.no_future:
                 checks.append(Check(n, t > pl.lit(today), f"{n}: date in the future"))
         elif col.type == "bool":
-            w = word(c)
-            exprs.append(
-                pl.when(w.is_in(list(_TRUE))).then(True).when(w.is_in(list(_FALSE))).then(False)
-                .otherwise(None).alias(T(n))
-            )
+            exprs.append(cell.alias(T(n)))
             checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a yes/no value"))
         elif col.type == "enum":
             assert col.enum is not None
-            mapped = _enum_expr(c, dict(col.enum))
+            mapped = cell
             exprs.append(
                 pl.when(mapped == "").then(None).otherwise(mapped).alias(T(n))
             )
@@ -168,8 +204,9 @@ def validate_batch(
         if col.default is not None and col.name in present:
             e = e.fill_null(pl.lit(col.default))
         clean.append(e.alias(C(col.name)))
-    lf = lf.with_columns(clean)
-    exprs, checks = _typed(spec, refs, today)
+    cleaned = lf.with_columns(clean).collect()
+    lf = cleaned.lazy()
+    exprs, checks = _typed(spec, refs, today, distinct_lookups(cleaned, spec))
     lf = lf.with_columns(exprs)
     if spec.prepare is not None:
         lf, more = spec.prepare(lf, refs)

@@ -1,0 +1,156 @@
+"""Benchmark target `peer`: ISO 13528 scores and Algorithm A per item group, labeval against the
+pt13528 package (a reference implementation of ISO 13528:2022 on PyPI, installed only with the
+`bench` extra).
+
+The data: ``n`` results of labs in item groups of 8 to 60 results each (the size of a
+proficiency round or of one item's results in a period), lognormal levels spread over six
+orders of magnitude, a 2.5 % relative spread, 5 % gross outliers, a standard uncertainty per
+result and its expanded uncertainty (k = 2).
+
+Both sides compute, per item group, the robust mean x* and SD s* by Algorithm A (iterated to the
+same relative tolerance), and per result z = (x - x*)/s*, ζ = (x - x*)/sqrt(u(x)² + u(x*)²)
+and En = (x - x*)/sqrt(U(x)² + U(x*)²) with u(x*) = 1.25 s*/sqrt(p) and U(x*) = 2 u(x*).
+labeval: ``scoring.robust.algorithm_a_groups`` (all groups at once) and the array functions of
+``scoring.scores``; pt13528: its ``robust.algorithm_a`` per group and its score functions per
+result, given the data already split by group and as Python floats (its calling convention;
+the conversion is not timed).
+
+Here the floor is the reference implementation: ``floor_seconds`` is pt13528's time and
+``seconds`` labeval's, so ratio = labeval / pt13528 and the goal (every score at least 100 times
+faster) is ratio <= 0.01 for each score; the details give each score's speed-up. The values are
+checked to agree before any figure is reported (an AssertionError otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+
+import numpy as np
+
+from labeval.devtools.bench_types import Measurement
+from scoring import scores
+from scoring.robust import algorithm_a_groups
+
+try:
+    from pt13528 import robust as pt_robust
+    from pt13528 import scores as pt_scores
+except ImportError:  # the bench extra is not installed; measure() says so
+    pt_robust = pt_scores = None
+
+DEFAULT_N = 300_000
+QUICK_N = 5_000
+GOAL = "Algorithm A, z, zeta, En each >= 100x pt13528"
+# Both sides iterate Algorithm A to this relative change of x* and s* (pt13528's default).
+TOL = 1e-10
+MAX_ITER = 100_000
+SCORES = ("algorithm_a", "z", "zeta", "en")
+# Agreement: x*, s* and the scores, in units of s* (or of the score): far below any rounding a
+# report shows, far above the differences of summation order.
+AGREE = 1e-7
+
+
+def make_groups(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group, x, u_x): n results, ordered by group; groups numbered 0, 1, …"""
+    rng = np.random.default_rng(seed)
+    # Enough groups of 8 to 60 to hold n results; the last one is cut to fit.
+    sizes = rng.integers(8, 61, n // 8 + 1)
+    sizes = sizes[: np.searchsorted(np.cumsum(sizes), n) + 1]
+    group = np.repeat(np.arange(sizes.size), sizes)[:n]
+    level = np.exp(rng.normal(0.0, 2.5, sizes.size))[group]
+    x = level * (1.0 + rng.normal(0.0, 0.025, n))
+    gross = rng.random(n) < 0.05
+    x = np.where(gross, x * rng.uniform(0.5, 1.6, n), x)
+    u_x = 0.025 * level * rng.uniform(0.5, 1.5, n)
+    return group, x, u_x
+
+
+def _best(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, value
+
+
+def _labeval(group: np.ndarray, x: np.ndarray, u_x: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def assigned() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r = algorithm_a_groups(x, group, tol=TOL, max_iter=MAX_ITER)
+        # Groups are numbered 0, 1, … and come back sorted: row g is group g.
+        return r["location"].to_numpy()[group], r["scale"].to_numpy()[group], r["uncertainty"].to_numpy()[group]
+
+    t = {}
+    t["algorithm_a"], (x_pt, s_star, u_pt) = _best(assigned, 3)
+    t["z"], z = _best(lambda: scores.z(x, x_pt, s_star), 3)
+    t["zeta"], zeta = _best(lambda: scores.zeta(x, x_pt, u_x, u_pt), 3)
+    t["en"], en = _best(lambda: scores.en(x, x_pt, 2.0 * u_x, 2.0 * u_pt), 3)
+    return t, {"x_pt": x_pt, "s": s_star, "z": z, "zeta": zeta, "en": en}
+
+
+def _pt13528(group: np.ndarray, x: np.ndarray, u_x: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    bounds = np.flatnonzero(np.diff(group)) + 1
+    per_group = [part.tolist() for part in np.split(x, bounds)]
+    sizes = np.diff(np.concatenate(([0], bounds, [x.size])))
+    t = {}
+    t0 = time.perf_counter()
+    fits = [pt_robust.algorithm_a(values, tol=TOL, max_iter=MAX_ITER) for values in per_group]
+    t["algorithm_a"] = time.perf_counter() - t0
+    loc = np.repeat([f.location for f in fits], sizes)
+    s = np.repeat([f.scale for f in fits], sizes)
+    u_pt = 1.25 * s / np.sqrt(np.repeat(sizes, sizes))
+    xs, locs, ss, ux, upt = x.tolist(), loc.tolist(), s.tolist(), u_x.tolist(), u_pt.tolist()
+    rows = list(zip(xs, locs, ss, ux, upt, strict=True))
+    t0 = time.perf_counter()
+    z = [pt_scores.z_score(a, b, c) for a, b, c, _, _ in rows]
+    t["z"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    zeta = [pt_scores.zeta_score(a, b, d, e) for a, b, _, d, e in rows]
+    t["zeta"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    en = [pt_scores.en_score(a, b, 2.0 * d, 2.0 * e) for a, b, _, d, e in rows]
+    t["en"] = time.perf_counter() - t0
+    return t, {"x_pt": loc, "s": s, "z": np.array(z), "zeta": np.array(zeta), "en": np.array(en)}
+
+
+def disagreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, float]:
+    """The largest difference of each quantity: x* and s* in units of s*, the scores as they are."""
+    s = ours["s"]
+    return {
+        "x_pt": float(np.max(np.abs(ours["x_pt"] - theirs["x_pt"]) / s)),
+        "s": float(np.max(np.abs(ours["s"] - theirs["s"]) / s)),
+        **{k: float(np.max(np.abs(ours[k] - theirs[k]))) for k in ("z", "zeta", "en")},
+    }
+
+
+def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measurement:
+    if pt_robust is None:
+        raise RuntimeError("the peer target compares against pt13528: install the bench extra "
+                           "(pip install -e '.[bench]')")
+    group, x, u_x = make_groups(n, seed)
+    ours_t, ours = _labeval(group, x, u_x)
+    theirs_t, theirs = _pt13528(group, x, u_x)
+    off = disagreement(ours, theirs)
+    bad = {k: v for k, v in off.items() if not v <= AGREE}
+    assert not bad, f"labeval and pt13528 disagree beyond {AGREE}: {bad}"
+    details: dict[str, float | int | str] = {
+        "groups": int(group[-1]) + 1,
+        "timing": "labeval best of 3, pt13528 one run",
+        "pt13528_version": _pt_version(),
+    }
+    for k in SCORES:
+        details[f"{k}_seconds"] = ours_t[k]
+        details[f"{k}_pt13528_seconds"] = theirs_t[k]
+        details[f"{k}_speedup"] = theirs_t[k] / ours_t[k]
+    details["min_speedup"] = min(details[f"{k}_speedup"] for k in SCORES)
+    details.update({f"max_diff_{k}": v for k, v in off.items()})
+    return Measurement(seconds=sum(ours_t.values()), floor_seconds=sum(theirs_t.values()), details=details)
+
+
+def _pt_version() -> str:
+    return version("pt13528")
+
+
+def passed(m: Measurement) -> bool:
+    return float(m.details.get("min_speedup", 0.0)) >= 100.0
