@@ -28,7 +28,7 @@ from labeval.db.pool import connect
 from labeval.grading.draws import ALGORITHM, Candidate, NotEnoughLabs, draw_labs
 from labeval.grading.selection import Draw, draw_frame, excluded_candidates
 
-from web_client import make_user, sign_in, submit
+from web_client import csrf_token, make_user, sign_in, submit
 
 HTML = {"Accept": "text/html"}
 BOM = b"\xef\xbb\xbf"
@@ -178,7 +178,7 @@ async def test_the_csv_download_parses_back_to_the_stored_draw(draw_site: AsyncT
     assert (await draw_site.get("/draws/12.xlsx", headers=HTML)).status_code == 404
 
 
-async def test_a_viewer_reads_draws_but_may_not_draw(draw_site: AsyncTestClient, db_url: str) -> None:
+async def test_a_viewer_reads_draws_but_may_not_draw_nor_see_plans(draw_site: AsyncTestClient, db_url: str) -> None:
     await sign_in(draw_site, "viewer.one")
     listed = await draw_site.get("/draws", headers=HTML)
     assert listed.status_code == 200 and 'id="draws"' in listed.text and '<form id="draw"' not in listed.text
@@ -189,10 +189,13 @@ async def test_a_viewer_reads_draws_but_may_not_draw(draw_site: AsyncTestClient,
         assert await conn.fetchval("SELECT count(*) FROM draws") == 0
     finally:
         await conn.close()
-    # Plans likewise: read, not made.
+    # Plans name the samples to be retested next: a viewer neither reads nor makes them (as in the
+    # API), and the navigation does not offer them.
     plans = await draw_site.get("/plans", headers=HTML)
-    assert plans.status_code == 200 and 'id="plans"' in plans.text and '<form id="plan"' not in plans.text
-    refused = await submit(draw_site, "/plans", "/plans", {"budget": "5", "from": "2026-01-01", "to": "2026-02-01"})
+    assert plans.status_code == 403 and 'id="plans"' not in plans.text
+    assert 'href="/plans"' not in listed.text
+    refused = await draw_site.post("/plans", data={"budget": "5", "from": "2026-01-01", "to": "2026-02-01",
+                                                   "_csrf_token": csrf_token(listed.text)}, headers=HTML)
     assert refused.status_code == 403
 
 

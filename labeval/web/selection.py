@@ -230,7 +230,9 @@ def sample_reason(t: Translator, text: str) -> str:
 class PlanPages(Controller):
     path = "/plans"
     include_in_schema = False
-    opt = {"session_roles": VIEW}
+    # A plan names the samples to be retested next: only those who run the oversight see it
+    # (as in the API), so that no lab learns in advance which of its samples will be checked.
+    opt = {"session_roles": OFFICER}
 
     async def _list(self, request: Request, conn: asyncpg.Connection, *, status_code: int = 200,
                     form: dict[str, Any] | None = None, error: str | None = None) -> Template:
