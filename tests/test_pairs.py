@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -1057,3 +1058,33 @@ def test_optional_columns_may_be_left_out():
     r = score_pairs(frame.lazy()).collect().row(0, named=True)
     assert r["d"] == pytest.approx(-0.3) and r["cd"] == pytest.approx(0.56)
     assert r["outcome"] == "consistent" and r["arbiter_sides_with"] is None and r["en"] is None
+
+
+# ---------------------------------------------------------------- frozen reference
+
+_FROZEN = Path(__file__).parent / "data" / "pair_scores_reference.parquet"
+
+
+def test_scores_equal_a_frozen_reference_to_the_last_bit():
+    # The file holds 2 500 pairs of generate_pairs(2500, seed=20261206) knocked about by
+    # _perturb(seed=13) (every outcome, every arbiter value, every flag value, the four
+    # precision models and a bogus one), the input columns together with the scores
+    # score_pairs gave them under the default policy at commit ad4a7a3. Input and output are
+    # both stored, so a change to the generator does not move the reference. Exact equality on
+    # purpose: a speed-up of score_pairs must not move any value, not even in the last bit
+    # (test_agrees_with_scalar_reference_on_100k_pairs checks the formulas to 1e-9).
+    frozen = pl.read_parquet(_FROZEN)
+    inputs = frozen.select(list(PAIR_INPUT_SCHEMA))
+    assert inputs.schema == pl.Schema(PAIR_INPUT_SCHEMA)
+    assert frozen.height == 2500
+    assert set(frozen["outcome"].drop_nulls()) == set(OUTCOMES)
+    out = score_pairs(inputs.lazy(), Policy()).collect()
+    assert out.columns == frozen.columns
+    for col in PAIR_SCORE_SCHEMA:
+        got, want = out[col], frozen[col]
+        assert got.dtype == want.dtype, col
+        same = (got == want) | (got.is_null() & want.is_null())
+        if got.dtype == pl.Float64:
+            same = same | (got.is_nan() & want.is_nan())
+        assert same.all(), (col, out.filter(~same).select("pair_id", col).head(5).rows(),
+                            frozen.filter(~same).select(col).head(5).to_series().to_list())
