@@ -76,6 +76,8 @@ REASON_DTYPE = pl.Struct(
     }
 )
 
+_REASON_FIELDS = tuple(Reason.__struct_fields__)
+
 PREVIOUS_GRADES_SCHEMA: dict[str, pl.DataType] = {
     "lab_code": pl.String(),
     "class": pl.String(),
@@ -260,6 +262,8 @@ def grade(
     phash = policy_hash(policy)
 
     out: dict[str, list[Any]] = {k: [] for k in GRADE_SCHEMA}
+    flat: dict[str, list[Any]] = {f: [] for f in _REASON_FIELDS}
+    reason_lab: list[int] = []
     for lab in labs:
         ev = ev_rows.get(lab, {})
         ind = ind_rows.get(lab, {})
@@ -433,10 +437,24 @@ def grade(
             ("eligible", weight > 0),
             ("policy_version", policy.version),
             ("policy_hash", phash),
-            ("reasons", msgspec.to_builtins(reasons)),
         ):
             out[key].append(val)
-    return pl.DataFrame(out, schema=GRADE_SCHEMA)
+        reason_lab.extend([len(out["lab_code"]) - 1] * len(reasons))
+        for r in reasons:
+            for field in _REASON_FIELDS:
+                flat[field].append(getattr(r, field))
+    # The reasons go in as flat columns grouped back per lab: polars builds a List(Struct)
+    # column from Python dicts one value at a time, which took most of grade()'s time (5 000 labs).
+    reason_schema = {"lab": pl.Int64(), **REASON_DTYPE.to_schema()}
+    reasons_col = (
+        pl.DataFrame({"lab": reason_lab, **flat}, schema=reason_schema)
+        .group_by("lab", maintain_order=True)
+        .agg(reasons=pl.struct(*_REASON_FIELDS))
+        .get_column("reasons")
+    )
+    del out["reasons"]
+    schema = {k: v for k, v in GRADE_SCHEMA.items() if k != "reasons"}
+    return pl.DataFrame(out, schema=schema).with_columns(reasons_col.cast(GRADE_SCHEMA["reasons"]))
 
 
 def carry_forward(grades: pl.DataFrame) -> pl.DataFrame:

@@ -99,12 +99,13 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.Dat
         return pairs.get_column(name).cast(pl.Int8).fill_null(-1).to_numpy()
 
     item = (
-        pairs.get_column("item_code").cast(pl.String).cast(pl.Categorical).to_physical()
+        # Categorical ids (codes that come as Categorical keep theirs: no strings made)
+        pairs.get_column("item_code").cast(pl.Categorical).to_physical()
         .cast(pl.Int64).fill_null(-1).to_numpy()
         if has("item_code") else np.full(n, -1, dtype=np.int64)
     )
     quant = (
-        (pairs.get_column("kind").cast(pl.String) != "qualitative").fill_null(False).to_numpy()
+        (pairs.get_column("kind") != "qualitative").fill_null(False).to_numpy()
         if has("kind") else np.zeros(n, dtype=bool)
     )
     lower, upper, lod, sigma = num("lower_limit"), num("upper_limit"), num("lod"), num("sigma_R_at")

@@ -9,20 +9,26 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from labeval.devtools.national import NationalConfig, build_national
 from scoring.cusum import risk_adjusted_cusum
 from scoring.evidence import (
     CUSUM_PATH_SCHEMA,
+    EVIDENCE_INPUT_COLUMNS,
     EVIDENCE_SCHEMA,
     GROUP_BIAS_SCHEMA,
+    _sign_tests,
     bias_by_group,
     cusum_series,
     lab_evidence,
 )
+from scoring.grading import grade
+from scoring.pairs import score_pairs
 from scoring.policy import EvidencePolicy, Policy
 from scoring.rates import garwood_interval
 
@@ -392,3 +398,42 @@ def test_bias_by_group_with_one_group_is_the_overall_bias():
     for col in ("bias", "bias_se", "bias_tau"):
         np.testing.assert_allclose(joined.get_column(col).to_numpy(), joined.get_column(f"{col}_ev").to_numpy(),
                                    rtol=1e-12)
+
+
+def test_categorical_codes_give_the_same_evidence_as_strings():
+    # A service may hold codes (labs, items, categories, kind, outcome, the arbiter's word) as
+    # Categorical to save memory; the evidence must not depend on it.
+    nat = build_national(NationalConfig(n_pairs=20_000, n_labs=300, n_categories=30, n_items=200, seed=2))
+    pol = Policy()
+    strings = score_pairs(nat.pairs.lazy(), pol).select(EVIDENCE_INPUT_COLUMNS).collect()
+    cats = strings.with_columns(cs.string().cast(pl.Categorical))
+    assert {"lab_1", "item_code", "outcome", "arbiter_sides_with"} <= set(cats.select(cs.categorical()).columns)
+    as_of = nat.config.as_of
+    a = lab_evidence(strings.lazy(), pol, as_of=as_of)
+    b = lab_evidence(cats.lazy(), pol, as_of=as_of)
+    assert a.height > 250
+    assert a.equals(b)
+    assert grade(a, None, None, pol).equals(grade(b, None, None, pol))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_sign_and_wilcoxon_per_lab_match_ranks_by_hand(seed):
+    # Many labs, ties and zeros: each lab's W+ and tie term against scipy's average ranks of its
+    # own nonzero oriented differences (s as side a, -s as side b).
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    a = rng.integers(0, 12, n)
+    b = (a + rng.integers(1, 12, n)) % 12
+    s = rng.integers(-4, 5, n) / 2.0
+    out = _sign_tests(a, b, s).sort("idx")
+    for row in out.iter_rows(named=True):
+        v = np.r_[s[a == row["idx"]], -s[b == row["idx"]]]
+        nz = v[v != 0]
+        ranks = stats.rankdata(np.abs(nz))
+        _, t = np.unique(np.abs(nz), return_counts=True)
+        assert row["sign_n"] == nz.size
+        assert row["sign_positive"] == int((nz > 0).sum())
+        assert row["wilcoxon_statistic"] == pytest.approx(ranks[nz > 0].sum(), abs=1e-12)
+        assert row["tie"] == pytest.approx(((t.astype(float) ** 3 - t).sum()) / 48.0, abs=1e-12)
+        assert row["median_s"] == pytest.approx(float(np.median(v)), abs=1e-12)

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from labeval.devtools import bench_evidence, bench_scoring
-from labeval.devtools.national import PAIR_BLOCK, NationalConfig, build_national
+from labeval.devtools.national import CODE_COLUMNS, PAIR_BLOCK, NationalConfig, build_national
 from scoring.schema import PAIR_INPUT_SCHEMA
 
 N = 30_000
@@ -107,3 +107,13 @@ def test_bench_targets_measure_small_sizes():
         m = target.measure(2_000, seed=1)
         assert m.seconds > 0 and m.floor_seconds > 0
     assert m.details["labs"] > 100
+
+
+def test_categorical_blocks_hold_the_same_codes():
+    cfg = NationalConfig(n_pairs=5_000, n_labs=60, n_categories=10, n_items=40, seed=1)
+    national = build_national(cfg)
+    strings = pl.concat(list(national.pair_blocks()))
+    cats = pl.concat(list(national.pair_blocks(categorical=True)))
+    assert all(cats.schema[c] == pl.Categorical() for c in CODE_COLUMNS)
+    assert cats.get_column("sample_code").dtype == pl.String
+    assert cats.with_columns(pl.col(c).cast(pl.String) for c in CODE_COLUMNS).equals(strings)

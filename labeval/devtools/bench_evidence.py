@@ -3,7 +3,8 @@
 The data are the national generator's (labeval.devtools.national: 5 000 labs, 300 categories,
 3 000 items) with ``n`` pairs, scored block by block with scoring.pairs.score_pairs and kept with
 the columns the evidence reads (scoring.evidence.EVIDENCE_INPUT_COLUMNS), which is what a grading
-run holds when its evidence stage starts. Scoring is timed separately (target ``scoring``) and only
+run holds when its evidence stage starts. Codes (labs, items, categories, kind, outcome, the
+arbiter's word) are Categorical, as a service holding millions of pairs would keep them. Scoring is timed separately (target ``scoring``) and only
 reported here.
 
 Measured (one run, wall clock): ``lab_evidence`` over the whole window (the comparison graph, the
@@ -27,6 +28,7 @@ import sys
 import time
 
 import polars as pl
+import polars.selectors as cs
 
 from labeval.devtools.bench_types import Measurement
 from labeval.devtools.national import NationalConfig, build_national
@@ -55,7 +57,7 @@ def scored_frame(n: int, seed: int, policy: Policy) -> tuple[pl.DataFrame, dict[
     nat = build_national(NationalConfig(n_pairs=n, seed=seed))
     setup = time.perf_counter() - t0
     blocks, generate, score = [], 0.0, 0.0
-    it = nat.pair_blocks()
+    it = nat.pair_blocks(categorical=True)
     while True:
         t0 = time.perf_counter()
         block = next(it, None)
@@ -63,7 +65,14 @@ def scored_frame(n: int, seed: int, policy: Policy) -> tuple[pl.DataFrame, dict[
         if block is None:
             break
         t0 = time.perf_counter()
-        cols = score_pairs(block.lazy(), policy).select(EVIDENCE_INPUT_COLUMNS).collect()
+        # The outcome and the arbiter's word are a handful of strings: as Categorical they take
+        # 4 bytes a pair instead of a 16-byte string view.
+        cols = (
+            score_pairs(block.lazy(), policy)
+            .select(EVIDENCE_INPUT_COLUMNS)
+            .with_columns(cs.string().cast(pl.Categorical))
+            .collect()
+        )
         score += time.perf_counter() - t0
         blocks.append(cols)
         del block
