@@ -15,9 +15,9 @@ from labeval.models import Evidence, GradeRow, LabDetail, LabSummary, ResultRow
 
 # The latest grade of each lab is the one from its newest run (runs are ordered by as_of, then
 # id, so a back-dated re-run does not displace a newer evaluation).
-_LATEST = """
+LATEST_GRADES = """
     SELECT DISTINCT ON (g.lab_code)
-           g.lab_code, g.class, g.score, g.run_id, r.as_of, g.evidence, g.reasons
+           g.lab_code, g.class, g.score, g.pairs, g.run_id, r.as_of, g.evidence, g.reasons
     FROM lab_grades g
     JOIN grading_runs r ON r.run_id = g.run_id
     WHERE r.status = 'succeeded'
@@ -45,7 +45,7 @@ async def list_labs(
     f = where or LabFilter()
     rows = await conn.fetch(
         f"""
-        WITH latest AS ({_LATEST}),
+        WITH latest AS ({LATEST_GRADES}),
         lab AS (
             SELECT l.lab_code, l.name, l.province, l.status,
                    latest.class, latest.score, latest.run_id, latest.as_of,

@@ -9,15 +9,10 @@ from datetime import date, datetime
 import asyncpg
 import msgspec
 
-# The latest grade of each lab (see labeval.db.labs: runs ordered by as_of, then id).
-_LATEST = """
-    SELECT DISTINCT ON (g.lab_code)
-           g.lab_code, g.class, g.score, g.pairs, g.run_id, g.evidence, g.reasons
-    FROM lab_grades g
-    JOIN grading_runs r ON r.run_id = g.run_id
-    WHERE r.status = 'succeeded'
-    ORDER BY g.lab_code, r.as_of DESC, r.run_id DESC
-"""
+from labeval.db.labs import LATEST_GRADES
+
+# The latest grade of each lab (runs ordered by as_of, then id), as the labs' API reads it.
+_LATEST = LATEST_GRADES
 
 # Flags of a grade, from the caps that fired: the statistical tests (FDR), the CUSUM, the
 # data-problem patterns; and a lab the evidence cannot tell apart from its partners (arbitration).
