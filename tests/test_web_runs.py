@@ -107,7 +107,7 @@ async def test_an_officer_starts_a_run_from_the_form_and_lands_on_it(site: Async
                                       "AND actor LIKE 'user:%:officer.one' AND status = 303")
     finally:
         await conn.close()
-    assert (row["as_of"], row["trigger"], row["status"]) == (date(2026, 7, 1), "api", "succeeded")
+    assert (row["as_of"], row["trigger"], row["status"]) == (date(2026, 7, 1), "web", "succeeded")
     assert row["actor"].endswith(":officer.one") and audited == 1
     page = await site.get(f"/runs/{run_id}", headers=HTML)
     assert page.status_code == 200 and 'data-status="succeeded"' in page.text

@@ -119,8 +119,8 @@ class RunPagesController(Controller):
         # on its own, which cannot nest inside the request's transaction.
         async with state.pool.acquire() as run_conn:
             try:
-                with metrics.grading_run("api", refused=RunInProgress):
-                    run = await run_grading(run_conn, state.policy, as_of=as_of, trigger="api",
+                with metrics.grading_run("web", refused=RunInProgress):
+                    run = await run_grading(run_conn, state.policy, as_of=as_of, trigger="web",
                                             actor=request.user.actor)
             except RunInProgress as exc:
                 return await self._list(request, conn, after=None, status_code=HTTP_409_CONFLICT,
