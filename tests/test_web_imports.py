@@ -166,6 +166,8 @@ async def test_the_pages_in_chinese_and_an_unknown_import(site: AsyncTestClient)
     assert '<html lang="zh-CN">' in detail.text
     for text in ("被拒收的行", "已接受", "下载全部被拒收的行（CSV）", "产品类别"):
         assert text in detail.text
+    # The reject's reason too, the column kept (stored as "name: required, empty").
+    assert "<td>name：必填，但为空</td>" in detail.text
     log = await site.get("/imports", headers=zh)
     assert "上传并导入" in log.text and "检验结果 (results)" in log.text
     missing = await site.get("/imports/999999", headers=HTML)

@@ -20,6 +20,7 @@ from labeval.api.imports import CSV_MEDIA_TYPE, ingest_upload
 from labeval.db.imports import first_rejects, get_import, list_imports, rejects_csv
 from labeval.ingest import KINDS, UnreadableFile
 from labeval.web.i18n import Translator
+from labeval.web.rejects import reject_reason
 from labeval.web.session import IMPORT, VIEW
 from labeval.web.templating import page, request_translator
 
@@ -111,6 +112,7 @@ class ImportPagesController(Controller):
         record = await get_import(conn, import_id)  # NotFound: the 404 page
         rejects = await first_rejects(conn, import_id, REJECTS_SHOWN)
         return page(request, "import.html", record=record, rejects=rejects, shown_limit=REJECTS_SHOWN,
+                    reject_reason=reject_reason,
                     kind_labels=kind_labels(t), status_labels=status_labels(t), source_labels=source_labels(t))
 
     @get("/{import_id:int}/rejects.csv", opt={"session_roles": VIEW})
