@@ -21,7 +21,7 @@ from labeval.db.imports import first_rejects, get_import, list_imports, rejects_
 from labeval.ingest import KINDS, UnreadableFile
 from labeval.web.i18n import Translator
 from labeval.web.rejects import reject_reason
-from labeval.web.session import IMPORT, VIEW
+from labeval.web.session import IMPORT, VIEW, may
 from labeval.web.templating import page, request_translator
 
 PAGE_SIZE = 50
@@ -53,12 +53,6 @@ def source_labels(t: Translator) -> dict[str, str]:
     return {"cli": t("command line"), "api": t("API"), "web": t("web page"), "demo": t("demo data")}
 
 
-def may_import(request: Request) -> bool:
-    user = request.scope.get("user")
-    role = getattr(user, "role", None)
-    return role == "admin" or role in IMPORT
-
-
 class ImportPagesController(Controller):
     path = "/imports"
     include_in_schema = False
@@ -80,7 +74,7 @@ class ImportPagesController(Controller):
         return page(
             request, "imports.html", status_code=status_code, imports=rows, after=after,
             next_after=rows[-1].import_id if more else None, kinds=KINDS, kind_labels=kind_labels(t),
-            status_labels=status_labels(t), source_labels=source_labels(t), may_import=may_import(request),
+            status_labels=status_labels(t), source_labels=source_labels(t), may_import=may(request, IMPORT),
             error=error, chosen_kind=kind,
         )
 

@@ -28,7 +28,7 @@ from labeval.grading.pair_view import pair_views
 from labeval.grading.sample_view import sample_view
 from labeval.web.lab_figures import lab_figures, outcome_labels
 from labeval.web.reasons import reason_text
-from labeval.web.session import OFFICER, VIEW
+from labeval.web.session import OFFICER, VIEW, may
 from labeval.web.templating import page, request_translator
 from scoring.classes import CLASSES, DISPLAY
 from scoring.policy import Policy
@@ -90,12 +90,6 @@ async def _lab_context(request: Request, conn: asyncpg.Connection, code: str,
     }
 
 
-def _may_override(request: Request) -> bool:
-    user = request.scope.get("user")
-    role = getattr(user, "role", None)
-    return role == "admin" or role in OFFICER
-
-
 class LabPageController(Controller):
     path = "/labs"
     include_in_schema = False
@@ -104,7 +98,7 @@ class LabPageController(Controller):
     @get("/{code:str}")
     async def lab(self, request: Request, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> Template:
         context = await _lab_context(request, conn, code)
-        return page(request, "lab.html", **context, may_override=_may_override(request), form=OverrideForm(),
+        return page(request, "lab.html", **context, may_override=may(request, OFFICER), form=OverrideForm(),
                     errors={}, saved=request.query_params.get("saved") == "1", today=today_utc())
 
     @post("/{code:str}/override", opt={"session_roles": OFFICER}, status_code=303)

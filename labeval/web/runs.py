@@ -32,7 +32,7 @@ from labeval.render import main_reasons
 from labeval.web.i18n import Translator
 from labeval.web.reasons import reason_text, rule_title
 from labeval.web.run_export import FORMATS, grade_lines, grades_frame
-from labeval.web.session import START_RUN, VIEW
+from labeval.web.session import START_RUN, VIEW, may
 from labeval.web.templating import page, request_translator
 from scoring.classes import CLASSES, DISPLAY
 from scoring.grading import Reason
@@ -51,11 +51,6 @@ class StartRunForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 class VerifyForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     # A ticked checkbox sends "on": recompute on today's data instead of the data as the run read it.
     current: Annotated[str, msgspec.Meta(max_length=10)] = ""
-
-
-def may_start(request: Request) -> bool:
-    role = getattr(request.user, "role", None)
-    return role == "admin" or role in START_RUN
 
 
 def in_progress_text(t: Translator, exc: RunInProgress) -> str:
@@ -96,7 +91,7 @@ class RunPagesController(Controller):
         rows = await list_runs(conn, limit=RUNS_PAGE + 1, before=after)
         items, nxt = cut(rows, RUNS_PAGE, lambda r: r.run_id)
         return page(request, "runs.html", status_code=status_code, runs=items, next_after=nxt, after=after,
-                    may_start=may_start(request), problem=problem, as_of=as_of, display=DISPLAY)
+                    may_start=may(request, START_RUN), problem=problem, as_of=as_of, display=DISPLAY)
 
     @get("/")
     async def history(self, request: Request, conn: NamedDependency[asyncpg.Connection], after: After = None

@@ -40,13 +40,11 @@ from labeval.grading.selection import (
     verify_draw,
 )
 from labeval.web.i18n import Translator
-from labeval.web.session import OFFICER, VIEW
+from labeval.web.session import OFFICER, VIEW, may
 from labeval.web.templating import page, request_translator
 from scoring.classes import DISPLAY
 
 PAGE_SIZE = 50
-# The API's write roles of draws and retest plans (admin opens every page anyway).
-WRITERS = {"officer", "admin"}
 # "17" or "17.csv": one path segment, because litestar routes a whole segment to a parameter.
 _REF = re.compile(r"(\d{1,18})(\.csv)?")
 # Lab codes in a text field: separated by commas (also the Chinese ones), semicolons or spaces.
@@ -76,11 +74,6 @@ def _field_error(t: Translator, exc: msgspec.ValidationError, messages: dict[str
     """The form field a validation error is about, said in the reader's language."""
     m = _AT.search(str(exc))
     return messages.get(m.group(1) if m else "", t("The form could not be read; check every field."))
-
-
-def _may_write(request: Request) -> bool:
-    user = request.scope.get("user")
-    return getattr(user, "role", None) in WRITERS
 
 
 def _draw_messages(t: Translator) -> dict[str, str]:
@@ -123,7 +116,7 @@ class DrawPages(Controller):
         items, older = cut(rows, PAGE_SIZE, lambda d: d.id)
         return page(
             request, "draws.html", status_code=status_code, draws=items, older=older, newest=before is not None,
-            may_draw=_may_write(request), categories=await overview.categories(conn),
+            may_draw=may(request, OFFICER), categories=await overview.categories(conn),
             provinces=await overview.provinces(conn), display=DISPLAY, error=error,
             form=form or {"product_category": "", "count": "1", "exclude_labs": "", "exclude_provinces": [],
                           "seed": ""},
@@ -243,7 +236,7 @@ class PlanPages(Controller):
         defaults = {f.name: f.default for f in msgspec.structs.fields(PlanRequest)}
         return page(
             request, "plans.html", status_code=status_code, plans=items, older=older, newest=before is not None,
-            may_plan=_may_write(request), categories=await overview.categories(conn), error=error,
+            may_plan=may(request, OFFICER), categories=await overview.categories(conn), error=error,
             form=form or {"budget": "", "from": "", "to": "", "categories": [], "top": str(defaults["top_categories"]),
                           "seed": "", "bad_rate_ratio": f"{defaults['bad_rate_ratio']:g}",
                           "power": f"{defaults['power']:g}"},

@@ -68,6 +68,16 @@ def clear_session_cookie(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, path="/")
 
 
+def allowed(role: str | None, roles: tuple[str, ...]) -> bool:
+    """The one rule of who may: a listed role, or admin (who may everything)."""
+    return role == "admin" or role in roles
+
+
+def may(request: ASGIConnection, roles: tuple[str, ...]) -> bool:
+    """Whether the signed-in person may do what `roles` guard (e.g. to show a form or not)."""
+    return allowed(getattr(request.scope.get("user"), "role", None), roles)
+
+
 def _safe_next(path: str, query: str) -> str:
     return path + (f"?{query}" if query else "")
 
@@ -87,5 +97,5 @@ async def signed_in(connection: ASGIConnection, handler: BaseRouteHandler) -> No
     if user is None:
         raise SignInRequired(_safe_next(connection.url.path, connection.url.query))
     connection.scope["user"] = user
-    if user.role != "admin" and user.role not in roles:
+    if not allowed(user.role, roles):
         raise PageForbidden(user.role)
