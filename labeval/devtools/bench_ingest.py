@@ -5,7 +5,8 @@ Two ways in:
 * ``measure(n, seed=…, database_url=…)``, the `labeval bench ingest` target: a national data set
   (labeval.devtools.national) of n result rows, its reference tables loaded first, then the
   results file timed through the full intake (validation, cross-row rules, versioning, the
-  import log, commit) in a fresh database made on the given server and dropped at the end. The
+  import log, commit) in the database given, which the bench framework makes fresh and migrated for
+  the target and drops afterwards (never labeval's own database). The
   floor is a bare COPY of the same file into a table of text columns with no constraint, index
   or trigger (median of three, same process, same database).
 * ``run(conn_or_url, rows)``, the small synthetic form (pairs of 20 items by 40 labs): everything
@@ -18,18 +19,14 @@ import asyncio
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
 import polars as pl
 
 from labeval.db.bench import FLOOR_TABLE, copy_into_floor, create_floor_table
-from labeval.db.migrate import migrate
 from labeval.db.pool import connect
-from labeval.db.server import with_database
 from labeval.devtools.bench_types import Measurement
 from labeval.devtools.national import NationalConfig, build_national
 from labeval.ingest.pipeline import ingest_frame, ingest_path
@@ -179,33 +176,6 @@ def national_results(n: int, seed: int) -> tuple[dict[str, pl.DataFrame], pl.Dat
     return tables, results
 
 
-async def scratch_database(database_url: str, label: str) -> str:
-    """A new, migrated database on the server of database_url; returns its URL."""
-    name = f"labeval_{label}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(database_url, name)
-    conn = await connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
-
-
-async def drop_database(database_url: str, url: str) -> None:
-    """Drop the database of `url` (made by scratch_database) from the server of database_url."""
-    name = urlsplit(url).path.lstrip("/")
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def load_reference(conn: asyncpg.Connection, tables: dict[str, pl.DataFrame]) -> None:
     for kind in REFERENCE_KINDS:
         report = await ingest_frame(conn, kind, tables[kind], file_name=f"national-{kind}", source="bench")
@@ -230,26 +200,23 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
     t = time.perf_counter()
     tables, results = national_results(n, seed)
     generate_s = time.perf_counter() - t
-    url = await scratch_database(database_url, "bench_ingest")
+    # The framework's scratch database, fresh and migrated, dropped after the target.
+    conn = await connect(database_url)
     try:
-        conn = await connect(url)
-        try:
+        t = time.perf_counter()
+        await load_reference(conn, tables)
+        reference_s = time.perf_counter() - t
+        with tempfile.TemporaryDirectory(prefix="labeval-bench-") as d:
+            path = Path(d) / "results.csv"
+            results.write_csv(path)
+            size = path.stat().st_size
+            rooms: dict[str, float] = {}
             t = time.perf_counter()
-            await load_reference(conn, tables)
-            reference_s = time.perf_counter() - t
-            with tempfile.TemporaryDirectory(prefix="labeval-bench-") as d:
-                path = Path(d) / "results.csv"
-                results.write_csv(path)
-                size = path.stat().st_size
-                rooms: dict[str, float] = {}
-                t = time.perf_counter()
-                report = await ingest_path(conn, "results", path, source="bench", timings=rooms)
-                ingest_s = time.perf_counter() - t
-                floor_s = await _floor(conn, path, tuple(results.columns))
-        finally:
-            await conn.close()
+            report = await ingest_path(conn, "results", path, source="bench", timings=rooms)
+            ingest_s = time.perf_counter() - t
+            floor_s = await _floor(conn, path, tuple(results.columns))
     finally:
-        await drop_database(database_url, url)
+        await conn.close()
     return Measurement(
         seconds=ingest_s,
         floor_seconds=floor_s,
@@ -272,5 +239,5 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
 def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measurement:
     """n result rows of the national set through the full intake, against a bare COPY of them."""
     if database_url is None:
-        raise ValueError("the ingest benchmark needs a PostgreSQL server (database_url)")
+        raise ValueError("the ingest benchmark needs a fresh, migrated database (database_url)")
     return asyncio.run(_measure(n, seed, database_url))

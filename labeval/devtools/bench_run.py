@@ -1,7 +1,8 @@
 """A full grading run from PostgreSQL against its floor (the `labeval bench run` target).
 
 measure(n) loads a national data set of n pairs (labeval.devtools.national) through intake into
-a fresh database made on the given server (dropped at the end), then times run_grading: the run
+the database given (the bench framework makes it fresh and migrated for the target and drops it
+afterwards), then times run_grading: the run
 lock and its 'running' row, reading every input in one snapshot (the pairs by COPY), scoring,
 evidence and grades, storing grades and change events, and the commit.
 
@@ -24,7 +25,7 @@ import polars as pl
 
 from labeval.db import grading as q
 from labeval.db.pool import connect
-from labeval.devtools.bench_ingest import drop_database, load_reference, scratch_database
+from labeval.devtools.bench_ingest import load_reference
 from labeval.devtools.bench_types import Measurement
 from labeval.devtools.national import NationalConfig, build_national
 from labeval.grading.run import pairs_frame, run_grading
@@ -57,35 +58,32 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
     generate_s = time.perf_counter() - t
     as_of = data.config.as_of
     policy = load_policy()
-    url = await scratch_database(database_url, "bench_run")
+    # The framework's scratch database, fresh and migrated, dropped after the target.
+    conn = await connect(database_url)
     try:
-        conn = await connect(url)
-        try:
-            t = time.perf_counter()
-            await load_reference(conn, tables)
-            report = await ingest_frame(conn, "results", results, file_name="national-results", source="bench")
-            load_s = time.perf_counter() - t
-            # Warm-up: a run of the previous period (also gives the timed run previous grades).
-            await run_grading(conn, policy, as_of=as_of - timedelta(days=1), trigger="test")
-            t = time.perf_counter()
-            run = await run_grading(conn, policy, as_of=as_of, trigger="test")
-            run_s = time.perf_counter() - t
+        t = time.perf_counter()
+        await load_reference(conn, tables)
+        report = await ingest_frame(conn, "results", results, file_name="national-results", source="bench")
+        load_s = time.perf_counter() - t
+        # Warm-up: a run of the previous period (also gives the timed run previous grades).
+        await run_grading(conn, policy, as_of=as_of - timedelta(days=1), trigger="test")
+        t = time.perf_counter()
+        run = await run_grading(conn, policy, as_of=as_of, trigger="test")
+        run_s = time.perf_counter() - t
 
-            copy_times, evidence_times = [], []
-            for _ in range(REPEATS):
-                buf = io.BytesIO()
-                t = time.perf_counter()
-                await conn.copy_from_query(q.PAIRS_QUERY, as_of, output=buf, format="csv", header=True)
-                copy_times.append(time.perf_counter() - t)
-            pairs = pairs_frame(buf.getvalue())
-            for _ in range(REPEATS):
-                t = time.perf_counter()
-                evidence = lab_evidence(score_pairs(pairs.lazy(), policy), policy, as_of=as_of)
-                evidence_times.append(time.perf_counter() - t)
-        finally:
-            await conn.close()
+        copy_times, evidence_times = [], []
+        for _ in range(REPEATS):
+            buf = io.BytesIO()
+            t = time.perf_counter()
+            await conn.copy_from_query(q.PAIRS_QUERY, as_of, output=buf, format="csv", header=True)
+            copy_times.append(time.perf_counter() - t)
+        pairs = pairs_frame(buf.getvalue())
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            evidence = lab_evidence(score_pairs(pairs.lazy(), policy), policy, as_of=as_of)
+            evidence_times.append(time.perf_counter() - t)
     finally:
-        await drop_database(database_url, url)
+        await conn.close()
     copy_s, evidence_s = statistics.median(copy_times), statistics.median(evidence_times)
     details: dict[str, float | int | str] = {
         "pairs": run.n_pairs,
@@ -108,5 +106,5 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
 def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measurement:
     """A grading run over n national pairs read from PostgreSQL, against COPY-out + evidence."""
     if database_url is None:
-        raise ValueError("the run benchmark needs a PostgreSQL server (database_url)")
+        raise ValueError("the run benchmark needs a fresh, migrated database (database_url)")
     return asyncio.run(_measure(n, seed, database_url))
