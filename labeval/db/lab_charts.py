@@ -47,3 +47,14 @@ async def run_evidence(conn: asyncpg.Connection, run_id: int) -> list[RunEvidenc
     if not rows and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM grading_runs WHERE run_id = $1)", run_id):
         raise NotFound("grading run", run_id)
     return [RunEvidence(lab_code=r["lab_code"], evidence=msgspec.convert(r["evidence"], Evidence)) for r in rows]
+
+
+async def pairs_version(conn: asyncpg.Connection) -> tuple[str, int | None, int | None]:
+    """What changes whenever the pairs can: the database, the newest result (a correction is a
+    new row too) and the newest import (items and samples arrive through intake). Two index
+    lookups, where reading the pairs themselves to compare them costs a full COPY."""
+    row = await conn.fetchrow(
+        "SELECT current_database() AS db, (SELECT max(result_id) FROM results) AS result_id, "
+        "(SELECT max(import_id) FROM imports) AS import_id"
+    )
+    return row["db"], row["result_id"], row["import_id"]

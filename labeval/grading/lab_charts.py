@@ -13,7 +13,6 @@ stored h and the stored end points say what the run saw.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
@@ -180,9 +179,10 @@ class _RunSeries:
 
 
 # The recomputation costs about what the run's own evidence did (all labs are fitted together),
-# so it is kept for the last few (run, pairs digest) keys: the next lab page of the same run
-# only filters. A change in the pairs changes the digest, so nothing stale is served.
-_CACHE: OrderedDict[tuple[int, str], _RunSeries] = OrderedDict()
+# so it is kept for the last few (run, pairs version) keys: the next lab page of the same run
+# only filters. New results or a new import change the version (q.pairs_version), so nothing
+# stale is served, and an unchanged version costs two index lookups instead of reading the pairs.
+_CACHE: OrderedDict[tuple[int, tuple[str, int | None, int | None]], _RunSeries] = OrderedDict()
 _CACHE_SIZE = 4
 
 
@@ -200,10 +200,10 @@ def _compute(pairs: pl.DataFrame, policy: Policy, as_of: date) -> _RunSeries:
 
 
 async def _run_series(conn: asyncpg.Connection, run_id: int, policy: Policy, as_of: date) -> _RunSeries:
-    csv = await gq.pairs_csv(conn, as_of)
-    key = (run_id, hashlib.sha256(csv).hexdigest())
+    key = (run_id, await q.pairs_version(conn))
     found = _CACHE.get(key)
     if found is None:
+        csv = await gq.pairs_csv(conn, as_of)
         found = await asyncio.to_thread(_compute, pairs_frame(csv), policy, as_of)
         _CACHE[key] = found
         while len(_CACHE) > _CACHE_SIZE:
