@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -19,9 +20,14 @@ MAX_LENGTH = 1024
 
 # argon2-cffi's defaults follow RFC 9106's second recommended option (t=3, m=64 MiB, p=4).
 _HASHER = PasswordHasher()
-# Verified when the username is unknown, so that an unknown name and a wrong password take the
-# same time (the answer does not tell which names exist).
-_DUMMY = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+@cache
+def _dummy() -> str:
+    """Verified when the username is unknown, so that an unknown name and a wrong password take
+    the same time (the answer does not tell which names exist). Made at the first sign-in, not at
+    import: every command imports this module, and a hash costs what a sign-in costs."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class WeakPassword(ValueError):
@@ -47,7 +53,7 @@ def verify(stored: str | None, password: str) -> bool:
     """True when `password` matches `stored`; with stored None (no such user) a dummy hash is
     checked and False returned, in the same time."""
     try:
-        return _HASHER.verify(stored if stored is not None else _DUMMY, password) and stored is not None
+        return _HASHER.verify(stored if stored is not None else _dummy(), password) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -71,12 +72,14 @@ class SignInController(Controller):
             return page(request, "signin.html", status_code=429, headers={"Retry-After": str(wait)},
                         next=nxt, username=data.username, error="too_many", retry_minutes=math.ceil(wait / 60))
         found = await users.credentials(conn, data.username) if data.username else None
-        ok = verify(found.password_hash if found else None, data.password)
+        # argon2 is deliberately slow and memory-hard: off the event loop, so one sign-in does not
+        # hold up every other request of this process.
+        ok = await asyncio.to_thread(verify, found.password_hash if found else None, data.password)
         await users.record_attempt(conn, data.username, client, ok, window)
         if not ok or found is None:
             return page(request, "signin.html", status_code=401, next=nxt, username=data.username, error="wrong")
         if needs_rehash(found.password_hash):
-            await users.set_password(conn, found.user.id, hash_password(data.password))
+            await users.set_password(conn, found.user.id, await asyncio.to_thread(hash_password, data.password))
         token = new_session_token()
         await users.open_session(conn, found.user.id, token_digest(token), idle=idle_timeout(settings),
                                  absolute=absolute_timeout(settings))
