@@ -11,9 +11,6 @@ import msgspec
 
 from labeval.db.labs import LATEST_GRADES
 
-# The latest grade of each lab (runs ordered by as_of, then id), as the labs' API reads it.
-_LATEST = LATEST_GRADES
-
 # Flags of a grade, from the caps that fired: the statistical tests (FDR), the CUSUM, the
 # data-problem patterns; and a lab the evidence cannot tell apart from its partners (arbitration).
 _FLAGS = """
@@ -84,7 +81,7 @@ async def lab_table(conn: asyncpg.Connection, *, today: date, caps: list[str], w
     direction = "DESC" if descending else "ASC"
     rows = await conn.fetch(
         f"""
-        WITH latest AS ({_LATEST}),
+        WITH latest AS ({LATEST_GRADES}),
         lab AS (
             SELECT l.lab_code, l.name, l.province, latest.class, latest.score,
                    coalesce(latest.pairs, 0) AS pairs,
@@ -163,7 +160,7 @@ async def class_counts(conn: asyncpg.Connection, run_id: int) -> dict[str, int]:
 async def effective_class_counts(conn: asyncpg.Connection, today: date) -> dict[str, int]:
     """Classes that apply today: the latest computed class, or the override in force."""
     rows = await conn.fetch(
-        f"""WITH latest AS ({_LATEST})
+        f"""WITH latest AS ({LATEST_GRADES})
             SELECT coalesce(o.class, latest.class) AS class, count(*) AS n
             FROM latest LEFT JOIN grade_overrides o ON o.lab_code = latest.lab_code AND o.revoked_at IS NULL
                  AND o.expired_at IS NULL AND o.valid_until >= $1
