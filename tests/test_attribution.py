@@ -185,3 +185,30 @@ def test_conjugate_gradients_match_a_direct_solve_on_a_national_graph():
     for x0 in (np.zeros(n), rng.normal(0.0, 5.0, n)):
         cg = _center(_pcg(mat, rhs, x0), graph.component, graph.involved)
         np.testing.assert_allclose(cg, ref, rtol=0.0, atol=1e-8)
+
+
+def test_pseudo_inverse_diagonal_matches_a_dense_pseudo_inverse():
+    # The standard errors' diag(M⁺) taken per component by Cholesky, checked against numpy's
+    # SVD-based pseudo-inverse of the whole Laplacian (an independent method) on a graph with a
+    # large component, pairs, a triangle and labs alone.
+    from scipy import sparse  # noqa: PLC0415 - only this test builds a Laplacian by hand
+
+    from scoring.attribution import _pinv_diagonal  # noqa: PLC0415 - a private helper, tested alone
+
+    rng = np.random.default_rng(11)
+    n = 60
+    big_a = rng.integers(0, 40, 400)
+    big_b = (big_a + rng.integers(1, 39, 400)) % 40
+    a = np.r_[big_a, 40, 42, 44, 45, 44]
+    b = np.r_[big_b, 41, 43, 45, 46, 46]
+    w = rng.uniform(0.2, 3.0, len(a))
+    lap = np.zeros((n, n))
+    np.add.at(lap, (a, a), w)
+    np.add.at(lap, (b, b), w)
+    np.add.at(lap, (a, b), -w)
+    np.add.at(lap, (b, a), -w)
+    g = comparison_graph(a, b, n)
+    got = _pinv_diagonal(sparse.csr_matrix(lap), g.component, np.bincount(g.component))
+    want = np.diag(np.linalg.pinv(lap, hermitian=True))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert np.all(got[47:] == 0.0)  # labs with no comparison
