@@ -14,7 +14,7 @@ from litestar.di import Provide
 from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi import OpenAPIConfig
 
-from labeval.api.audit import AuditController, AuditMiddleware
+from labeval.api.audit import REQUEST_TRANSACTION, AuditController, AuditMiddleware, RequestTransaction
 from labeval.api.auth import (
     PUBLIC,
     SECURITY_COMPONENTS,
@@ -61,9 +61,19 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 async def provide_conn(state: State, request: Request) -> AsyncIterator[asyncpg.Connection]:
     """One connection per request. A request that may change data runs in one transaction (an
-    exception in the handler rolls it back). A GET or HEAD runs its queries without BEGIN and
+    exception in the handler rolls it back); an audited one, in the transaction that also writes
+    its audit row. A GET or HEAD runs its queries without BEGIN and
     COMMIT: two round trips fewer on every read (measured by `labeval bench api`), and at READ
     COMMITTED a transaction would not give its statements one snapshot anyway."""
+    request_tx: RequestTransaction | None = request.scope.get(REQUEST_TRANSACTION)  # type: ignore[assignment]
+    if request_tx is not None:
+        # An audited request: its transaction commits with the audit row when the answer starts
+        # (labeval.api.audit). The handler's work is a savepoint in it, so a failure rolls back the
+        # work and leaves the audit row of the failed request to commit.
+        conn = await request_tx.connection()
+        async with conn.transaction():
+            yield conn
+        return
     pool: asyncpg.Pool = state.pool
     async with pool.acquire() as conn:
         if request.method in _READ_ONLY_METHODS:
