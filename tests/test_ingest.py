@@ -123,6 +123,36 @@ async def test_retest_rules(conn):
     assert tuple(nd) == (None, True, 0.01, "未检出")
 
 
+async def test_the_arbiter_is_a_third_lab_in_either_order(conn):
+    await seed(conn)
+    # An arbitration by L3 stored first; then a retest of the same sample item by L3 (the arbiter
+    # would be the retest lab) is a reject naming its row and column, not a failed import.
+    first = await ingest_frame(conn, "results", [res(), res(role="arbitration", lab_code="L3", value="0.31")],
+                               file_name="a.json", today=TODAY)
+    assert (first.accepted, first.rejected) == (2, 0)
+    later = await ingest_frame(
+        conn, "results",
+        [res(role="retest", lab_code="L3", value="0.32"), res(role="retest", lab_code="L2", value="0.33")],
+        file_name="b.json", today=TODAY,
+    )
+    assert [(x.row, x.column, x.reason) for x in await list_rejects(conn, later.import_id)] == [
+        (1, "lab_code", "lab_code: a retest by the lab that did the arbitration (it must be another lab)")]
+    assert (later.accepted, later.rejected, later.exit_code) == (1, 1, 3)
+    # The other order: the retest by L1 stored first, then an arbitration by L1.
+    await ingest_frame(conn, "results", [res(sample_code="S2", lab_code="L2"),
+                                         res(sample_code="S2", role="retest", lab_code="L1", value="0.32")],
+                       file_name="c.json", today=TODAY)
+    arb = await ingest_frame(conn, "results", [res(sample_code="S2", role="arbitration", lab_code="L1", value="0.3")],
+                             file_name="d.json", today=TODAY)
+    assert [(x.row, x.column, x.reason) for x in await list_rejects(conn, arb.import_id)] == [
+        (1, "lab_code", "lab_code: arbitration by the lab that did the retest (it must be a third lab)")]
+    roles = await conn.fetch("SELECT sample_code, role, lab_code FROM results ORDER BY sample_code, role, lab_code")
+    assert [tuple(x) for x in roles] == [
+        ("S1", "arbitration", "L3"), ("S1", "original", "L1"), ("S1", "retest", "L2"),
+        ("S2", "original", "L2"), ("S2", "retest", "L1"),
+    ]
+
+
 async def test_reimport_noop_and_correction_history(conn, tmp_path: Path):
     await seed(conn)
     f = tmp_path / "r.csv"

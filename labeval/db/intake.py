@@ -171,7 +171,7 @@ _CURRENT = "r.sample_code = s.sample_code AND r.item_code = s.item_code AND r.su
 _IN_FILE = "o.sample_code = s.sample_code AND o.item_code = s.item_code"
 
 # (condition on staged row s, column, reason) applied in this order, each on the rows left by the
-# previous one. Mirrors the trigger results_check_independent_lab in 0001 so that such a row
+# previous one. Mirrors the trigger results_check_independent_lab (0001, 0009, 0012) so that such a row
 # becomes a reject instead of aborting the whole load.
 _RESULT_RULES = (
     (
@@ -195,6 +195,15 @@ _RESULT_RULES = (
             OR EXISTS (SELECT 1 FROM {{stage}} o WHERE {_IN_FILE} AND o.role = 'retest' AND o.lab_code = s.lab_code))""",
         "lab_code",
         "'lab_code: arbitration by the lab that did the retest (it must be a third lab)'",
+    ),
+    (
+        # The other order (migration 0012): a retest by a lab whose arbitration of the sample item
+        # is already stored. An arbitration by the retest lab in the same file was rejected by the
+        # rule above, which keeps the retest, so only the database is looked at here.
+        f"""s.role = 'retest' AND
+            EXISTS (SELECT 1 FROM results r WHERE {_CURRENT} AND r.role = 'arbitration' AND r.lab_code = s.lab_code)""",
+        "lab_code",
+        "'lab_code: a retest by the lab that did the arbitration (it must be another lab)'",
     ),
     (
         f"""s.role IN ('retest', 'arbitration')

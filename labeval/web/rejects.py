@@ -47,6 +47,8 @@ _KINDS: tuple[tuple[str, str], ...] = (
      "an original result by a lab that also retested this sample item"),
     (r"arbitration by the lab that did the retest \(it must be a third lab\)",
      "an arbitration by the lab that did the retest (it must be a third lab)"),
+    (r"a retest by the lab that did the arbitration \(it must be another lab\)",
+     "a retest by the lab that did the arbitration (it must be another lab)"),
     (r"a (?P<role>retest|arbitration) with no original result for this sample and item \(in the database or the file\)",
      "a {role} with no original result for this sample and item (in the database or the file)"),
 )
@@ -74,6 +76,7 @@ def _messages(_: Callable[[str], str]) -> None:
     _("a {role} by the lab that did the original test (it must be another lab)")
     _("an original result by a lab that also retested this sample item")
     _("an arbitration by the lab that did the retest (it must be a third lab)")
+    _("a retest by the lab that did the arbitration (it must be another lab)")
     _("a {role} with no original result for this sample and item (in the database or the file)")
     _("a duplicate row in the file: the same as row {row}")
     _("conflicting rows in the file: the same key ({key}) as row {row} with different values")
