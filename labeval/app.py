@@ -38,6 +38,7 @@ from labeval.config import Settings
 from labeval.db.migrate import migrate
 from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
+from labeval.grading.lab_charts import SeriesCache
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
 from labeval.keys import derived_secret, load_pepper
@@ -108,9 +109,12 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
             pool = await create_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
             app.state.pool = pool
             app.state.database_url = url
+            # The lab charts' series, one cache per application (warmed after each run).
+            app.state.lab_series = SeriesCache(pool)
             try:
                 yield
             finally:
+                await app.state.lab_series.close()
                 await pool.close()
 
     @contextlib.asynccontextmanager

@@ -32,6 +32,7 @@ from litestar.datastructures import State
 from labeval.config import Settings
 from labeval.db import audit, users
 from labeval.db.grading import last_scheduled_start
+from labeval.grading.lab_charts import warm_after_run
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import PeriodAlreadyRun, RunInProgress, run_grading
 from labeval.metrics import Metrics
@@ -111,6 +112,8 @@ async def scheduled_grading(state: State, trigger: CronTrigger | None = None, no
             return
         await audit.append(conn, actor="scheduler", action="grade",
                            target={"run_id": result.run_id, "as_of": result.as_of.isoformat()})
+    # The lab pages' chart series of the new run, before anyone opens one.
+    warm_after_run(state.get("lab_series"), result.run_id, state.policy, result.as_of)
 
 
 @_drained_at_shutdown
