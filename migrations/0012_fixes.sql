@@ -41,3 +41,10 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- A reject line keeps its reason as English text (the CSV of rejects and the API give it as
+-- stored) and now, beside it, the kind of problem as a code with its arguments (the column's
+-- allowed values, the item's unit, the row it duplicates, ...), so that the pages say the reason
+-- in the reader's language by its code instead of by recognising the English words. Lines
+-- written before this migration have no code: they are shown as stored.
+ALTER TABLE import_rejects ADD COLUMN reason_code text, ADD COLUMN reason_args jsonb;
