@@ -14,7 +14,7 @@ from litestar.di import Provide
 from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi import OpenAPIConfig
 
-from labeval.api.audit import AuditController, AuditMiddleware
+from labeval.api.audit import REQUEST_TRANSACTION, AuditController, AuditMiddleware, RequestTransaction
 from labeval.api.auth import (
     PUBLIC,
     SECURITY_COMPONENTS,
@@ -38,6 +38,7 @@ from labeval.config import Settings
 from labeval.db.migrate import migrate
 from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
+from labeval.grading.lab_charts import SeriesCache
 from labeval.grading.overrides import expire_due, today_utc
 from labeval.grading.run import recover_abandoned
 from labeval.keys import derived_secret, load_pepper
@@ -61,9 +62,19 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 async def provide_conn(state: State, request: Request) -> AsyncIterator[asyncpg.Connection]:
     """One connection per request. A request that may change data runs in one transaction (an
-    exception in the handler rolls it back). A GET or HEAD runs its queries without BEGIN and
+    exception in the handler rolls it back); an audited one, in the transaction that also writes
+    its audit row. A GET or HEAD runs its queries without BEGIN and
     COMMIT: two round trips fewer on every read (measured by `labeval bench api`), and at READ
     COMMITTED a transaction would not give its statements one snapshot anyway."""
+    request_tx: RequestTransaction | None = request.scope.get(REQUEST_TRANSACTION)  # type: ignore[assignment]
+    if request_tx is not None:
+        # An audited request: its transaction commits with the audit row when the answer starts
+        # (labeval.api.audit). The handler's work is a savepoint in it, so a failure rolls back the
+        # work and leaves the audit row of the failed request to commit.
+        conn = await request_tx.connection()
+        async with conn.transaction():
+            yield conn
+        return
     pool: asyncpg.Pool = state.pool
     async with pool.acquire() as conn:
         if request.method in _READ_ONLY_METHODS:
@@ -98,9 +109,12 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
             pool = await create_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
             app.state.pool = pool
             app.state.database_url = url
+            # The lab charts' series, one cache per application (warmed after each run).
+            app.state.lab_series = SeriesCache(pool)
             try:
                 yield
             finally:
+                await app.state.lab_series.close()
                 await pool.close()
 
     @contextlib.asynccontextmanager

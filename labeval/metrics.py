@@ -34,7 +34,8 @@ class Metrics:
         )
         self.grading_runs = Counter(
             "labeval_grading_runs", "Grading runs started by this process, by trigger (api, schedule) and outcome "
-            "(succeeded, failed, refused: another run held the run lock).", ["trigger", "outcome"],
+            "(succeeded, failed, refused: another run held the run lock, or the scheduled period's run was "
+            "already made).", ["trigger", "outcome"],
             registry=self.registry,
         )
         self.grading_run_seconds = Histogram(
@@ -60,9 +61,12 @@ class Metrics:
         self.request_seconds.labels(*labels).observe(seconds)
 
     @contextlib.contextmanager
-    def grading_run(self, trigger: str, refused: type[BaseException]) -> Iterator[None]:
-        """Count and time the grading run made inside the block; `refused` is the exception that
-        says another run holds the lock (nothing ran, so no duration)."""
+    def grading_run(
+        self, trigger: str, refused: type[BaseException] | tuple[type[BaseException], ...]
+    ) -> Iterator[None]:
+        """Count and time the grading run made inside the block; `refused` is the exception (or
+        exceptions) that say no run was made: another run holds the lock, or the scheduled
+        period's run was already made (nothing ran, so no duration)."""
         t0 = perf_counter()
         try:
             yield

@@ -6,6 +6,11 @@ after the last scheduled run started (grading_runs, trigger "schedule"), one run
 once, however many were missed. With no scheduled run at all in the database (a new
 installation) nothing is caught up: the first run is the next one due.
 
+Every replica's scheduler fires at the same minute. A scheduled run is made for one period of the
+schedule (its latest fire time at or before the moment the job runs) and records it; under the
+run lock, a job whose period already has its run skips (logged), so N replicas make one run per
+period whether they fire together (the lock refuses the others) or one after another.
+
 At shutdown (stop_scheduler) no new job starts, the job that is running may finish within the
 shutdown timeout, and one still running after it is cancelled: a cancelled grading run marks its
 row failed and gives the run lock back before the pool closes.
@@ -17,7 +22,8 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import ParamSpec
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -26,8 +32,9 @@ from litestar.datastructures import State
 from labeval.config import Settings
 from labeval.db import audit, users
 from labeval.db.grading import last_scheduled_start
+from labeval.grading.lab_charts import warm_after_run
 from labeval.grading.overrides import expire_due, today_utc
-from labeval.grading.run import RunInProgress, run_grading
+from labeval.grading.run import PeriodAlreadyRun, RunInProgress, run_grading
 from labeval.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,38 +46,74 @@ CATCH_UP_JOB_ID = "grading-run-catch-up"
 # State key: the tasks of the jobs running now, which stop_scheduler lets finish.
 _IN_FLIGHT = "scheduler_jobs_in_flight"
 
+P = ParamSpec("P")
+
 # Cancelled jobs get this long to clean up (mark their run failed) before the pool closes.
 _CANCEL_GRACE_S = 5.0
 
 
-def _drained_at_shutdown(job: Callable[[State], Awaitable[None]]) -> Callable[[State], Awaitable[None]]:
+def _drained_at_shutdown(job: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
     @functools.wraps(job)
-    async def run(state: State) -> None:
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        state: State = args[0]  # type: ignore[assignment]
         in_flight: set[asyncio.Task[object]] = state.setdefault(_IN_FLIGHT, set())
         task = asyncio.current_task()
         if task is not None:
             in_flight.add(task)
         try:
-            await job(state)
+            await job(*args, **kwargs)
         finally:
             in_flight.discard(task)  # type: ignore[arg-type]
 
     return run
 
 
+# Far enough back to find the previous fire time of any 5-field cron (at most once in 4 years:
+# 29 February on a given weekday needs up to 28).
+_PERIOD_LOOKBACK_LIMIT = timedelta(days=366 * 29)
+
+
+def scheduled_period(trigger: CronTrigger, now: datetime) -> datetime | None:
+    """The period a firing at `now` belongs to: the schedule's latest fire time at or before now.
+
+    Every replica computes the same fire time from the same cron expression, whatever the small
+    differences between their clocks and however late each one's job starts."""
+    span = timedelta(minutes=1)
+    while span <= _PERIOD_LOOKBACK_LIMIT:
+        fire = trigger.get_next_fire_time(None, now - span)
+        if fire is not None and fire <= now:
+            # Walk forward to the last fire time not after now (a few steps: span < 2 gaps).
+            while (nxt := trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))) is not None and nxt <= now:
+                fire = nxt
+            return fire
+        span *= 2
+    return None
+
+
 @_drained_at_shutdown
-async def scheduled_grading(state: State) -> None:
+async def scheduled_grading(state: State, trigger: CronTrigger | None = None, now: datetime | None = None) -> None:
+    """One scheduled grading run for the period of `trigger` that `now` (default: the clock) is
+    in; skipped (logged) when another run holds the lock or this period's run was already made.
+    Without a trigger (no schedule to say the period) it runs whenever it is called."""
     metrics: Metrics = state.metrics
+    period = scheduled_period(trigger, now or datetime.now(UTC)) if trigger is not None else None
     async with state.pool.acquire() as conn:
         try:
-            with metrics.grading_run("schedule", refused=RunInProgress):
-                result = await run_grading(conn, state.policy, trigger="schedule", actor="scheduler")
+            with metrics.grading_run("schedule", refused=(RunInProgress, PeriodAlreadyRun)):
+                result = await run_grading(conn, state.policy, trigger="schedule", actor="scheduler",
+                                           scheduled_for=period)
         except RunInProgress as exc:
             # Same lock as the CLI and the API: another replica or an officer is running one.
             log.warning("scheduled grading run skipped: %s", exc)
             return
+        except PeriodAlreadyRun as exc:
+            # The normal case behind N replicas: another one ran this period first.
+            log.info("scheduled grading run skipped: %s", exc)
+            return
         await audit.append(conn, actor="scheduler", action="grade",
                            target={"run_id": result.run_id, "as_of": result.as_of.isoformat()})
+    # The lab pages' chart series of the new run, before anyone opens one.
+    warm_after_run(state.get("lab_series"), result.run_id, state.policy, result.as_of)
 
 
 @_drained_at_shutdown
@@ -125,10 +168,11 @@ def build_scheduler(settings: Settings, state: State) -> AsyncIOScheduler:
     # UTC keeps the schedule independent of the host's zone; the cron string says when.
     scheduler = AsyncIOScheduler(timezone="UTC")
     if settings.grading_cron.strip():
+        trigger = cron_trigger(settings.grading_cron)
         scheduler.add_job(
             scheduled_grading,
-            cron_trigger(settings.grading_cron),
-            args=[state],
+            trigger,
+            args=[state, trigger],
             id=GRADING_JOB_ID,
             # One run at a time. coalesce and the grace time only cover fire times missed while this
             # process was running but busy; runs missed while it was down: catch_up_missed_run.
@@ -159,10 +203,12 @@ async def catch_up_missed_run(scheduler: AsyncIOScheduler, settings: Settings, s
     """At start: queue one grading run now if a scheduled run was missed. Returns whether it did."""
     if not settings.grading_cron.strip():
         return False
-    if not await missed_run(state, cron_trigger(settings.grading_cron), now):
+    trigger = cron_trigger(settings.grading_cron)
+    if not await missed_run(state, trigger, now):
         return False
     log.warning("a scheduled grading run was missed while the service was down: running one now")
-    scheduler.add_job(scheduled_grading, args=[state], id=CATCH_UP_JOB_ID, replace_existing=True)
+    # For the latest period missed: replicas starting together make one catch-up run between them.
+    scheduler.add_job(scheduled_grading, args=[state, trigger], id=CATCH_UP_JOB_ID, replace_existing=True)
     return True
 
 

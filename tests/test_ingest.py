@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from labeval.db.imports import list_imports, list_rejects, rejects_csv
 from labeval.db.results import result_history
 from labeval.ingest import UnreadableFile, ingest_frame, ingest_path, render, report_json
+from labeval.ingest import reasons as reason_kinds
 from labeval.ingest.errors import MissingColumn
 
 from intake_data import load_reference, results
@@ -49,6 +51,19 @@ def res(**kw) -> dict:
     return row
 
 
+async def assert_coded(conn, import_id: int) -> set[str]:
+    """Every reject line of the import carries its reason's code and arguments, and the stored
+    text is exactly the code's text with those arguments (migration 0012). Returns the codes."""
+    rows = await conn.fetch(
+        "SELECT column_name, reason, reason_code, reason_args FROM import_rejects WHERE import_id = $1", import_id)
+    assert rows
+    for r in rows:
+        args = r["reason_args"] if isinstance(r["reason_args"], dict) else json.loads(r["reason_args"] or "{}")
+        assert r["reason_code"] in reason_kinds.TEXTS, r["reason"]
+        assert reason_kinds.text(r["column_name"], r["reason_code"], args) == r["reason"]
+    return {r["reason_code"] for r in rows}
+
+
 async def test_reference_counts(conn):
     await seed(conn)
     assert await conn.fetchval("SELECT count(*) FROM lab_scopes") == 3
@@ -77,6 +92,9 @@ async def test_every_row_rejection_reason(conn):
     ]
     r = await ingest_frame(conn, "results", rows, file_name="r.json", today=TODAY)
     reasons = {(x.row, x.column, x.reason) for x in await list_rejects(conn, r.import_id)}
+    assert await assert_coded(conn, r.import_id) >= {
+        "unknown_code", "unit_mismatch", "not_less_than", "not_finite", "unknown_value", "future_date",
+        "qualitative_needs_value", "not_a_value", "not_whole_number", "not_number", "required", "duplicate_row"}
     # JSON arrays number rows from 1.
     expect = {
         (2, "sample_code", "sample_code: unknown sample code"),
@@ -116,11 +134,43 @@ async def test_retest_rules(conn):
     ]
     r = await ingest_frame(conn, "results", rows, file_name="r.json", today=TODAY)
     got = {(x.row, x.column) for x in r.rejects}
+    assert await assert_coded(conn, r.import_id) == {"by_original_lab", "no_original", "arbitration_by_retest_lab"}
     assert got == {(2, "lab_code"), (3, "role"), (5, "lab_code")}
     assert r.accepted == 2
     nd = await conn.fetchrow("SELECT value, censored, censor_limit, raw_value FROM results WHERE role = 'retest'")
     # 未检出 -> censored at the item's LOD 0.01, value kept null, text kept.
     assert tuple(nd) == (None, True, 0.01, "未检出")
+
+
+async def test_the_arbiter_is_a_third_lab_in_either_order(conn):
+    await seed(conn)
+    # An arbitration by L3 stored first; then a retest of the same sample item by L3 (the arbiter
+    # would be the retest lab) is a reject naming its row and column, not a failed import.
+    first = await ingest_frame(conn, "results", [res(), res(role="arbitration", lab_code="L3", value="0.31")],
+                               file_name="a.json", today=TODAY)
+    assert (first.accepted, first.rejected) == (2, 0)
+    later = await ingest_frame(
+        conn, "results",
+        [res(role="retest", lab_code="L3", value="0.32"), res(role="retest", lab_code="L2", value="0.33")],
+        file_name="b.json", today=TODAY,
+    )
+    assert [(x.row, x.column, x.reason) for x in await list_rejects(conn, later.import_id)] == [
+        (1, "lab_code", "lab_code: a retest by the lab that did the arbitration (it must be another lab)")]
+    assert (later.accepted, later.rejected, later.exit_code) == (1, 1, 3)
+    assert await assert_coded(conn, later.import_id) == {"retest_by_arbitration_lab"}
+    # The other order: the retest by L1 stored first, then an arbitration by L1.
+    await ingest_frame(conn, "results", [res(sample_code="S2", lab_code="L2"),
+                                         res(sample_code="S2", role="retest", lab_code="L1", value="0.32")],
+                       file_name="c.json", today=TODAY)
+    arb = await ingest_frame(conn, "results", [res(sample_code="S2", role="arbitration", lab_code="L1", value="0.3")],
+                             file_name="d.json", today=TODAY)
+    assert [(x.row, x.column, x.reason) for x in await list_rejects(conn, arb.import_id)] == [
+        (1, "lab_code", "lab_code: arbitration by the lab that did the retest (it must be a third lab)")]
+    roles = await conn.fetch("SELECT sample_code, role, lab_code FROM results ORDER BY sample_code, role, lab_code")
+    assert [tuple(x) for x in roles] == [
+        ("S1", "arbitration", "L3"), ("S1", "original", "L1"), ("S1", "retest", "L2"),
+        ("S2", "original", "L2"), ("S2", "retest", "L1"),
+    ]
 
 
 async def test_reimport_noop_and_correction_history(conn, tmp_path: Path):

@@ -14,8 +14,9 @@ from test_grading_run import AS_OF, seed, small_policy
 
 from labeval.db import labs as lq
 from labeval.db.errors import NotFound
+from labeval.db.pool import create_pool
 from labeval.devtools.demo import run_demo
-from labeval.grading.lab_charts import lab_charts
+from labeval.grading.lab_charts import SeriesCache, lab_charts
 from labeval.grading.run import run_grading
 from labeval.models import Evidence
 from labeval.web.i18n import translator
@@ -39,7 +40,7 @@ async def test_lab_charts_match_the_run_and_the_pairs(conn) -> None:
     mine = ev[code]
     charts = await lab_charts(conn, code)
     assert charts is not None
-    # A second page of the same run reads the recomputation kept for it: the same numbers.
+    # Computed again for a second page (no cache here): the same numbers.
     assert await lab_charts(conn, code) == charts
     assert (charts.run_id, charts.as_of, charts.window_start) == (run.run_id, TODAY, mine.window_start)
     assert charts.peer_z == Policy().evidence.peer_z
@@ -126,10 +127,15 @@ async def test_unknown_lab_or_run_and_a_lab_never_graded(conn) -> None:
         await lab_charts(conn, "L-NEW", run_id=12345)
 
 
-async def test_a_pair_imported_after_the_run_shows_at_once(conn) -> None:
+async def test_a_pair_imported_after_the_run_shows_at_once(conn, db_url: str) -> None:
+    # Through the application's cache: the new results change the pairs' version, so the series
+    # kept for the run are not served stale.
+    pool = await create_pool(db_url, min_size=1, max_size=2)
+    cache = SeriesCache(pool)
     await seed(conn)
     await run_grading(conn, small_policy(), as_of=AS_OF, trigger="test")
-    before = await lab_charts(conn, "A")
+    before = await lab_charts(conn, "A", cache=cache)
+    assert await lab_charts(conn, "A", cache=cache) == before and len(cache.keys()) == 1
     assert len(before.differences) == 14 and {p.s for p in before.differences} == {0.0}
     # A new pair reported within the run's window: A (original) reads 50, B (retest) 53.
     await conn.execute("INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ('S999', 'TEX', 'A')")
@@ -138,13 +144,16 @@ async def test_a_pair_imported_after_the_run_shows_at_once(conn) -> None:
         "VALUES ('S999', 'Q', $1, $2, $3, 'pass', $4)",
         [("A", "original", 50.0, date(2026, 5, 1)), ("B", "retest", 53.0, date(2026, 5, 20))],
     )
-    after = await lab_charts(conn, "A")
+    after = await lab_charts(conn, "A", cache=cache)
     assert after.run_id == before.run_id
     (new,) = [p for p in after.differences if p.sample_code == "S999"]
     # Hand: σR = 1 (absolute), d = 50 − 53 = −3, s = −3 / √2 = −2.1213; CD = 2.8 √(1 − 0.25 · 0) = 2.8 < 3.
     assert new.s == pytest.approx(-3 / math.sqrt(2))
     assert (new.role, new.partner, new.outcome, new.level) == ("original", "B", "discrepant", 51.5)
     # B sees the same pair from its side.
-    b = await lab_charts(conn, "B")
+    b = await lab_charts(conn, "B", cache=cache)
     (mirror,) = [p for p in b.differences if p.sample_code == "S999"]
     assert mirror.s == pytest.approx(3 / math.sqrt(2)) and mirror.role == "retest"
+    assert len(cache.keys()) == 2
+    await cache.close()
+    await pool.close()

@@ -37,6 +37,38 @@ async def test_retest_by_the_original_lab_is_rejected(conn: asyncpg.Connection) 
     assert await conn.fetchval("SELECT count(*) FROM results") == 3
 
 
+async def test_original_retest_and_arbitration_are_three_labs_in_either_order(conn: asyncpg.Connection) -> None:
+    # The arbiter is a third lab (docs/methods.md §1.4): one lab never holds two roles on a sample item.
+    await conn.execute(SEED)
+    await conn.execute(INSERT, "S2", "A", "original", 10.0)
+    # The arbitration stored first, then a retest by the arbiter (migration 0012).
+    await conn.execute(INSERT, "S2", "C", "arbitration", 10.5)
+    with pytest.raises(asyncpg.CheckViolationError) as err:
+        await conn.execute(INSERT, "S2", "C", "retest", 11.0)
+    assert err.value.constraint_name == "results_retest_by_other_lab"
+    await conn.execute(INSERT, "S2", "B", "retest", 11.0)
+    # The retest stored first, then an arbitration by the retest lab.
+    await conn.execute("INSERT INTO samples (sample_code, category_code) VALUES ('S3', 'TEX')")
+    await conn.execute(INSERT, "S3", "A", "original", 10.0)
+    await conn.execute(INSERT, "S3", "B", "retest", 11.0)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(INSERT, "S3", "B", "arbitration", 10.5)
+    # Both roles in one statement.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            """INSERT INTO results (sample_code, item_code, lab_code, role, value)
+               VALUES ('S1', 'Q', 'A', 'original', 9.0), ('S1', 'Q', 'C', 'arbitration', 9.2),
+                      ('S1', 'Q', 'C', 'retest', 9.5)"""
+        )
+    # A correction of a result keeps its role: a new version is no second role.
+    await conn.execute("UPDATE results SET value = 10.6 WHERE sample_code = 'S2' AND role = 'arbitration'")
+    rows = await conn.fetch("SELECT sample_code, role, lab_code FROM results ORDER BY sample_code, role")
+    assert [tuple(r) for r in rows] == [
+        ("S2", "arbitration", "C"), ("S2", "original", "A"), ("S2", "retest", "B"),
+        ("S3", "original", "A"), ("S3", "retest", "B"),
+    ]
+
+
 async def test_bulk_insert_with_one_offending_row_is_rejected_whole(conn: asyncpg.Connection) -> None:
     await conn.execute(SEED)
     await conn.execute(INSERT, "S2", "A", "original", 10.0)

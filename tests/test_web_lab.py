@@ -3,6 +3,7 @@ PostgreSQL: charts with their points, an override set through the form, CSRF and
 
 from __future__ import annotations
 
+import asyncio
 import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
@@ -15,6 +16,7 @@ from test_web_a11y import problems
 from labeval.app import create_app
 from labeval.config import Settings
 from labeval.db.pool import connect
+from labeval.grading import lab_charts as lab_charts_module
 from labeval.grading.overrides import today_utc
 from labeval.grading.run import run_grading
 
@@ -216,3 +218,52 @@ async def test_the_lab_pages_meet_the_accessibility_basics(site: AsyncTestClient
         r = await site.get(path, headers={**HTML, "Accept-Language": lang})
         assert r.status_code == 200, path
         assert problems(r.text) == [], path
+
+
+async def test_a_run_computes_the_lab_series_before_the_first_lab_page(
+    db_url: str, app_settings: Settings, monkeypatch,
+) -> None:
+    conn = await connect(db_url)
+    try:
+        await seed(conn)
+        await make_user(conn, "officer.one", "officer")
+    finally:
+        await conn.close()
+    computed = []
+    real_compute = lab_charts_module._compute
+
+    def counted(pairs, policy, as_of):  # noqa: ANN001, ANN202 - the same arguments, passed through
+        computed.append(as_of)
+        return real_compute(pairs, policy, as_of)
+
+    monkeypatch.setattr(lab_charts_module, "_compute", counted)
+    app = create_app(app_settings, small_policy())
+    async with AsyncTestClient(app) as client:
+        client.follow_redirects = False
+        await sign_in(client, "officer.one")
+        r = await submit(client, "/runs", "/runs", {"as_of": AS_OF.isoformat()})
+        assert r.status_code == 303, r.text
+        run_id = int(r.headers["location"].rsplit("/", 1)[1])
+        cache = app.state.lab_series
+        # Computed after the run, off the request that started it: no page has been viewed yet.
+        # (The app runs on the test client's own loop: wait there, from a thread.)
+        await asyncio.to_thread(client.blocking_portal.call, cache.settled)
+        assert [key[0] for key in cache.keys()] == [run_id] and computed == [AS_OF]
+        # The first lab page after the run, and every other lab's, only read what was computed.
+        for code in ("A", "B", "C", "D", "E"):
+            page = await client.get(f"/labs/{code}", headers=HTML)
+            assert page.status_code == 200 and 'id="chart-differences"' in page.text, code
+        assert computed == [AS_OF]
+        # New results change the pairs' version: the next page computes the series again, once.
+        conn = await connect(db_url)
+        try:
+            await conn.execute("INSERT INTO imports (kind, file_name, checksum, source) VALUES ('results', 'x', 'x', 'cli')")
+        finally:
+            await conn.close()
+        for code in ("A", "B"):
+            assert (await client.get(f"/labs/{code}", headers=HTML)).status_code == 200
+        assert computed == [AS_OF, AS_OF]
+    # Each application holds its own cache (made in its lifespan), none at module level.
+    other = create_app(app_settings, small_policy())
+    async with AsyncTestClient(other):
+        assert other.state.lab_series is not cache and other.state.lab_series.keys() == []

@@ -19,6 +19,7 @@ from labeval.api.paging import After, Limit, cut
 from labeval.api.problems import ProblemError, spec
 from labeval.db.grading import get_run, list_runs
 from labeval.grading.diff import RunDiff, diff_runs
+from labeval.grading.lab_charts import warm_after_run
 from labeval.grading.overrides import effective_grades
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
@@ -101,6 +102,9 @@ class RunController(Controller):
         async with state.pool.acquire() as conn:
             try:
                 with metrics.grading_run("api", refused=RunInProgress):
-                    return await run_grading(conn, state.policy, as_of=data.as_of, trigger="api", actor=request.user.actor)
+                    run = await run_grading(conn, state.policy, as_of=data.as_of, trigger="api", actor=request.user.actor)
             except RunInProgress as exc:
                 raise ProblemError(HTTP_409_CONFLICT, "Grading run in progress", str(exc)) from exc
+        # The lab pages' chart series of the new run, computed off this request.
+        warm_after_run(state.get("lab_series"), run.run_id, state.policy, run.as_of)
+        return run

@@ -153,6 +153,28 @@ async def first_rejects(conn: asyncpg.Connection, import_id: int, limit: int) ->
     return [Reject(row=r["row_number"], column=r["column_name"], value=r["value"], reason=r["reason"]) for r in rows]
 
 
+class CodedReject(msgspec.Struct, kw_only=True, frozen=True):
+    """A reject line with the kind of its reason (labeval.ingest.reasons), for the pages that
+    say it in the reader's language; code and arguments are null on lines older than 0012."""
+
+    row: int
+    column: str | None
+    value: str | None
+    reason: str
+    reason_code: str | None
+    reason_args: dict[str, str] | None
+
+
+async def first_coded_rejects(conn: asyncpg.Connection, import_id: int, limit: int) -> list[CodedReject]:
+    rows = await conn.fetch(
+        """SELECT row_number, column_name, value, reason, reason_code, reason_args FROM import_rejects
+           WHERE import_id = $1 ORDER BY row_number, column_name NULLS FIRST LIMIT $2""",
+        import_id, limit,
+    )
+    return [CodedReject(row=r["row_number"], column=r["column_name"], value=r["value"], reason=r["reason"],
+                        reason_code=r["reason_code"], reason_args=r["reason_args"]) for r in rows]
+
+
 async def list_rejects(
     conn: asyncpg.Connection, import_id: int, *, limit: int | None = None, offset: int = 0
 ) -> list[RejectRecord]:

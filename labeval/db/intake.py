@@ -91,13 +91,14 @@ async def copy_csv(conn: asyncpg.Connection, table: str, data: bytes, columns: l
     await conn.copy_to_table(table, source=io.BytesIO(data), columns=columns, format="csv", null=NULL)
 
 
-REJECT_COLUMNS = ("import_id", "row_number", "column_name", "value", "reason", "raw")
+REJECT_COLUMNS = ("import_id", "row_number", "column_name", "value", "reason", "reason_code", "reason_args", "raw")
 
 
 def reject_rows(import_id: int, rejects: pl.DataFrame, row: str) -> pl.DataFrame:
-    """A batch's rejects (columns `row`, column, value, reason, raw as JSON text) in the column
-    order of REJECT_COLUMNS."""
-    return rejects.select(pl.lit(import_id, pl.Int64).alias("import_id"), row, "column", "value", "reason", "raw")
+    """A batch's rejects (columns `row`, column, value, reason, reason_code, reason_args and raw
+    as JSON text) in the column order of REJECT_COLUMNS."""
+    return rejects.select(pl.lit(import_id, pl.Int64).alias("import_id"), row, "column", "value", "reason",
+                          "reason_code", "reason_args", "raw")
 
 
 async def prepare_stage(conn: asyncpg.Connection, stage: str, index: tuple[str, ...]) -> None:
@@ -155,11 +156,14 @@ async def reject_file_duplicates(
             WHERE {_keq(target, 's', 'f')} AND s._row <> f._row
             RETURNING s.*, f._row AS first_row, {same} AS same
         )
-        INSERT INTO import_rejects (import_id, row_number, column_name, value, reason, raw)
+        INSERT INTO import_rejects (import_id, row_number, column_name, value, reason, reason_code, reason_args, raw)
         SELECT $1, bad._row, '{key_cols}', {key_vals},
                CASE WHEN bad.same THEN 'duplicate row in the file: same as row ' || bad.first_row
                     ELSE 'conflicting rows in the file: same key ({key_cols}) as row ' || bad.first_row
                          || ' with different values' END,
+               CASE WHEN bad.same THEN 'duplicate_row' ELSE 'conflicting_rows' END,
+               CASE WHEN bad.same THEN jsonb_build_object('row', bad.first_row::text)
+                    ELSE jsonb_build_object('key', '{key_cols}', 'row', bad.first_row::text) END,
                to_jsonb(bad) - '_row' - 'first_row' - 'same'
         FROM bad
         """,
@@ -170,8 +174,9 @@ async def reject_file_duplicates(
 _CURRENT = "r.sample_code = s.sample_code AND r.item_code = s.item_code AND r.superseded_at IS NULL"
 _IN_FILE = "o.sample_code = s.sample_code AND o.item_code = s.item_code"
 
-# (condition on staged row s, column, reason) applied in this order, each on the rows left by the
-# previous one. Mirrors the trigger results_check_independent_lab in 0001 so that such a row
+# (condition on staged row s, column, reason, its code in labeval.ingest.reasons, its arguments
+# as SQL) applied in this order, each on the rows left by the
+# previous one. Mirrors the trigger results_check_independent_lab (0001, 0009, 0012) so that such a row
 # becomes a reject instead of aborting the whole load.
 _RESULT_RULES = (
     (
@@ -181,6 +186,7 @@ _RESULT_RULES = (
             OR EXISTS (SELECT 1 FROM {{stage}} o WHERE {_IN_FILE} AND o.role = 'original' AND o.lab_code = s.lab_code))""",
         "lab_code",
         "'lab_code: a ' || bad.role || ' by the lab that did the original test (it must be another lab)'",
+        "by_original_lab", "jsonb_build_object('role', bad.role)",
     ),
     (
         f"""s.role = 'original' AND (
@@ -188,6 +194,7 @@ _RESULT_RULES = (
             OR EXISTS (SELECT 1 FROM {{stage}} o WHERE {_IN_FILE} AND o.role IN ('retest', 'arbitration') AND o.lab_code = s.lab_code))""",
         "lab_code",
         "'lab_code: an original result by a lab that also retested this sample item'",
+        "original_by_retest_lab", "NULL",
     ),
     (
         f"""s.role = 'arbitration' AND (
@@ -195,6 +202,17 @@ _RESULT_RULES = (
             OR EXISTS (SELECT 1 FROM {{stage}} o WHERE {_IN_FILE} AND o.role = 'retest' AND o.lab_code = s.lab_code))""",
         "lab_code",
         "'lab_code: arbitration by the lab that did the retest (it must be a third lab)'",
+        "arbitration_by_retest_lab", "NULL",
+    ),
+    (
+        # The other order (migration 0012): a retest by a lab whose arbitration of the sample item
+        # is already stored. An arbitration by the retest lab in the same file was rejected by the
+        # rule above, which keeps the retest, so only the database is looked at here.
+        f"""s.role = 'retest' AND
+            EXISTS (SELECT 1 FROM results r WHERE {_CURRENT} AND r.role = 'arbitration' AND r.lab_code = s.lab_code)""",
+        "lab_code",
+        "'lab_code: a retest by the lab that did the arbitration (it must be another lab)'",
+        "retest_by_arbitration_lab", "NULL",
     ),
     (
         f"""s.role IN ('retest', 'arbitration')
@@ -202,6 +220,7 @@ _RESULT_RULES = (
             AND NOT EXISTS (SELECT 1 FROM {{stage}} o WHERE {_IN_FILE} AND o.role = 'original')""",
         "role",
         "'role: a ' || bad.role || ' with no original result for this sample and item (in the database or the file)'",
+        "no_original", "jsonb_build_object('role', bad.role)",
     ),
 )
 
@@ -213,12 +232,14 @@ RESULT_RULES_INDEX = ("sample_code", "item_code", "role", "lab_code")
 
 async def reject_dependent_results(conn: asyncpg.Connection, target: Target, stage: str, import_id: int) -> None:
     """Results that break the independence of a retest (against the database and the file)."""
-    for cond, column, reason in _RESULT_RULES:
+    for cond, column, reason, code, args in _RESULT_RULES:
         await conn.execute(
             f"""
             WITH bad AS (DELETE FROM {stage} s WHERE {cond.format(stage=stage)} RETURNING s.*)
-            INSERT INTO import_rejects (import_id, row_number, column_name, value, reason, raw)
-            SELECT $1, bad._row, '{column}', bad.{column}, {reason}, to_jsonb(bad) - '_row' FROM bad
+            INSERT INTO import_rejects (import_id, row_number, column_name, value, reason, reason_code,
+                                        reason_args, raw)
+            SELECT $1, bad._row, '{column}', bad.{column}, {reason}, '{code}', {args}, to_jsonb(bad) - '_row'
+            FROM bad
             """,
             import_id,
         )

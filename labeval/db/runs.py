@@ -74,15 +74,38 @@ async def abandon_running(conn: asyncpg.Connection) -> list[int]:
 async def start_run(
     conn: asyncpg.Connection, *, as_of: date, trigger: str, actor: str | None, policy_name: str,
     policy_version: str, policy_hash: str, policy: Any, window_start: date, window_end: date,
-    code_version: str,
+    code_version: str, scheduled_for: datetime | None = None,
 ) -> int:
     return await conn.fetchval(
         """INSERT INTO grading_runs (as_of, trigger, actor, policy_name, policy_version, policy_hash,
-                                     policy, window_start, window_end, code_version, status)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running') RETURNING run_id""",
+                                     policy, window_start, window_end, code_version, scheduled_for, status)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'running') RETURNING run_id""",
         as_of, trigger, actor, policy_name, policy_version, policy_hash, policy, window_start,
-        window_end, code_version,
+        window_end, code_version, scheduled_for,
     )
+
+
+class PeriodRun(msgspec.Struct, kw_only=True, frozen=True):
+    """The scheduled run that already ran for a period of the schedule."""
+
+    run_id: int
+    status: str
+    started_at: datetime
+
+
+async def run_for_period(conn: asyncpg.Connection, period: datetime) -> PeriodRun | None:
+    """The scheduled run (not abandoned) made for the schedule's fire time `period`, if any. Only
+    call while holding the run lock, after abandon_running: then the answer cannot change."""
+    row = await conn.fetchrow(
+        # Rows from before migration 0012 carry no period: a scheduled run that started at or after
+        # the fire time is that fire time's run (what the start-up catch-up also assumes).
+        """SELECT run_id, status, started_at FROM grading_runs
+           WHERE trigger = 'schedule' AND status <> 'abandoned'
+             AND (scheduled_for = $1 OR (scheduled_for IS NULL AND started_at >= $1))
+           ORDER BY run_id LIMIT 1""",
+        period,
+    )
+    return PeriodRun(**dict(row)) if row else None
 
 
 # Every table a run reads. SHARE mode waits for writers in flight and holds new ones off until

@@ -13,6 +13,7 @@ stored h and the stored end points say what the run saw.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
@@ -31,6 +32,8 @@ from scoring.evidence import bias_by_group, cusum_series, pairs_in_window
 from scoring.pairs import score_pairs
 from scoring.policy import Policy
 from scoring.rates import Z95, Z998, funnel_band
+
+log = logging.getLogger(__name__)
 
 # The funnel's curves are drawn through this many sizes between 1 pair and the largest lab.
 _CURVE_POINTS = 80
@@ -178,12 +181,9 @@ class _RunSeries:
     groups: pl.DataFrame
 
 
-# The recomputation costs about what the run's own evidence did (all labs are fitted together),
-# so it is kept for the last few (run, pairs version) keys: the next lab page of the same run
-# only filters. New results or a new import change the version (q.pairs_version), so nothing
-# stale is served, and an unchanged version costs two index lookups instead of reading the pairs.
-_CACHE: OrderedDict[tuple[int, tuple[str, int | None, int | None]], _RunSeries] = OrderedDict()
-_CACHE_SIZE = 4
+# Cached per (run, pairs version): new results or a new import change the version
+# (q.pairs_version), so nothing stale is served, and an unchanged version costs two index lookups.
+_Key = tuple[int, tuple[str, int | None, int | None]]
 
 
 def _compute(pairs: pl.DataFrame, policy: Policy, as_of: date) -> _RunSeries:
@@ -199,24 +199,96 @@ def _compute(pairs: pl.DataFrame, policy: Policy, as_of: date) -> _RunSeries:
     return _RunSeries(window=window, paths=paths, groups=groups)
 
 
-async def _run_series(conn: asyncpg.Connection, run_id: int, policy: Policy, as_of: date) -> _RunSeries:
-    key = (run_id, await q.pairs_version(conn))
-    found = _CACHE.get(key)
-    if found is None:
-        csv = await gq.pairs_csv(conn, as_of)
-        found = await asyncio.to_thread(_compute, pairs_frame(csv), policy, as_of)
-        _CACHE[key] = found
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return found
+async def _read_and_compute(conn: asyncpg.Connection, policy: Policy, as_of: date) -> _RunSeries:
+    csv = await gq.pairs_csv(conn, as_of)
+    return await asyncio.to_thread(_compute, pairs_frame(csv), policy, as_of)
 
 
-async def lab_charts(conn: asyncpg.Connection, code: str, run_id: int | None = None) -> LabCharts | None:
+class SeriesCache:
+    """Every lab's recomputed series for the last few (run, pairs version) keys, held by the
+    application (made in its lifespan, one per app), not by the module.
+
+    The recomputation costs about what the run's own evidence did (all labs are fitted
+    together): it is started when a run completes (warm, in the background, on a connection of
+    its own), so the first lab page after a run finds it ready or in progress and only filters.
+    A page that asks while it is computed waits for the same computation instead of starting a
+    second one."""
+
+    def __init__(self, pool: asyncpg.Pool, size: int = 4) -> None:
+        self._pool = pool
+        self._size = size
+        self._entries: OrderedDict[_Key, asyncio.Task[_RunSeries]] = OrderedDict()
+        self._warming: set[asyncio.Task[None]] = set()
+
+    def _entry(self, key: _Key, policy: Policy, as_of: date) -> asyncio.Task[_RunSeries]:
+        task = self._entries.get(key)
+        if task is not None and not (task.done() and (task.cancelled() or task.exception() is not None)):
+            self._entries.move_to_end(key)
+            return task
+        task = asyncio.get_running_loop().create_task(self._compute(policy, as_of))
+        self._entries[key] = task
+        while len(self._entries) > self._size:
+            # Not cancelled: a page may be waiting for it; it is dropped once done.
+            self._entries.popitem(last=False)
+        return task
+
+    async def _compute(self, policy: Policy, as_of: date) -> _RunSeries:
+        # Its own connection: the computation may outlive the request (or run) that started it.
+        async with self._pool.acquire() as conn:
+            return await _read_and_compute(conn, policy, as_of)
+
+    async def series(self, conn: asyncpg.Connection, run_id: int, policy: Policy, as_of: date) -> _RunSeries:
+        key = (run_id, await q.pairs_version(conn))
+        # Shielded: a page whose client goes away does not cancel what the next page will read.
+        return await asyncio.shield(self._entry(key, policy, as_of))
+
+    def warm(self, run_id: int, policy: Policy, as_of: date) -> None:
+        """Start computing the series of run `run_id` (just completed) in the background."""
+        task = asyncio.get_running_loop().create_task(self._warm(run_id, policy, as_of))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, run_id: int, policy: Policy, as_of: date) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                version = await q.pairs_version(conn)
+            await self._entry((run_id, version), policy, as_of)
+        except Exception:
+            # A page computes it again when asked; the run itself has succeeded.
+            log.exception("the chart series of grading run %d could not be computed", run_id)
+
+    def keys(self) -> list[_Key]:
+        """The keys whose series are computed (or being computed), oldest first."""
+        return list(self._entries)
+
+    async def settled(self) -> None:
+        """Wait for the computations started after runs (for shutdown, and for tests)."""
+        while self._warming:
+            await asyncio.gather(*self._warming, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel what is still being computed (before the pool closes)."""
+        pending = [*self._warming, *(t for t in self._entries.values() if not t.done())]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._entries.clear()
+
+
+def warm_after_run(cache: SeriesCache | None, run_id: int, policy: Policy, as_of: date) -> None:
+    """Called by the server's run flows (API, pages, schedule) when a run has succeeded; the
+    command line has no cache and does nothing."""
+    if cache is not None:
+        cache.warm(run_id, policy, as_of)
+
+
+async def lab_charts(
+    conn: asyncpg.Connection, code: str, run_id: int | None = None, *, cache: SeriesCache | None = None,
+) -> LabCharts | None:
     """The chart series of lab `code` in run `run_id` (default: the latest succeeded run that
     graded it); None when no run graded it. NotFound for an unknown lab or a run that did not
-    grade it."""
+    grade it. With the application's `cache` every lab of a run shares one recomputation;
+    without one (the command line, tests) it is computed for this call."""
     await lab_exists(conn, code)
     run = await q.lab_run(conn, code, run_id)
     if run is None:
@@ -226,7 +298,8 @@ async def lab_charts(conn: asyncpg.Connection, code: str, run_id: int | None = N
     policy = msgspec.convert(run.policy, Policy)
     evidence = await q.run_evidence(conn, run.run_id)
     mine = next((e.evidence for e in evidence if e.lab_code == code), None)
-    series = await _run_series(conn, run.run_id, policy, run.as_of)
+    series = (await cache.series(conn, run.run_id, policy, run.as_of) if cache is not None
+              else await _read_and_compute(conn, policy, run.as_of))
     differences = _differences(series.window, code)
     path = series.paths.filter(pl.col("lab_code") == code)
     groups = series.groups.filter(pl.col("lab_code") == code)

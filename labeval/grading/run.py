@@ -69,6 +69,18 @@ class RunInProgress(RuntimeError):
         super().__init__(msg)
 
 
+class PeriodAlreadyRun(RuntimeError):
+    """A scheduled run for this period of the schedule already ran (on this or another replica)."""
+
+    def __init__(self, period: datetime, done: runs.PeriodRun) -> None:
+        self.period = period
+        self.done = done
+        super().__init__(
+            f"the scheduled run for {period:%Y-%m-%d %H:%M} UTC was already made: run {done.run_id} "
+            f"({done.status}), started {done.started_at:%Y-%m-%d %H:%M:%S %Z}"
+        )
+
+
 def code_version() -> str:
     try:
         return metadata.version("labeval")
@@ -241,9 +253,14 @@ async def run_grading(
     as_of: date | None = None,
     trigger: str = "cli",
     actor: str | None = None,
+    scheduled_for: datetime | None = None,
 ) -> GradingRun:
     """Grade every lab as of `as_of` (default today, UTC) under `policy` (loaded and validated
-    once, at start-up). Raises RunInProgress when another run holds the lock."""
+    once, at start-up). Raises RunInProgress when another run holds the lock.
+
+    `scheduled_for` (scheduled runs only) is the schedule's fire time this run is made for:
+    PeriodAlreadyRun when a run for it was already made, so N replicas firing the same period
+    make one run. Decided under the lock, so no two replicas can both find the period free."""
     as_of = as_of or today_utc()
     p_hash = policy_hash(policy)
 
@@ -251,12 +268,14 @@ async def run_grading(
         abandoned = await runs.abandon_running(conn)
         if abandoned:
             log.warning("grading runs %s had died mid-run; marked abandoned", abandoned)
+        if scheduled_for is not None and (done := await runs.run_for_period(conn, scheduled_for)) is not None:
+            raise PeriodAlreadyRun(scheduled_for, done)
         await expire_due(conn, today_utc())
         run_id = await runs.start_run(
             conn, as_of=as_of, trigger=trigger, actor=actor, policy_name=policy.name,
             policy_version=policy.version, policy_hash=p_hash, policy=msgspec.to_builtins(policy),
             window_start=as_of - timedelta(days=policy.evidence.window_days), window_end=as_of,
-            code_version=code_version(),
+            code_version=code_version(), scheduled_for=scheduled_for,
         )
         try:
             result = await _execute(conn, run_id, as_of, policy, p_hash)

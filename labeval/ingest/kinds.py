@@ -103,24 +103,24 @@ def _results_prepare(lf: pl.LazyFrame, refs: RefData) -> tuple[pl.LazyFrame, lis
         Check(
             "value",
             raw.is_not_null() & ~pl.col("__censored") & pl.col("__num").is_null() & ~qualitative,
-            "value: neither a number nor a recognised censored form (<L, 未检出, ND)",
+            "not_a_value",
         ),
-        Check("value", pl.col("__num").is_not_null() & ~pl.col("__num").is_finite(), "value: not a finite number"),
+        Check("value", pl.col("__num").is_not_null() & ~pl.col("__num").is_finite(), "not_finite"),
         Check(
             "value",
             pl.col("__lt").is_not_null() & (~pl.col("__lt").is_finite() | (pl.col("__lt") < 0)),
-            "value: the censoring limit must be a finite number >= 0",
+            "censor_limit",
         ),
-        Check("value", raw.is_null() & quantitative, "value: required for a quantitative item, empty"),
+        Check("value", raw.is_null() & quantitative, "quantitative_value_empty"),
         Check(
             "value", raw.is_null() & qualitative & pl.col(T("verdict")).is_null(),
-            "value: a qualitative result needs a value or a verdict",
+            "qualitative_needs_value",
         ),
         Check(
             "unit",
             pl.col(T("unit")).is_not_null() & pl.col("__item_unit").is_not_null()
             & (unit_norm(pl.col(T("unit"))) != unit_norm(pl.col("__item_unit"))),
-            pl.format("unit: does not match the item's unit ({})", pl.col("__item_unit")),
+            "unit_mismatch", {"unit": pl.col("__item_unit")},
         ),
     ]
     return lf, checks
@@ -130,27 +130,27 @@ def _items_rules() -> list[Check]:
     t = lambda n: pl.col(T(n))  # noqa: E731
     return [
         Check("precision_model", (t("kind") == "quantitative") & t("precision_model").is_null(),
-              "precision_model: required for a quantitative item"),
+              "quantitative_required"),
         Check("horwitz_scale", (t("precision_model") == "horwitz") & t("horwitz_scale").is_null(),
-              "horwitz_scale: required for the horwitz precision model"),
+              "horwitz_required"),
         Check("reproducibility_sd", t("precision_model").is_in(["absolute", "relative"]) & t("reproducibility_sd").is_null(),
-              "reproducibility_sd: required for the absolute and relative precision models"),
+              "sd_model_required"),
         Check("repeatability_sd", t("repeatability_sd") > t("reproducibility_sd"),
-              "repeatability_sd: greater than reproducibility_sd (σr ≤ σR, ISO 5725-1)"),
-        Check("lower_limit", t("lower_limit") > t("upper_limit"), "lower_limit: greater than upper_limit"),
+              "repeatability_above_reproducibility"),
+        Check("lower_limit", t("lower_limit") > t("upper_limit"), "lower_above_upper"),
     ]
 
 
 def _timeliness_rules() -> list[Check]:
     t = lambda n: pl.col(T(n))  # noqa: E731
     return [Check("reported_on", (t("reported_on") < t("due_on") - pl.duration(days=366)).fill_null(False),
-                  "reported_on: more than a year before the report was due")]
+                  "reported_too_early")]
 
 
 def _pt_rules() -> list[Check]:
     t = lambda n: pl.col(T(n))  # noqa: E731
     return [Check("z_score", t("z_score").is_null() & t("en_score").is_null() & t("outcome").is_null(),
-                  "z_score: one of z_score, en_score, outcome is required")]
+                  "pt_score_required")]
 
 
 # ---------------------------------------------------------------------------------------------

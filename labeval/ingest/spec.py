@@ -57,11 +57,13 @@ class RefData:
 
 @dataclass
 class Check:
-    """A row check: rows where `fails` is true are rejected with `reason` against `column`."""
+    """A row check: rows where `fails` is true are rejected against `column` with the reason
+    `code` (labeval.ingest.reasons) and its arguments (text, or columns of the rejected rows)."""
 
     column: str
     fails: pl.Expr
-    reason: pl.Expr | str
+    code: str
+    args: Mapping[str, pl.Expr | str] = field(default_factory=dict)
     # Column whose raw text goes into the reject's value (default: `column`).
     value_of: str | None = None
 

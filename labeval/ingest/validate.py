@@ -14,6 +14,7 @@ from datetime import date
 
 import polars as pl
 
+from labeval.ingest import reasons
 from labeval.ingest.read import ROW
 from labeval.ingest.spec import Check, Col, RefData, Spec
 
@@ -21,7 +22,8 @@ _TRUE = ("true", "t", "yes", "y", "1", "是", "成立", "属实", "upheld")
 _FALSE = ("false", "f", "no", "n", "0", "否", "不成立", "不属实", "rejected", "not upheld")
 _DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%Y年%m月%d日")
 
-REJECT_SCHEMA = {ROW: pl.Int64, "column": pl.String, "value": pl.String, "reason": pl.String, "raw": pl.String}
+REJECT_SCHEMA = {ROW: pl.Int64, "column": pl.String, "value": pl.String, "reason": pl.String,
+                 "reason_code": pl.String, "reason_args": pl.String, "raw": pl.String}
 
 
 def C(name: str) -> str:  # cleaned text
@@ -59,12 +61,12 @@ def _enum_expr(e: pl.Expr, mapping: dict[str, str | None]) -> pl.Expr:
     return word(e).replace_strict(old, new, default=None, return_dtype=pl.String)
 
 
-def _bounds(col: Col, t: pl.Expr) -> tuple[pl.Expr, str] | None:
+def _bounds(col: Col, t: pl.Expr) -> Check | None:
     if col.min is None:
         return None
     if col.min_exclusive:
-        return (t <= col.min), f"{col.name}: must be greater than {col.min:g}"
-    return (t < col.min), f"{col.name}: must not be less than {col.min:g}"
+        return Check(col.name, t.is_not_null() & (t <= col.min), "greater_than", {"min": f"{col.min:g}"})
+    return Check(col.name, t.is_not_null() & (t < col.min), "not_less_than", {"min": f"{col.min:g}"})
 
 
 # Column types whose typed value is a function of the cell alone, costly per row (Unicode
@@ -121,19 +123,19 @@ def _typed(
             exprs.append(c.alias(T(n)))
         elif col.type == "float":
             exprs.append(num_text(c).cast(pl.Float64, strict=False).alias(T(n)))
-            checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a number"))
-            checks.append(Check(n, t.is_not_null() & ~_finite(t), f"{n}: not a finite number"))
+            checks.append(Check(n, c.is_not_null() & t.is_null(), "not_number"))
+            checks.append(Check(n, t.is_not_null() & ~_finite(t), "not_finite"))
         elif col.type == "int":
             exprs.append(cell.alias(T(n)))
-            checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a whole number"))
+            checks.append(Check(n, c.is_not_null() & t.is_null(), "not_whole_number"))
         elif col.type == "date":
             exprs.append(cell.alias(T(n)))
-            checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a date (expected YYYY-MM-DD)"))
+            checks.append(Check(n, c.is_not_null() & t.is_null(), "not_date"))
             if col.no_future:
-                checks.append(Check(n, t > pl.lit(today), f"{n}: date in the future"))
+                checks.append(Check(n, t > pl.lit(today), "future_date"))
         elif col.type == "bool":
             exprs.append(cell.alias(T(n)))
-            checks.append(Check(n, c.is_not_null() & t.is_null(), f"{n}: not a yes/no value"))
+            checks.append(Check(n, c.is_not_null() & t.is_null(), "not_yes_no"))
         elif col.type == "enum":
             assert col.enum is not None
             mapped = cell
@@ -144,7 +146,7 @@ def _typed(
             checks.append(
                 Check(
                     n, c.is_not_null() & mapped.is_null(),
-                    f"{n}: unknown value; expected one of {', '.join(allowed)}",
+                    "unknown_value", {"allowed": ", ".join(allowed)},
                 )
             )
         elif col.type == "codes":
@@ -158,16 +160,16 @@ def _typed(
         else:  # pragma: no cover - spec typo
             raise AssertionError(col.type)
         if col.required:
-            checks.append(Check(n, t.is_null() if col.type != "value" else c.is_null(), f"{n}: required, empty"))
+            checks.append(Check(n, t.is_null() if col.type != "value" else c.is_null(), "required"))
         b = _bounds(col, t)
         if b is not None:
-            checks.append(Check(n, t.is_not_null() & b[0], b[1]))
+            checks.append(b)
         if col.ref is not None and col.type != "codes":
             known = refs.codes.get(col.ref)
             if known is not None:
                 what = col.ref[1].removesuffix("_code")
                 checks.append(
-                    Check(n, t.is_not_null() & ~t.is_in(known.implode()), f"{n}: unknown {what} code")
+                    Check(n, t.is_not_null() & ~t.is_in(known.implode()), "unknown_code", {"what": what})
                 )
     return exprs, checks
 
@@ -225,13 +227,14 @@ def validate_batch(
         hit = df.filter(pl.col(f"__f{i}"))
         if hit.height == 0:
             continue
-        reason = pl.lit(ch.reason) if isinstance(ch.reason, str) else ch.reason
         parts.append(
             hit.select(
                 pl.col(ROW),
                 pl.lit(ch.column).alias("column"),
                 pl.col(ch.value_of or ch.column).cast(pl.String).alias("value"),
-                reason.alias("reason"),
+                reasons.text_expr(ch.column, ch.code, ch.args).alias("reason"),
+                pl.lit(ch.code).alias("reason_code"),
+                reasons.args_expr(ch.args).alias("reason_args"),
                 raw_expr.alias("raw"),
             )
         )
@@ -246,12 +249,15 @@ def validate_batch(
         )
         if unknown.height:
             what = col.ref[1].removesuffix("_code")  # type: ignore[index]
+            code_args: dict[str, pl.Expr | str] = {"what": what, "codes": pl.col("__code")}
             parts.append(
                 df.join(unknown, on=ROW).select(
                     pl.col(ROW),
                     pl.lit(col.name).alias("column"),
                     pl.col(col.name).alias("value"),
-                    pl.format("{}: unknown {} code(s): {}", pl.lit(col.name), pl.lit(what), pl.col("__code")).alias("reason"),
+                    reasons.text_expr(col.name, "unknown_codes", code_args).alias("reason"),
+                    pl.lit("unknown_codes").alias("reason_code"),
+                    reasons.args_expr(code_args).alias("reason_args"),
                     raw_expr.alias("raw"),
                 )
             )

@@ -17,7 +17,7 @@ from litestar.params import FromPath, FromQuery, Parameter
 from litestar.response import Redirect, Template
 
 from labeval.api.imports import CSV_MEDIA_TYPE, ingest_upload
-from labeval.db.imports import first_rejects, get_import, list_imports, rejects_csv
+from labeval.db.imports import first_coded_rejects, get_import, list_imports, rejects_csv
 from labeval.ingest import KINDS, UnreadableFile
 from labeval.web.i18n import Translator
 from labeval.web.rejects import reject_reason
@@ -104,7 +104,7 @@ class ImportPagesController(Controller):
                      import_id: FromPath[int]) -> Template:
         t = request_translator(request)
         record = await get_import(conn, import_id)  # NotFound: the 404 page
-        rejects = await first_rejects(conn, import_id, REJECTS_SHOWN)
+        rejects = await first_coded_rejects(conn, import_id, REJECTS_SHOWN)
         return page(request, "import.html", record=record, rejects=rejects, shown_limit=REJECTS_SHOWN,
                     reject_reason=reject_reason,
                     kind_labels=kind_labels(t), status_labels=status_labels(t), source_labels=source_labels(t))

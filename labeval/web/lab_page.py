@@ -74,7 +74,7 @@ async def _lab_context(request: Request, conn: asyncpg.Connection, code: str,
     latest = lab.history[0] if lab.history else None
     reasons = [reason_text(t, r) for r in latest.reasons] if latest else []
     names = dict(await categories(conn))
-    data = await lab_charts(conn, code)
+    data = await lab_charts(conn, code, cache=request.app.state.get("lab_series"))
     figures = lab_figures(data, t, group_names=names) if data else None
     window = await q.latest_window(conn, code)
     pairs, total = [], 0

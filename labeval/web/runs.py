@@ -24,6 +24,7 @@ from labeval.api.runs import RunRequest
 from labeval.db.grading import get_run, list_runs
 from labeval.db.labs import lab_names
 from labeval.grading.diff import diff_runs
+from labeval.grading.lab_charts import warm_after_run
 from labeval.grading.run import RunInProgress, run_grading
 from labeval.grading.verify import RunNotVerifiable, VerifyReport, verify_run
 from labeval.metrics import Metrics
@@ -120,6 +121,8 @@ class RunPagesController(Controller):
             except RunInProgress as exc:
                 return await self._list(request, conn, after=None, status_code=HTTP_409_CONFLICT,
                                         problem=in_progress_text(t, exc), as_of=data.as_of)
+        # The lab pages' chart series of the new run, computed off this request.
+        warm_after_run(state.get("lab_series"), run.run_id, state.policy, run.as_of)
         return Redirect(f"/runs/{run.run_id}", status_code=303)
 
     async def _detail(self, request: Request, conn: asyncpg.Connection, run_id: int, *, status_code: int = 200,
