@@ -444,7 +444,11 @@ def _sorted_rows(x: np.ndarray, p: np.ndarray) -> _SortedRows:
     base[by_width] = ends[:-1]
     flat = np.full(int(ends[-1]), np.inf)
     flat[base] = -np.inf
-    flat[np.repeat(base + 1 - firsts, p) + np.arange(x.size)] = x
+    # (Arrays of the data's size are reused where they can be: fresh ones cost page faults.)
+    at = np.repeat(base + 1 - firsts, p)
+    at += np.arange(x.size)
+    flat[at] = x
+    del at
     kinds, first_row, n_rows = np.unique(widths, return_index=True, return_counts=True)
     blocks = [(int(ends[f]), int(r), int(w)) for w, f, r in zip(kinds, first_row, n_rows, strict=True)]
 
@@ -455,18 +459,20 @@ def _sorted_rows(x: np.ndarray, p: np.ndarray) -> _SortedRows:
         block(flat, off, r, w).sort(axis=1)
     median = 0.5 * (flat[base + 1 + (p - 1) // 2] + flat[base + 1 + p // 2])
     # Centred on each group's median: the prefix sums then carry no large level to cancel.
-    flat -= np.repeat(median[by_width], widths)
-    dev = np.abs(flat)
+    work = np.repeat(median[by_width], widths)
+    flat -= work
+    dev = np.abs(flat, out=work)
+    for off, r, w in blocks:
+        block(dev, off, r, w).sort(axis=1)
+    # The -inf sentinel's deviation is +inf and sorts to the end: a row's p deviations come first.
+    made_ = MADE_FACTOR * (0.5 * (dev[base + (p - 1) // 2] + dev[base + p // 2]))
     s1 = flat.copy()
     s1[base] = 0.0
     # Past a row's values s1 and s2 hold inf/NaN; nothing reads them there.
-    s2 = s1 * s1
+    s2 = np.multiply(s1, s1, out=work)
     for off, r, w in blocks:
-        block(dev, off, r, w).sort(axis=1)
         np.cumsum(block(s1, off, r, w), axis=1, out=block(s1, off, r, w))
         np.cumsum(block(s2, off, r, w), axis=1, out=block(s2, off, r, w))
-    # The -inf sentinel's deviation is +inf and sorts to the end: a row's p deviations come first.
-    made_ = MADE_FACTOR * (0.5 * (dev[base + (p - 1) // 2] + dev[base + p // 2]))
     return _SortedRows(base=base, median=median, made=made_, centred=flat, s1=s1, s2=s2)
 
 
@@ -509,6 +515,8 @@ def _iterate_vector(
     pos = np.concatenate((b0, b0)) + _count_below(xv, np.concatenate((b0, b0)), np.concatenate((pa, pa)), bound)
     # The values either side of each clipping point and the prefix sums at each count.
     prev, nxt, c1, c2 = xv[pos], xv[pos + 1], s1[pos], s2[pos]
+    # 2^-46: 64 units in the last place (see the collapse test below).
+    tiny = 2.0**-46 * (np.abs(ma) + np.maximum(np.abs(low_a), np.abs(high_a)))
     alive = np.ones(m, dtype=bool)
     stale = True
     step = 0
@@ -521,23 +529,25 @@ def _iterate_vector(
         lo, hi = la - d, la + d
         bound[:m] = lo
         np.nextafter(hi, np.inf, out=bound[m:])
-        up, down = nxt < bound, prev >= bound
-        moved = np.flatnonzero(up | down)
+        off = nxt < bound
+        off |= prev >= bound
+        moved = np.flatnonzero(off)
         if moved.size:
             # Move each count a value at a time (the sentinels stop it at 0 and p); a step
             # seldom passes more than one or two values.
-            mv, by = moved, up[moved].astype(np.int64) - down[moved]
+            mv = moved
+            bd = bound[mv]
+            by = (nxt[mv] < bd).astype(np.int64) - (prev[mv] >= bd)
             while True:
                 at = pos[mv] + by
                 pos[mv] = at
                 before, after = xv[at], xv[at + 1]
                 prev[mv], nxt[mv] = before, after
-                bd = bound[mv]
                 more_up, more_down = after < bd, before >= bd
                 more = more_up | more_down
                 if not more.any():
                     break
-                mv, by = mv[more], more_up[more].astype(np.int64) - more_down[more]
+                mv, bd, by = mv[more], bd[more], more_up[more].astype(np.int64) - more_down[more]
             at = pos[moved]
             c1[moved], c2[moved] = s1[at], s2[at]
             stale = True
@@ -546,21 +556,54 @@ def _iterate_vector(
             mid1, mid2 = c1[m:] - c1[:m], c2[m:] - c2[:m]
             n_lo, n_hi, n_mid = (pb - b0).astype(float), (end - pu).astype(float), (pu - pb).astype(float)
             stale = False
-        new_loc = np.minimum(np.maximum((n_lo * lo + mid1 + n_hi * hi) / paf, low_a), high_a)
-        sq = (n_lo * (lo - new_loc) ** 2 + n_hi * (hi - new_loc) ** 2
-              + mid2 - 2.0 * new_loc * mid1 + n_mid * new_loc**2)
-        new_scale = factor * np.sqrt(np.maximum(sq, 0.0) / pm1)
+        # The update step, in place to spare the allocations (the same operations in the same
+        # order as _iterate_one):
+        # x* = clip((n_lo lo + mid1 + n_hi hi) / p, lowest, highest);
+        # s* = factor sqrt(max(n_lo (lo - x*)^2 + n_hi (hi - x*)^2 + mid2 - 2 x* mid1 + n_mid x*^2, 0) / (p - 1)).
+        new_loc = n_lo * lo
+        new_loc += mid1
+        t = n_hi * hi
+        new_loc += t
+        new_loc /= paf
+        np.maximum(new_loc, low_a, out=new_loc)
+        np.minimum(new_loc, high_a, out=new_loc)
+        sq = np.subtract(lo, new_loc)
+        np.square(sq, out=sq)
+        sq *= n_lo
+        np.subtract(hi, new_loc, out=t)
+        np.square(t, out=t)
+        t *= n_hi
+        sq += t
+        sq += mid2
+        np.multiply(2.0, new_loc, out=t)
+        t *= mid1
+        sq -= t
+        np.square(new_loc, out=t)
+        t *= n_mid
+        sq += t
+        np.maximum(sq, 0.0, out=sq)
+        sq /= pm1
+        new_scale = np.sqrt(sq, out=sq)
+        new_scale *= factor
         # When more than half the values are tied, s* shrinks geometrically; algorithm_a stops
         # once x* -+ 1.5 s* are the same number in the data's own coordinates (every clipped
         # value then equals x* and s* is exactly 0). The centred values here would carry on
-        # into subnormals: stop at the same point.
-        collapsed = (ma + lo) == (ma + hi)
-        if collapsed.any():
+        # into subnormals: stop at the same point. That needs s* within a few units in the
+        # last place of |median| + |x*| + 1.5 s*, so only groups with s* below tiny (far above
+        # that) are tested.
+        if (sa <= tiny).any():
+            collapsed = (ma + lo) == (ma + hi)
             new_loc = np.where(collapsed, la, new_loc)
             new_scale = np.where(collapsed, 0.0, new_scale)
         tl = tol * new_scale
-        done = (np.abs(new_loc - la) <= tl) & (np.abs(new_scale - sa) <= tl)
-        done |= new_scale == 0.0
+        np.subtract(new_loc, la, out=t)
+        np.abs(t, out=t)
+        np.subtract(new_scale, sa, out=d)
+        np.abs(d, out=d)
+        np.maximum(t, d, out=t)
+        done = t <= tl
+        if not new_scale.all():
+            done |= new_scale == 0.0
         # Finished groups stay in the arrays (stepping on, unread) until a fifth of them have
         # finished: compacting a dozen arrays every step would cost more than the steps.
         done &= alive
@@ -578,6 +621,7 @@ def _iterate_vector(
                 active, pos, prev, nxt, c1, c2 = active[keep], pos[both], prev[both], nxt[both], c1[both], c2[both]
                 b0, end, paf, pm1 = b0[keep], end[keep], paf[keep], pm1[keep]
                 low_a, high_a, ma, la, sa = low_a[keep], high_a[keep], ma[keep], la[keep], sa[keep]
+                tiny = tiny[keep]
                 m = left
                 alive = np.ones(m, dtype=bool)
                 bound = np.empty(2 * m)
