@@ -348,7 +348,7 @@ def algorithm_a_groups(
         order = keys.arg_sort()
         keys = keys.gather(order)
         x = x[order.to_numpy()]
-    p = np.bincount(keys.rle_id().to_numpy(), minlength=0).astype(np.int64)
+    p = np.bincount(keys.rle_id().to_numpy()).astype(np.int64)
     firsts = np.zeros(p.size, dtype=np.int64)
     np.cumsum(p[:-1], out=firsts[1:])
     rows = _sorted_rows(x, p)
@@ -379,7 +379,7 @@ def algorithm_a_groups(
     state = _AlgorithmAState(loc=loc, scale=scale, iterations=iterations, converged=converged)
     active, done_steps = _iterate_vector(rows, p, active, state, factor, tol, max_iter)
     for g in active.tolist():
-        # Only the tail (or groups still running at max_iter, where done_steps == max_iter).
+        # The tail: the groups still running when few were left.
         _iterate_one(rows, int(g), int(p[g]), float(lowest[g]), float(highest[g]), done_steps, state,
                      factor, tol, max_iter)
 

@@ -52,12 +52,20 @@ AGREE = 1e-7
 
 
 def make_groups(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(group, x, u_x): n results, ordered by group; groups numbered 0, 1, …"""
+    """(group, x, u_x): n results, ordered by group; groups numbered 0, 1, …, each of 8 to 60
+    results (for n >= 16)."""
     rng = np.random.default_rng(seed)
-    # Enough groups of 8 to 60 to hold n results; the last one is cut to fit.
+    # Enough groups of 8 to 60 to hold n results; the last one is cut to fit, and if that left
+    # it fewer than 8 (one or two results have no robust estimate at all, and pt13528 then
+    # refuses the z score), the largest group gives it the rest.
     sizes = rng.integers(8, 61, n // 8 + 1)
     sizes = sizes[: np.searchsorted(np.cumsum(sizes), n) + 1]
-    group = np.repeat(np.arange(sizes.size), sizes)[:n]
+    sizes[-1] -= sizes.sum() - n
+    short = 8 - sizes[-1]
+    if short > 0 and sizes.size > 1:
+        sizes[np.argmax(sizes[:-1])] -= short
+        sizes[-1] += short
+    group = np.repeat(np.arange(sizes.size), sizes)
     level = np.exp(rng.normal(0.0, 2.5, sizes.size))[group]
     x = level * (1.0 + rng.normal(0.0, 0.025, n))
     gross = rng.random(n) < 0.05
