@@ -642,7 +642,7 @@ def _iterate_one(
     values = rows.centred[b + 1: b + 1 + p].tolist()
     c1 = rows.s1[b: b + p + 1].tolist()
     c2 = rows.s2[b: b + p + 1].tolist()
-    m = float(rows.median[g])
+    median = float(rows.median[g])
     loc, scale = float(state.loc[g]), float(state.scale[g])
     for step in range(done_steps + 1, max_iter + 1):
         d = _ALGORITHM_A_CLIP * scale
@@ -655,7 +655,7 @@ def _iterate_one(
         a_lo, a_hi = lo - new_loc, hi - new_loc
         sq = n_lo * (a_lo * a_lo) + n_hi * (a_hi * a_hi) + mid2 - 2.0 * new_loc * mid1 + n_mid * (new_loc * new_loc)
         new_scale = factor * math.sqrt(max(sq, 0.0) / (p - 1))
-        if (m + lo) == (m + hi):
+        if (median + lo) == (median + hi):
             new_loc, new_scale = loc, 0.0
         done = new_scale == 0.0 or (abs(new_loc - loc) <= tol * new_scale and abs(new_scale - scale) <= tol * new_scale)
         loc, scale = new_loc, new_scale
