@@ -15,6 +15,7 @@ uncertainty of a robust mean).
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 
@@ -318,11 +319,15 @@ def algorithm_a_groups(
     scale and uncertainty and start "too_few", not an error; NaN or infinite values still raise
     ValueError (nothing is dropped silently).
 
-    How: each group is sorted once and its prefix sums of x - median and (x - median)^2 are
-    kept. An update step clips at x* -+ 1.5 s*, so it only needs, per group, how many values lie
-    below and above the clipping points (positions that move by a step or two per iteration)
-    and the prefix sums between them: an iteration costs a few operations per group, not per
-    value, and a loop over ``algorithm_a`` (Python overhead per group and iteration) is avoided.
+    How: each group's values are sorted once, centred on the group's median, and their prefix
+    sums of c and c^2 are kept. An update step clips at x* -+ 1.5 s*, so it only needs, per
+    group, how many values lie below and above the clipping points and the prefix sums between
+    them: an iteration costs a few operations per group, not per value. The counts move by a
+    value or two per step (or not at all); the values either side of each clipping point are
+    kept, so a step reads the sorted data only where a count moves. Converged groups leave the
+    working set, and the last few groups (a tail of slow ones can run hundreds of steps longer
+    than the rest) finish in a plain loop each, where a vector step would cost its overhead for
+    a handful of values.
     """
     x = np.asarray(values, dtype=float)
     if x.ndim != 1:
@@ -338,30 +343,21 @@ def algorithm_a_groups(
     keys = pl.Series("group", groups)
     if keys.len() != x.size:
         raise ValueError("values and groups must have the same length")
-    frame = pl.DataFrame([keys, pl.Series("x", x)])
-    # Each group one contiguous run sorted by value; g numbers the groups 0, 1, ... in that order.
-    frame = frame.sort("group", "x").with_columns(g=pl.col("group").rle_id())
-    stats = frame.group_by("g", maintain_order=True).agg(
-        group=pl.col("group").first(), p=pl.len().cast(pl.Int64), median=pl.col("x").median())
-    med = stats["median"].to_numpy()
-    p = stats["p"].to_numpy()
-    starts = np.concatenate(([0], np.cumsum(p)[:-1]))
-    # Centred on each group's median: the prefix sums then carry no large level to cancel.
-    centred = pl.DataFrame({"g": frame["g"], "c": frame["x"].to_numpy() - np.repeat(med, p)}).with_columns(
-        s1=pl.col("c").cum_sum().over("g"), s2=(pl.col("c") ** 2).cum_sum().over("g"))
-    made_ = MADE_FACTOR * centred.group_by("g", maintain_order=True).agg(pl.col("c").abs().median())["c"].to_numpy()
-    xc = centred["c"].to_numpy()
-    s1 = centred["s1"].to_numpy()
-    s2 = centred["s2"].to_numpy()
-    lowest, highest = xc[starts], xc[starts + p - 1]
+    if not keys.is_sorted():
+        # The order of values within a group does not matter (each group is sorted below).
+        order = keys.arg_sort()
+        keys = keys.gather(order)
+        x = x[order.to_numpy()]
+    p = np.bincount(keys.rle_id().to_numpy()).astype(np.int64)
+    firsts = np.zeros(p.size, dtype=np.int64)
+    np.cumsum(p[:-1], out=firsts[1:])
+    rows = _sorted_rows(x, p)
+    base, med, xv = rows.base, rows.median, rows.centred
     n_groups = p.size
-
-    def prefix(c: np.ndarray, st: np.ndarray, k: np.ndarray) -> np.ndarray:
-        # Sum of the first k values of each group (0 for k = 0).
-        return np.where(k > 0, c[st + np.maximum(k - 1, 0)], 0.0)
+    lowest, highest = xv[base + 1], xv[base + p]
 
     loc = np.zeros(n_groups)
-    scale = made_.astype(float)
+    scale = rows.made.copy()
     start = np.full(n_groups, "made", dtype=object)
     iterations = np.zeros(n_groups, dtype=np.int32)
     converged = np.zeros(n_groups, dtype=bool)
@@ -369,7 +365,7 @@ def algorithm_a_groups(
     degenerate = ~too_few & (lowest == highest)
     sd_start = ~too_few & ~degenerate & (scale == 0.0)
     if sd_start.any():
-        total, total_sq = prefix(s1, starts, p), prefix(s2, starts, p)
+        total, total_sq = rows.s1[base + p], rows.s2[base + p]
         var = (total_sq - total**2 / p) / np.maximum(p - 1, 1)
         scale = np.where(sd_start, np.sqrt(np.maximum(var, 0.0)), scale)
         start[sd_start] = "sd"
@@ -380,62 +376,17 @@ def algorithm_a_groups(
     loc[too_few] = scale[too_few] = np.nan
 
     active = np.flatnonzero(~too_few & ~degenerate)
-    # Per active group: below = number of values < x* - delta, upto = number of values <= x* + delta.
-    lo0 = loc[active] - _ALGORITHM_A_CLIP * scale[active]
-    hi0 = loc[active] + _ALGORITHM_A_CLIP * scale[active]
-    pa_full = p[active]
-    gid = np.repeat(np.arange(active.size), pa_full)
-    take = np.repeat(starts[active], pa_full) + (np.arange(pa_full.sum()) - np.repeat(np.cumsum(pa_full) - pa_full, pa_full))
-    below = np.bincount(gid, weights=xc[take] < lo0[gid], minlength=active.size).astype(np.int64)
-    upto = np.bincount(gid, weights=xc[take] <= hi0[gid], minlength=active.size).astype(np.int64)
-
-    def settle(k: np.ndarray, st: np.ndarray, pa: np.ndarray, bound: np.ndarray, strict: bool) -> np.ndarray:
-        # Move each count to the number of values < bound (strict) or <= bound; the values are
-        # sorted, and between iterations a bound passes few of them.
-        inside = np.less if strict else np.less_equal
-        while True:
-            up = (k < pa) & inside(xc[st + np.minimum(k, pa - 1)], bound)
-            down = (k > 0) & ~inside(xc[st + np.maximum(k - 1, 0)], bound)
-            if not (up.any() or down.any()):
-                return k
-            k = k + up - down
-
-    for step in range(1, max_iter + 1):
-        if active.size == 0:
-            break
-        st, pa = starts[active], p[active]
-        la, sa = loc[active], scale[active]
-        lo, hi = la - _ALGORITHM_A_CLIP * sa, la + _ALGORITHM_A_CLIP * sa
-        below = settle(below, st, pa, lo, strict=True)
-        upto = settle(upto, st, pa, hi, strict=False)
-        mid1 = prefix(s1, st, upto) - prefix(s1, st, below)
-        mid2 = prefix(s2, st, upto) - prefix(s2, st, below)
-        n_lo, n_hi, n_mid = below, pa - upto, upto - below
-        new_loc = np.clip((n_lo * lo + mid1 + n_hi * hi) / pa, lowest[active], highest[active])
-        sq = (n_lo * (lo - new_loc) ** 2 + n_hi * (hi - new_loc) ** 2
-              + mid2 - 2.0 * new_loc * mid1 + n_mid * new_loc**2)
-        new_scale = factor * np.sqrt(np.maximum(sq, 0.0) / (pa - 1))
-        # When more than half the values are tied, s* shrinks geometrically; algorithm_a stops
-        # once x* -+ 1.5 s* are the same number in the data's own coordinates (every clipped
-        # value then equals x* and s* is exactly 0). The centred values here would carry on
-        # into subnormals: stop at the same point.
-        ma = med[active]
-        collapsed = (ma + lo) == (ma + hi)
-        new_loc = np.where(collapsed, la, new_loc)
-        new_scale = np.where(collapsed, 0.0, new_scale)
-        done = (new_scale == 0.0) | (
-            (np.abs(new_loc - la) <= tol * new_scale) & (np.abs(new_scale - sa) <= tol * new_scale)
-        )
-        loc[active], scale[active] = new_loc, new_scale
-        iterations[active] = step
-        converged[active[done]] = True
-        keep = ~done
-        active, below, upto = active[keep], below[keep], upto[keep]
+    state = _AlgorithmAState(loc=loc, scale=scale, iterations=iterations, converged=converged)
+    active, done_steps = _iterate_vector(rows, p, active, state, factor, tol, max_iter)
+    for g in active.tolist():
+        # The tail: the groups still running when few were left.
+        _iterate_one(rows, int(g), int(p[g]), float(lowest[g]), float(highest[g]), done_steps, state,
+                     factor, tol, max_iter)
 
     with np.errstate(invalid="ignore"):
         uncertainty = 1.25 * scale / np.sqrt(p)
     return pl.DataFrame({
-        "group": stats["group"],
+        "group": keys.gather(firsts),
         "location": med + loc,
         "scale": scale,
         "iterations": pl.Series(iterations, dtype=pl.Int32),
@@ -444,6 +395,274 @@ def algorithm_a_groups(
         "uncertainty": uncertainty,
         "start": pl.Series(start.tolist(), dtype=pl.String),
     })
+
+
+# Below this many unconverged groups, a vector step (some 50 numpy calls) costs more than a
+# plain-Python step per group; measured on the bench's 8 838 groups (8 to 16 were best).
+_SCALAR_TAIL = 12
+
+
+class _SortedRows(msgspec.Struct, frozen=True, kw_only=True):
+    # Per group g, one row of the flat arrays starting at base[g]: centred[base] = -inf, the
+    # group's values sorted and centred on its median at base + 1 ... base + p, then +inf
+    # (at least one); s1[base + k], s2[base + k] = sum of the first k centred values and of
+    # their squares.
+    base: np.ndarray
+    median: np.ndarray
+    made: np.ndarray
+    centred: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+
+class _AlgorithmAState(msgspec.Struct, frozen=True, kw_only=True):
+    # Per-group results, written as groups finish (arrays shared, filled in place).
+    loc: np.ndarray
+    scale: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+
+
+def _sorted_rows(x: np.ndarray, p: np.ndarray) -> _SortedRows:
+    # x holds the groups one after another (p[g] values each). Groups are sorted as rows of
+    # 2-D blocks (numpy sorts each row), one block per row width: p rounded up to a multiple of
+    # 2^(floor(log2 p) - 3), so padding adds at most an eighth and there are at most eight
+    # widths per doubling of p. This is several times faster than a sort of all values by
+    # (group, value), and it leaves each group's median and MADe at fixed offsets.
+    n_groups = p.size
+    firsts = np.zeros(n_groups, dtype=np.int64)
+    np.cumsum(p[:-1], out=firsts[1:])
+    q = np.maximum(p, 1)
+    unit = np.left_shift(1, np.maximum(np.floor(np.log2(q)).astype(np.int64) - 3, 0))
+    # Two more columns for the sentinels either side of the values.
+    width = -(-q // unit) * unit + 2
+    by_width = np.argsort(width, kind="stable")
+    widths = width[by_width]
+    ends = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(widths, out=ends[1:])
+    base = np.empty(n_groups, dtype=np.int64)
+    base[by_width] = ends[:-1]
+    flat = np.full(int(ends[-1]), np.inf)
+    flat[base] = -np.inf
+    # (Arrays of the data's size are reused where they can be: fresh ones cost page faults.)
+    at = np.repeat(base + 1 - firsts, p)
+    at += np.arange(x.size)
+    flat[at] = x
+    del at
+    kinds, first_row, n_rows = np.unique(widths, return_index=True, return_counts=True)
+    blocks = [(int(ends[f]), int(r), int(w)) for w, f, r in zip(kinds, first_row, n_rows, strict=True)]
+
+    def block(a: np.ndarray, off: int, r: int, w: int) -> np.ndarray:
+        return a[off: off + r * w].reshape(r, w)
+
+    for off, r, w in blocks:
+        block(flat, off, r, w).sort(axis=1)
+    median = 0.5 * (flat[base + 1 + (p - 1) // 2] + flat[base + 1 + p // 2])
+    # Centred on each group's median: the prefix sums then carry no large level to cancel.
+    work = np.repeat(median[by_width], widths)
+    flat -= work
+    dev = np.abs(flat, out=work)
+    for off, r, w in blocks:
+        block(dev, off, r, w).sort(axis=1)
+    # The -inf sentinel's deviation is +inf and sorts to the end: a row's p deviations come first.
+    made_ = MADE_FACTOR * (0.5 * (dev[base + (p - 1) // 2] + dev[base + p // 2]))
+    s1 = flat.copy()
+    s1[base] = 0.0
+    # Past a row's values s1 and s2 hold inf/NaN; nothing reads them there.
+    s2 = np.multiply(s1, s1, out=work)
+    for off, r, w in blocks:
+        np.cumsum(block(s1, off, r, w), axis=1, out=block(s1, off, r, w))
+        np.cumsum(block(s2, off, r, w), axis=1, out=block(s2, off, r, w))
+    return _SortedRows(base=base, median=median, made=made_, centred=flat, s1=s1, s2=s2)
+
+
+def _count_below(xv: np.ndarray, base: np.ndarray, p: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    # Per row, the number of its values < bound, by bisection over 0 ... p.
+    lo = np.zeros(base.size, dtype=np.int64)
+    hi = p.copy()
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        mid = (lo + hi) // 2
+        less = (xv[base + 1 + np.minimum(mid, p - 1)] < bound) & open_
+        lo = np.where(less, mid + 1, lo)
+        hi = np.where(less | ~open_, hi, mid)
+
+
+def _iterate_vector(
+    rows: _SortedRows, p: np.ndarray, active: np.ndarray, state: _AlgorithmAState,
+    factor: float, tol: float, max_iter: int,
+) -> tuple[np.ndarray, int]:
+    """Update steps for all active groups at once until at most _SCALAR_TAIL are left (or
+    max_iter). Returns the groups still running and the number of steps done."""
+    if active.size <= _SCALAR_TAIL:
+        return active, 0
+    xv, s1, s2 = rows.centred, rows.s1, rows.s2
+    m = active.size
+    b0 = rows.base[active]
+    pa = p[active]
+    end = b0 + pa
+    paf = pa.astype(float)
+    pm1 = paf - 1.0
+    low_a, high_a = xv[b0 + 1], xv[end]
+    ma = rows.median[active]
+    la, sa = state.loc[active], state.scale[active]
+    # pos[:m] = base + (number of values < x* - 1.5 s*), pos[m:] = base + (number <= x* + 1.5 s*);
+    # x <= hi is x < nextafter(hi, +inf), so both halves are strict counts.
+    d = _ALGORITHM_A_CLIP * sa
+    bound = np.concatenate((la - d, np.nextafter(la + d, np.inf)))
+    pos = np.concatenate((b0, b0)) + _count_below(xv, np.concatenate((b0, b0)), np.concatenate((pa, pa)), bound)
+    # The values either side of each clipping point and the prefix sums at each count.
+    prev, nxt, c1, c2 = xv[pos], xv[pos + 1], s1[pos], s2[pos]
+    # 2^-46: 64 units in the last place (see the collapse test below).
+    tiny = 2.0**-46 * (np.abs(ma) + np.maximum(np.abs(low_a), np.abs(high_a)))
+    alive = np.ones(m, dtype=bool)
+    stale = True
+    step = 0
+    for step in range(1, max_iter + 1):
+        if m <= _SCALAR_TAIL:
+            rest = active[alive]
+            state.loc[rest], state.scale[rest] = la[alive], sa[alive]
+            return rest, step - 1
+        d = _ALGORITHM_A_CLIP * sa
+        lo, hi = la - d, la + d
+        bound[:m] = lo
+        np.nextafter(hi, np.inf, out=bound[m:])
+        off = nxt < bound
+        off |= prev >= bound
+        moved = np.flatnonzero(off)
+        if moved.size:
+            # Move each count a value at a time (the sentinels stop it at 0 and p); a step
+            # seldom passes more than one or two values.
+            mv = moved
+            bd = bound[mv]
+            by = (nxt[mv] < bd).astype(np.int64) - (prev[mv] >= bd)
+            while True:
+                at = pos[mv] + by
+                pos[mv] = at
+                before, after = xv[at], xv[at + 1]
+                prev[mv], nxt[mv] = before, after
+                more_up, more_down = after < bd, before >= bd
+                more = more_up | more_down
+                if not more.any():
+                    break
+                mv, bd, by = mv[more], bd[more], more_up[more].astype(np.int64) - more_down[more]
+            at = pos[moved]
+            c1[moved], c2[moved] = s1[at], s2[at]
+            stale = True
+        if stale:
+            pb, pu = pos[:m], pos[m:]
+            mid1, mid2 = c1[m:] - c1[:m], c2[m:] - c2[:m]
+            n_lo, n_hi, n_mid = (pb - b0).astype(float), (end - pu).astype(float), (pu - pb).astype(float)
+            stale = False
+        # The update step, in place to spare the allocations (the same operations in the same
+        # order as _iterate_one):
+        # x* = clip((n_lo lo + mid1 + n_hi hi) / p, lowest, highest);
+        # s* = factor sqrt(max(n_lo (lo - x*)^2 + n_hi (hi - x*)^2 + mid2 - 2 x* mid1 + n_mid x*^2, 0) / (p - 1)).
+        new_loc = n_lo * lo
+        new_loc += mid1
+        t = n_hi * hi
+        new_loc += t
+        new_loc /= paf
+        np.maximum(new_loc, low_a, out=new_loc)
+        np.minimum(new_loc, high_a, out=new_loc)
+        sq = np.subtract(lo, new_loc)
+        np.square(sq, out=sq)
+        sq *= n_lo
+        np.subtract(hi, new_loc, out=t)
+        np.square(t, out=t)
+        t *= n_hi
+        sq += t
+        sq += mid2
+        np.multiply(2.0, new_loc, out=t)
+        t *= mid1
+        sq -= t
+        np.square(new_loc, out=t)
+        t *= n_mid
+        sq += t
+        np.maximum(sq, 0.0, out=sq)
+        sq /= pm1
+        new_scale = np.sqrt(sq, out=sq)
+        new_scale *= factor
+        # When more than half the values are tied, s* shrinks geometrically; algorithm_a stops
+        # once x* -+ 1.5 s* are the same number in the data's own coordinates (every clipped
+        # value then equals x* and s* is exactly 0). The centred values here would carry on
+        # into subnormals: stop at the same point. That needs s* within a few units in the
+        # last place of |median| + |x*| + 1.5 s*, so only groups with s* below tiny (far above
+        # that) are tested.
+        if (sa <= tiny).any():
+            collapsed = (ma + lo) == (ma + hi)
+            new_loc = np.where(collapsed, la, new_loc)
+            new_scale = np.where(collapsed, 0.0, new_scale)
+        tl = tol * new_scale
+        np.subtract(new_loc, la, out=t)
+        np.abs(t, out=t)
+        np.subtract(new_scale, sa, out=d)
+        np.abs(d, out=d)
+        np.maximum(t, d, out=t)
+        done = t <= tl
+        if not new_scale.all():
+            done |= new_scale == 0.0
+        # Finished groups stay in the arrays (stepping on, unread) until a fifth of them have
+        # finished: compacting a dozen arrays every step would cost more than the steps.
+        done &= alive
+        la, sa = new_loc, new_scale
+        if done.any():
+            fin = active[done]
+            state.loc[fin], state.scale[fin] = la[done], sa[done]
+            state.iterations[fin] = step
+            state.converged[fin] = True
+            alive &= ~done
+            left = int(np.count_nonzero(alive))
+            if left < 0.8 * m:
+                keep = alive
+                both = np.concatenate((keep, keep))
+                active, pos, prev, nxt, c1, c2 = active[keep], pos[both], prev[both], nxt[both], c1[both], c2[both]
+                b0, end, paf, pm1 = b0[keep], end[keep], paf[keep], pm1[keep]
+                low_a, high_a, ma, la, sa = low_a[keep], high_a[keep], ma[keep], la[keep], sa[keep]
+                tiny = tiny[keep]
+                m = left
+                alive = np.ones(m, dtype=bool)
+                bound = np.empty(2 * m)
+                stale = True
+    # max_iter reached: what is left did not converge.
+    rest = active[alive]
+    state.loc[rest], state.scale[rest] = la[alive], sa[alive]
+    state.iterations[rest] = max_iter
+    return rest[:0], max_iter
+
+
+def _iterate_one(
+    rows: _SortedRows, g: int, p: int, lowest: float, highest: float, done_steps: int,
+    state: _AlgorithmAState, factor: float, tol: float, max_iter: int,
+) -> None:
+    # The vector step for one group in plain Python: the same formulas in the same order.
+    b = int(rows.base[g])
+    values = rows.centred[b + 1: b + 1 + p].tolist()
+    c1 = rows.s1[b: b + p + 1].tolist()
+    c2 = rows.s2[b: b + p + 1].tolist()
+    median = float(rows.median[g])
+    loc, scale = float(state.loc[g]), float(state.scale[g])
+    for step in range(done_steps + 1, max_iter + 1):
+        d = _ALGORITHM_A_CLIP * scale
+        lo, hi = loc - d, loc + d
+        below, upto = bisect.bisect_left(values, lo), bisect.bisect_right(values, hi)
+        mid1, mid2 = c1[upto] - c1[below], c2[upto] - c2[below]
+        n_lo, n_hi, n_mid = below, p - upto, upto - below
+        new_loc = min(max((n_lo * lo + mid1 + n_hi * hi) / p, lowest), highest)
+        # a * a, not a ** 2: numpy squares by multiplying, Python's ** calls pow().
+        a_lo, a_hi = lo - new_loc, hi - new_loc
+        sq = n_lo * (a_lo * a_lo) + n_hi * (a_hi * a_hi) + mid2 - 2.0 * new_loc * mid1 + n_mid * (new_loc * new_loc)
+        new_scale = factor * math.sqrt(max(sq, 0.0) / (p - 1))
+        if (median + lo) == (median + hi):
+            new_loc, new_scale = loc, 0.0
+        done = new_scale == 0.0 or (abs(new_loc - loc) <= tol * new_scale and abs(new_scale - scale) <= tol * new_scale)
+        loc, scale = new_loc, new_scale
+        if done:
+            state.loc[g], state.scale[g], state.iterations[g], state.converged[g] = loc, scale, step, True
+            return
+    state.loc[g], state.scale[g], state.iterations[g] = loc, scale, max_iter
 
 
 def algorithm_s_factors(nu: float) -> tuple[float, float]:

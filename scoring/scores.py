@@ -40,7 +40,8 @@ SCORE_KINDS = {
 
 def _arr(name: str, value: Any, *, nonnegative: bool = False) -> np.ndarray:
     arr = np.asarray(value, dtype=float)
-    if nonnegative and np.any(arr < 0):
+    # min() < 0 is any(arr < 0) without a boolean array of the input's size (NaN passes both).
+    if nonnegative and arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be non-negative (it is a standard deviation or uncertainty)")
     return arr
 
@@ -50,8 +51,19 @@ def _finish(result: np.ndarray) -> float | np.ndarray:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> float | np.ndarray:
+    # num is always a fresh difference: divide into it when it has the result's shape rather
+    # than allocate one more array of the input's size.
     with np.errstate(divide="ignore", invalid="ignore"):
+        if isinstance(num, np.ndarray) and num.ndim and num.shape == np.broadcast_shapes(num.shape, np.shape(den)):
+            return np.true_divide(num, den, out=num)
         return _finish(np.true_divide(num, den))
+
+
+def _root_sum_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # sqrt(a^2 + b^2) with one array for the result instead of four temporaries. (np.hypot
+    # would guard against overflow, which uncertainties never reach, at several times the cost.)
+    total = np.square(a) + np.square(b)
+    return np.sqrt(total, out=total) if isinstance(total, np.ndarray) else np.sqrt(total)
 
 
 def z(x: Any, x_pt: Any, sigma_pt: Any) -> float | np.ndarray:
@@ -63,7 +75,7 @@ def z_prime(x: Any, x_pt: Any, sigma_pt: Any, u_pt: Any) -> float | np.ndarray:
     """z' = (x - x_pt) / sqrt(sigma_pt^2 + u(x_pt)^2) (ISO 13528:2022 9.5)."""
     s = _arr("sigma_pt", sigma_pt, nonnegative=True)
     u = _arr("u_pt", u_pt, nonnegative=True)
-    return _ratio(_arr("x", x) - _arr("x_pt", x_pt), np.sqrt(s**2 + u**2))
+    return _ratio(_arr("x", x) - _arr("x_pt", x_pt), _root_sum_sq(s, u))
 
 
 def zeta(x: Any, x_pt: Any, u_x: Any, u_pt: Any) -> float | np.ndarray:
@@ -74,7 +86,7 @@ def zeta(x: Any, x_pt: Any, u_x: Any, u_pt: Any) -> float | np.ndarray:
     """
     u1 = _arr("u_x", u_x, nonnegative=True)
     u2 = _arr("u_pt", u_pt, nonnegative=True)
-    return _ratio(_arr("x", x) - _arr("x_pt", x_pt), np.sqrt(u1**2 + u2**2))
+    return _ratio(_arr("x", x) - _arr("x_pt", x_pt), _root_sum_sq(u1, u2))
 
 
 def en(x: Any, x_pt: Any, U_x: Any, U_pt: Any) -> float | np.ndarray:
@@ -84,7 +96,7 @@ def en(x: Any, x_pt: Any, U_x: Any, U_pt: Any) -> float | np.ndarray:
     """
     U1 = _arr("U_x", U_x, nonnegative=True)
     U2 = _arr("U_pt", U_pt, nonnegative=True)
-    return _ratio(_arr("x", x) - _arr("x_pt", x_pt), np.sqrt(U1**2 + U2**2))
+    return _ratio(_arr("x", x) - _arr("x_pt", x_pt), _root_sum_sq(U1, U2))
 
 
 def classify(

@@ -11,6 +11,7 @@ import itertools
 import math
 import random
 import statistics
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
+from scoring import robust
 from scoring.robust import (
     ALGORITHM_A_FACTOR,
     ALGORITHM_A_FACTOR_EXACT,
@@ -540,12 +542,15 @@ group_lists = st.lists(values, min_size=1, max_size=6)
 @given(group_lists, st.randoms(use_true_random=False))
 @settings(max_examples=150, deadline=None)
 @example([[0.0, 0.001, 0.001, 0.001, 0.001, 0.001]], random.Random(0))
-def test_algorithm_a_groups_is_algorithm_a_per_group(groups, rnd):
+@pytest.mark.parametrize("tail", [0, robust._SCALAR_TAIL])
+def test_algorithm_a_groups_is_algorithm_a_per_group(tail, groups, rnd):
     # Every group, in any input order, gets what the one-group function gives it: same start,
-    # same number of update steps, same estimates (to the rounding of the sums).
+    # same number of update steps, same estimates (to the rounding of the sums). tail = 0 runs
+    # every step as a vector step; the default leaves these few groups to the per-group loop.
     flat = [(f"g{i}", v) for i, g in enumerate(groups) for v in g]
     rnd.shuffle(flat)
-    r = algorithm_a_groups([v for _, v in flat], [k for k, _ in flat], tol=1e-9, max_iter=400)
+    with mock.patch.object(robust, "_SCALAR_TAIL", tail):
+        r = algorithm_a_groups([v for _, v in flat], [k for k, _ in flat], tol=1e-9, max_iter=400)
     assert r["group"].to_list() == sorted(f"g{i}" for i in range(len(groups)))
     for row in r.iter_rows(named=True):
         data = groups[int(row["group"][1:])]
@@ -562,6 +567,76 @@ def test_algorithm_a_groups_is_algorithm_a_per_group(groups, rnd):
         assert abs(row["location"] - one.location) <= 1e-6 * one.scale + 1e-12 * abs(one.location) + tiny
         assert row["scale"] == pytest.approx(one.scale, rel=1e-6, abs=tiny)
         assert row["uncertainty"] == pytest.approx(one.uncertainty, rel=1e-6, abs=tiny)
+
+
+def _many_groups(seed: int) -> list[list[float]]:
+    # Groups like a national round's items: 3 to 70 results, levels over six orders of
+    # magnitude, 2 % spread, a few gross outliers; some groups mostly tied (MADe = 0, the SD
+    # start), one all equal (degenerate), one of two values (too few).
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(600):
+        level = float(np.exp(rng.normal(0.0, 2.5)))
+        v = level * (1.0 + rng.normal(0.0, 0.02, int(rng.integers(3, 71))))
+        v = np.where(rng.random(v.size) < 0.05, v * rng.uniform(0.5, 1.6, v.size), v)
+        out.append(v.tolist())
+    for k in range(0, 600, 50):
+        g = out[k]
+        out[k] = [round(g[0], 6)] * (len(g) // 2 + 1) + g[len(g) // 2 + 1:]
+    out[7] = [3.25] * 9
+    out[8] = [1.0, 2.0]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_algorithm_a_groups_vector_and_per_group_steps_agree(seed):
+    # Many groups: the vector steps (with groups leaving as they converge), the per-group loop
+    # and the one-group function all reach the same results. The vector and per-group steps
+    # compute the same formulas in the same order, so they agree to the bit.
+    groups = _many_groups(seed)
+    keys = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    x = np.concatenate([np.asarray(g) for g in groups])
+    order = np.random.default_rng(seed).permutation(x.size)
+    runs = {}
+    for tail in (0, robust._SCALAR_TAIL, 10**9):
+        with mock.patch.object(robust, "_SCALAR_TAIL", tail):
+            runs[tail] = algorithm_a_groups(x[order], keys[order], tol=1e-10, max_iter=2000)
+    assert runs[0].equals(runs[robust._SCALAR_TAIL]) and runs[0].equals(runs[10**9])
+    r = runs[0]
+    assert r["group"].to_list() == list(range(len(groups)))
+    assert r["start"].value_counts().sort("start").rows() == [
+        ("degenerate", 1), ("made", 586), ("sd", 12), ("too_few", 1)]
+    for row in r.iter_rows(named=True):
+        if row["start"] == "too_few":
+            continue
+        one = algorithm_a(groups[row["group"]], tol=1e-10, max_iter=2000)
+        assert (row["p"], row["start"], row["converged"]) == (one.p, one.start, one.converged)
+        assert abs(row["iterations"] - one.iterations) <= 1
+        tiny = 1e-12 * max(abs(v) for v in groups[row["group"]])
+        assert abs(row["location"] - one.location) <= 1e-8 * one.scale + 1e-12 * abs(one.location) + tiny
+        assert row["scale"] == pytest.approx(one.scale, rel=1e-8, abs=tiny)
+
+
+def test_algorithm_a_groups_max_iter_and_empty():
+    groups = _many_groups(2)[:40]
+    keys = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    x = np.concatenate([np.asarray(g) for g in groups])
+    for tail in (0, 10**9):
+        with mock.patch.object(robust, "_SCALAR_TAIL", tail):
+            r = algorithm_a_groups(x, keys, tol=1e-10, max_iter=3)
+        stopped = 0
+        for row in r.iter_rows(named=True):
+            if row["start"] in ("too_few", "degenerate"):
+                continue
+            one = algorithm_a(groups[row["group"]], tol=1e-10, max_iter=3)
+            assert (row["iterations"], row["converged"]) == (one.iterations, one.converged)
+            stopped += (row["iterations"], row["converged"]) == (3, False)
+            assert row["location"] == pytest.approx(one.location, rel=1e-12)
+            assert row["scale"] == pytest.approx(one.scale, rel=1e-9)
+        # Most groups need more than 3 steps: the limit, not convergence, stopped them.
+        assert stopped > 30
+    empty = algorithm_a_groups(np.array([]), np.array([], dtype=np.int64))
+    assert empty.height == 0 and empty.columns[:3] == ["group", "location", "scale"]
 
 
 def test_algorithm_a_groups_small_and_bad_input():
