@@ -56,7 +56,7 @@ from scoring.patterns import (
 from scoring.policy import EvidencePolicy, Policy
 from scoring.rates import (
     FunnelLimits,
-    baseline_rate,
+    baseline_probabilities,
     benjamini_hochberg,
     fit_beta_binomial,
     funnel_limits,
@@ -699,6 +699,13 @@ def _sign_columns(out: pl.DataFrame) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------- assembly
 
 
+def _codes(df: pl.DataFrame, name: str) -> np.ndarray:
+    """A code column's Categorical ids (a missing code one more id), as a grouping key."""
+    ids = df.get_column(name).cast(pl.Categorical).to_physical().cast(pl.Int64)
+    top = ids.max()
+    return ids.fill_null(0 if top is None else int(top) + 1).to_numpy()
+
+
 @dataclass(frozen=True, slots=True)
 class _Stages:
     """Stages 1–5, shared by the evidence and by the series its charts are drawn from."""
@@ -720,16 +727,13 @@ def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stag
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
         return None
-    # Each numeric pair's baseline discrepancy probability, from numeric pairs only: the other
-    # families' event is null, which the rate's window expressions do not count (computed in
-    # place, row by row, rather than on a filtered copy joined back).
-    event = "__numeric_event"
-    df = df.with_columns(pl.when(pl.col("numeric")).then(pl.col("num_disc")).alias(event))
-    df = df.with_columns(
-        p_expected=pl.when(pl.col("numeric")).then(
-            baseline_rate(df, event, ep.baseline, ep.baseline_prior_pairs)
-        ).cast(pl.Float64)
-    ).drop(event)
+    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the other
+    # families' pairs neither count nor get one), by bincounts over the codes' integer ids.
+    numeric = df.get_column("numeric").to_numpy()
+    p_expected = baseline_probabilities(
+        numeric, df.get_column("num_disc").to_numpy(), _codes(df, "category_code"),
+        _codes(df, "item_code"), ep.baseline, ep.baseline_prior_pairs,
+    )
 
     ix = _lab_index(df)
     n_labs = len(ix.labs)
@@ -737,7 +741,7 @@ def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stag
     fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
-    p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
+    p_lab = np.where(numeric, p_expected, 0.0) / 2.0
     counts = _counts(df, ix, blame, p_lab)
     return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, blame=blame, p_lab=p_lab,
                    counts=counts, rates=_rates(counts, ep))
