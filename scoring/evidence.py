@@ -437,14 +437,27 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         b = np.bincount(j2, weights=w1 if w2 is None else w2, minlength=n_labs + 1)
         return (a + b)[:n_labs]
 
-    def flag(name: str) -> np.ndarray:
-        return df.get_column(name).fill_null(False).to_numpy().astype(float)
-
+    # The pair's flags as the bits of one small code: one integer bincount per side over
+    # (lab, code) gives every flag's count per lab (whole numbers: the same as summing each flag).
+    flags = ("numeric", "qualitative", "censored", "undecidable", "num_disc", "reversal")
     outcome = df.get_column("outcome")
-    numeric = flag("numeric")
-    qualitative = flag("qualitative")
-    within = (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy().astype(float)
-    censored_disc = (outcome == "censored_discrepant").fill_null(False).to_numpy().astype(float)
+    bits = [df.get_column(name).fill_null(False).to_numpy() for name in flags] + [
+        (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy(),
+        (outcome == "censored_discrepant").fill_null(False).to_numpy(),
+    ]
+    code = np.zeros(df.height, dtype=np.int64)
+    for k, bit in enumerate(bits):
+        code |= bit.astype(np.int64) << k
+    n_codes = 1 << len(bits)
+    by_code = (
+        np.bincount(j1 * n_codes + code, minlength=(n_labs + 1) * n_codes)
+        + np.bincount(j2 * n_codes + code, minlength=(n_labs + 1) * n_codes)
+    ).reshape(n_labs + 1, n_codes)[:n_labs]
+    del code
+    code_has = (np.arange(n_codes)[:, None] >> np.arange(len(bits))[None, :]) & 1
+    flag_counts = by_code @ code_has  # (labs, flags)
+    numeric = bits[0].astype(float)
+    qualitative = bits[1].astype(float)
     original = np.bincount(j1, minlength=n_labs + 1)[:n_labs]
     retest = np.bincount(j2, minlength=n_labs + 1)[:n_labs]
     arbitration = np.bincount(j3, minlength=n_labs + 1)[:n_labs]
@@ -468,14 +481,14 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         "pairs_original": original,
         "pairs_retest": retest,
         "pairs_compared": original + retest,
-        "pairs_quantitative": per_lab(numeric),
-        "pairs_qualitative": per_lab(qualitative),
-        "pairs_censored": per_lab(flag("censored")),
-        "pairs_undecidable": per_lab(flag("undecidable")),
-        "discrepancies": per_lab(flag("num_disc")),
-        "reversals": per_lab(flag("reversal")),
-        "reversals_within_uncertainty": per_lab(within),
-        "censored_disagreements": per_lab(censored_disc),
+        "pairs_quantitative": flag_counts[:, 0],
+        "pairs_qualitative": flag_counts[:, 1],
+        "pairs_censored": flag_counts[:, 2],
+        "pairs_undecidable": flag_counts[:, 3],
+        "discrepancies": flag_counts[:, 4],
+        "reversals": flag_counts[:, 5],
+        "reversals_within_uncertainty": flag_counts[:, 6],
+        "censored_disagreements": flag_counts[:, 7],
         "arbitrations_lost": per_lab(blame.lost1.astype(float), blame.lost2.astype(float)),
         "pairs_arbitration": arbitration,
     }
