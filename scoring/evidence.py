@@ -642,43 +642,53 @@ def _sign_tests(comp_a: np.ndarray, comp_b: np.ndarray, s: np.ndarray) -> pl.Dat
     n = s.size
     n_labs = int(max(comp_a.max(), comp_b.max())) + 1 if n else 0
     lab_type = np.int16 if n_labs <= np.iinfo(np.int16).max else np.int32
-    abs_s = np.abs(s)
-    nz = np.flatnonzero(abs_s != 0)
-    by_abs = nz[pl.Series(abs_s[nz]).arg_sort().to_numpy()]
-    la = np.repeat(abs_s[by_abs], 2)
+    nz = np.flatnonzero(s != 0)
+    by_abs = nz[pl.Series(np.abs(s[nz])).arg_sort().to_numpy()]
+    del nz
     # side 0 of a comparison is lab a (oriented +s), side 1 lab b (oriented −s)
     side = np.empty(2 * by_abs.size, dtype=np.int64)
     side[0::2] = by_abs
     side[1::2] = by_abs + n
     del by_abs
     lab_of = np.r_[comp_a, comp_b].astype(lab_type)
-    li = lab_of[side]
-    regroup = np.argsort(li, kind="stable")
-    li, la, side = li[regroup], la[regroup], side[regroup]
-    del regroup
-    pos = np.where(side < n, s[side % n] > 0, s[side % n] < 0)
+    side = side[np.argsort(lab_of[side], kind="stable")]
+    li = lab_of[side].astype(np.int32)
+    is_b = side >= n
+    sv = s[np.where(is_b, side - n, side)]
     del side
-    li = li.astype(np.int32)
+    pos = (sv > 0) != is_b  # s > 0 for lab a, s < 0 for lab b (no zeros here)
+    del is_b
+    la = np.abs(sv)
+    del sv
     m = li.size
-    new_lab = np.r_[True, li[1:] != li[:-1]] if m else np.zeros(0, dtype=bool)
-    new_run = new_lab | np.r_[True, la[1:] != la[:-1]] if m else np.zeros(0, dtype=bool)
-    del la
-    lab_start = np.maximum.accumulate(np.where(new_lab, np.arange(m), 0)) if m else np.zeros(0, dtype=np.int64)
-    del new_lab
-    run_first = np.flatnonzero(new_run)
-    run_id = np.cumsum(new_run, dtype=np.int64) - 1
-    del new_run
-    run_len = np.diff(np.r_[run_first, m])
-    # average rank of a run = its first position in the lab (1-based) + (length − 1) / 2
-    run_rank = (run_first - lab_start[run_first] + 1) + (run_len - 1) / 2.0
-    del lab_start
-    w_plus = np.bincount(li, weights=np.where(pos, run_rank[run_id], 0.0), minlength=n_labs)
-    del run_id
-    t = run_len.astype(float)
     sign_n = np.bincount(li, minlength=n_labs)
-    sign_pos = np.bincount(li, weights=pos, minlength=n_labs)
-    tie = np.bincount(li[run_first], weights=(t**3 - t) / 48.0, minlength=n_labs)
-    del li, pos
+    # rank of |s| within the lab: the position in the lab's run (1-based); ties share the
+    # average rank of their run of equal values (a run's first position + (length − 1) / 2)
+    lab_first = np.cumsum(sign_n) - sign_n
+    rank = (np.arange(m, dtype=np.int64) - lab_first[li] + 1).astype(float)
+    tied_prev = np.zeros(m, dtype=bool)  # equal to the row before, in the same lab
+    if m > 1:
+        np.equal(la[1:], la[:-1], out=tied_prev[1:])
+        tied_prev[1:] &= li[1:] == li[:-1]
+    del la
+    tie = np.zeros(n_labs)
+    if tied_prev.any():
+        # only rows in a run of ties change (real data: values reported to a few decimals)
+        in_run = tied_prev.copy()
+        in_run[:-1] |= tied_prev[1:]
+        rows = np.flatnonzero(in_run)
+        starts = ~tied_prev[rows]
+        run_id = np.cumsum(starts) - 1
+        run_first = rows[starts]
+        run_len = np.bincount(run_id)
+        rank[rows] = (rank[run_first] + (run_len - 1) / 2.0)[run_id]
+        t = run_len.astype(float)
+        tie = np.bincount(li[run_first], weights=(t**3 - t) / 48.0, minlength=n_labs)
+    del tied_prev
+    # a side that is not positive adds nothing to W+ (sums of the same terms in the same order)
+    w_plus = np.bincount(li[pos], weights=rank[pos], minlength=n_labs)
+    sign_pos = np.bincount(li[pos], minlength=n_labs)
+    del li, pos, rank
     present = (np.bincount(comp_a, minlength=n_labs) + np.bincount(comp_b, minlength=n_labs)) > 0
     medians = pl.DataFrame({"idx": lab_of, "s": np.r_[s, -s]}).group_by("idx").agg(
         median_s=pl.col("s").median()
