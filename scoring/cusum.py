@@ -56,7 +56,42 @@ def lab_cusum(
     rows: idx (lab), y, p, completed_on. Returns idx, cusum_current (the chart's value after the
     last row), cusum_max, cusum_signal_on (completion date of the first row at which C ≥ limit
     with C > 0; null if never).
+
+    When each lab's rows are contiguous (as the evidence orders them), the charts are run lab by
+    lab on numpy slices: the same sequential sums as the window expressions, without hashing
+    millions of rows by lab three times (bit-identical; a test compares both).
     """
+    idx = rows.get_column("idx").to_numpy()
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if idx.size else np.zeros(0, dtype=np.int64)
+    if starts.size != np.unique(idx).size:
+        return _lab_cusum_frame(rows, odds_ratio=odds_ratio, limit=limit)
+    w = rows.select(w=_weight(pl.col("y"), pl.col("p"), odds_ratio)).get_column("w").to_numpy()
+    ends = np.r_[starts[1:], idx.size]
+    current = np.empty(starts.size)
+    cmax = np.empty(starts.size)
+    signal_row = np.full(starts.size, -1, dtype=np.int64)
+    for g, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        cs = np.cumsum(w[s:e])
+        c = cs - np.minimum(np.minimum.accumulate(cs), 0.0)
+        current[g] = c[-1]
+        cmax[g] = c.max()
+        hit = np.flatnonzero((c > 0) & (c >= limit))
+        if hit.size:
+            signal_row[g] = s + hit[0]
+    dates = rows.get_column("completed_on")
+    signal_on = dates.gather(np.where(signal_row >= 0, signal_row, 0)).set(
+        pl.Series(signal_row < 0), None
+    ) if starts.size else dates.clear()
+    return pl.DataFrame({
+        "idx": rows.get_column("idx").gather(starts),
+        "cusum_current": current,
+        "cusum_max": cmax,
+        "cusum_signal_on": signal_on,
+    })
+
+
+def _lab_cusum_frame(rows: pl.DataFrame, *, odds_ratio: float, limit: float) -> pl.DataFrame:
+    """:func:`lab_cusum` by window expressions (any row order within a lab's rows)."""
     return (
         cusum_paths(rows, odds_ratio=odds_ratio)
         .group_by("idx", maintain_order=True)
