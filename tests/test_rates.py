@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import polars as pl
 from scipy import stats
 
 from scoring.rates import (
