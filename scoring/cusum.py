@@ -118,15 +118,29 @@ def _simulate_max_paths(
     grid32 = grid.astype(np.float32)
     w_fail = -np.log1p((odds_ratio - 1.0) * grid)
     w_disc = np.log(odds_ratio) + w_fail
+    # one table of weights: entry j a pair at grid[j] without a discrepancy, len(grid) + j with
+    # one (a single gather per step instead of two and a select)
+    weights = np.r_[w_fail, w_disc]
+    n_grid = np.int32(len(grid))
     out = np.empty((n_sim, steps), dtype=np.float32)
     block = max(1, min(n_sim, 4_000_000 // max(steps, 1)))
     for start in range(0, n_sim, block):
         m = min(block, n_sim - start)
         k = rng.integers(0, len(grid), (m, steps), dtype=np.int32)
         y = rng.random((m, steps), dtype=np.float32) < grid32[k]
-        cs = np.cumsum(np.where(y, w_disc[k], w_fail[k]), axis=1)
-        c = cs - np.minimum(np.minimum.accumulate(cs, axis=1), 0.0)
-        out[start : start + m] = np.maximum.accumulate(c, axis=1)
+        k += y * n_grid
+        del y
+        cs = np.cumsum(weights[k], axis=1)
+        del k
+        floor = np.minimum.accumulate(cs, axis=1)
+        np.minimum(floor, 0.0, out=floor)
+        cs -= floor
+        del floor
+        # the running maximum of float32 values is that of the doubles, rounded (rounding is
+        # monotone), so the chart is rounded first and the maximum taken in place
+        block_out = out[start : start + m]
+        block_out[...] = cs
+        np.maximum.accumulate(block_out, axis=1, out=block_out)
     return out
 
 
