@@ -84,7 +84,7 @@ def _edges(lab_a: np.ndarray, lab_b: np.ndarray, n_labs: int) -> _Edges:
     if len(lab_a) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return _Edges(a=empty, b=empty, inv=empty)
-    key = lab_a * n_labs + lab_b
+    key = lab_a.astype(np.int64) * n_labs + lab_b
     if n_labs * n_labs <= max(8 * len(key), 1 << 16):
         # A lookup table over all ordered lab pairs is cheaper than sorting the comparisons.
         present = np.zeros(n_labs * n_labs, dtype=bool)
@@ -108,7 +108,11 @@ def _edges_by_sort(lab_a: np.ndarray, lab_b: np.ndarray, n_labs: int) -> tuple[_
     m = len(lab_a)
     if m == 0 or m >= 1 << 32 or n_labs * n_labs >= 1 << 31:
         return None
-    key = ((lab_a * n_labs + lab_b) << 32) | np.arange(m, dtype=np.int64)
+    key = lab_a.astype(np.int64)
+    key *= n_labs
+    key += lab_b
+    key <<= 32
+    key |= np.arange(m, dtype=np.int64)
     key = pl.Series(key).sort().to_numpy()
     order = key & 0xFFFFFFFF
     pair = key >> 32
@@ -286,8 +290,10 @@ def fit_lab_bias(
     Every sum over comparisons is a sum per edge of the lab graph (a distinct pair of labs), so
     the linear algebra is on the labs and the per-comparison work is a few vector passes.
     """
-    lab_a = np.asarray(lab_a, dtype=np.int64)
-    lab_b = np.asarray(lab_b, dtype=np.int64)
+    # Lab indices in their own integer type (int32 from the evidence): the edge keys are
+    # computed in int64 without a 64-bit copy of both columns.
+    lab_a = np.asarray(lab_a)
+    lab_b = np.asarray(lab_b)
     y = np.clip(np.asarray(s, dtype=float), -ep.clip_s, ep.clip_s)
     m = len(y)
     # The comparisons grouped by edge, in their given order within an edge: every per-edge sum

@@ -285,7 +285,8 @@ def _lab_index(df: pl.DataFrame) -> LabIndex:
     def idx(col: str) -> np.ndarray:
         ids, codes = local[col]
         p = phys[col]
-        lookup = np.full(int(ids.max()) + 2 if ids.size else 1, -1, dtype=np.int64)
+        # int32 indices: three per pair, 12 bytes a pair fewer than int64 at every stage
+        lookup = np.full(int(ids.max()) + 2 if ids.size else 1, -1, dtype=np.int32)
         lookup[ids] = [position[c] for c in codes]
         return lookup[np.where(p == null, len(lookup) - 1, p)]
 
@@ -378,14 +379,21 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
 def _chart_order(rows: pl.DataFrame, *, two_sides: bool = False) -> pl.Series:
     """Row order by (idx, completed_on with nulls first, pair_id): each lab's chart in time.
 
-    two_sides: the rows are two halves with the same pairs in the same order (a side each), as
-    :func:`_chart_rows` makes them.
-
     The three keys are packed into one integer (lab, day, rank of the pair id) whenever it fits
     in 63 bits, which it does for any realistic window: one integer sort instead of three keys.
+
+    two_sides: the rows are two halves with the same pairs in the same order (a side each), as
+    :func:`_chart_rows` makes them. The pairs are then sorted once by (day, pair), each pair
+    stands for its two sides (original first), and a stable sort by lab (a radix sort on small
+    integers) groups them by lab with time order kept: the same order from a sort of half the
+    keys, none of them carrying the lab.
     """
     if rows.height == 0:
         return pl.Series(np.zeros(0, dtype=np.uint32))
+    if two_sides and rows.height % 2 == 0:
+        order = _two_side_order(rows)
+        if order is not None:
+            return order
     day = rows.get_column("completed_on").cast(pl.Int32).cast(pl.Int64)
     first, last = day.min(), day.max()
     days = 1 if first is None else int(last) - int(first) + 2
@@ -395,27 +403,47 @@ def _chart_order(rows: pl.DataFrame, *, two_sides: bool = False) -> pl.Series:
         pid_rank = rows.get_column("pair_rank").to_numpy()
     else:
         pid_rank = pid.rank("dense").cast(pl.Int64).to_numpy() if pid.null_count() == 0 else None
-    idx = rows.get_column("idx").to_numpy()
+    idx = rows.get_column("idx").to_numpy().astype(np.int64)
     n_ids = int(pid_rank.max()) + 1 if pid_rank is not None else 0
     n_labs = int(idx.max()) + 1
     if pid_rank is None or idx.min() < 0 or math.log2(n_labs) + math.log2(days) + math.log2(n_ids) > 62:
         return rows.with_row_index("__r").sort(
             "idx", "completed_on", "pair_id", nulls_last=False
         ).get_column("__r")
-    half = rows.height // 2
-    if two_sides and n_labs <= np.iinfo(np.int16).max:
-        # Both halves hold the same pairs (one side each): the pairs are sorted once by (day,
-        # pair), each pair then stands for its two sides (original first), and a stable sort by
-        # lab (a radix sort on small integers) groups them by lab with time order kept. The
-        # same order as one sort by (lab, day, pair), from a sort of half the keys.
-        by_time = pl.Series(day_code[:half] * n_ids + pid_rank[:half]).arg_sort().to_numpy()
-        pre = np.empty(2 * half, dtype=np.int64)
-        pre[0::2] = by_time
-        pre[1::2] = by_time + half
-        del by_time
-        return pl.Series(pre[np.argsort(idx.astype(np.int16)[pre], kind="stable")])
     key = (idx * days + day_code) * n_ids + pid_rank
     return pl.Series(key).arg_sort()
+
+
+def _two_side_order(rows: pl.DataFrame) -> pl.Series | None:
+    """:func:`_chart_order` of two halves of the same pairs; None where it does not apply."""
+    half = rows.height // 2
+    pairs = rows.slice(0, half)
+    idx = rows.get_column("idx")
+    lo_lab, hi_lab = idx.min(), idx.max()
+    if lo_lab is None or int(lo_lab) < 0 or int(hi_lab) > np.iinfo(np.int16).max:
+        return None
+    pid = pairs.get_column("pair_id")
+    if "pair_rank" in pairs.columns:
+        pid_rank = pairs.get_column("pair_rank").to_numpy()
+    elif pid.null_count() == 0:
+        pid_rank = pid.rank("dense").cast(pl.Int64).to_numpy()
+    else:
+        return None
+    day = pairs.get_column("completed_on").cast(pl.Int32)
+    first, last = day.min(), day.max()
+    days = 1 if first is None else int(last) - int(first) + 2
+    n_ids = int(pid_rank.max()) + 1
+    if math.log2(days) + math.log2(n_ids) > 62:
+        return None
+    key = (day.cast(pl.Int64) - (0 if first is None else int(first)) + 1).fill_null(0).to_numpy()
+    key = key * n_ids + pid_rank
+    by_time = pl.Series(key).arg_sort().to_numpy()
+    del key
+    pre = np.empty(2 * half, dtype=np.int64)
+    pre[0::2] = by_time
+    pre[1::2] = by_time + half
+    del by_time
+    return pl.Series(pre[np.argsort(idx.cast(pl.Int16).to_numpy()[pre], kind="stable")])
 
 
 def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
@@ -793,14 +821,15 @@ def _cusum_rows(st: _Stages, policy: Policy, *, ids: bool = True) -> pl.DataFram
     lift = 1.0
     if np.isfinite(fun.target) and fun.target > 0:
         lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
-    rows = _chart_rows(st.df, st.ix, st.blame, st.p_lab).select(
-        "idx", "completed_on", "pair_id", cs.by_name("pair_rank", require_all=False),
+    rows = _chart_rows(st.df, st.ix, st.blame, st.p_lab)
+    order = _chart_order(rows, two_sides=True)
+    # The columns the chart does not need go before the gather (their buffers with them).
+    rows = rows.select(
+        "idx", "completed_on",
+        *((["pair_id", cs.by_name("pair_rank", require_all=False)]) if ids else []),
         y=pl.col("blame").clip(0.0, 1.0),
         p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
     )
-    order = _chart_order(rows, two_sides=True)
-    if not ids:
-        rows = rows.select("idx", "completed_on", "y", "p")
     return rows.gather(order)
 
 
@@ -823,7 +852,7 @@ def cusum_series(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     if st is None:
         return pl.DataFrame(schema=CUSUM_PATH_SCHEMA)
     path = cusum_paths(_cusum_rows(st, policy), odds_ratio=policy.cusum.odds_ratio)
-    codes = pl.DataFrame({"idx": np.arange(len(st.ix.labs), dtype=np.int64), "lab_code": st.ix.labs})
+    codes = pl.DataFrame({"idx": np.arange(len(st.ix.labs), dtype=np.int32), "lab_code": st.ix.labs})
     return (
         path.join(codes, on="idx", how="left", maintain_order="left")
         .rename({"c": "cusum"})
@@ -970,7 +999,7 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
 
     out = (
         counts.join(_sign_tests(comps.a, comps.b, comps.s), on="idx", how="left")
-        .join(chart, on="idx", how="left")
+        .join(chart.with_columns(pl.col("idx").cast(pl.Int64)), on="idx", how="left")
         .sort("idx")
     )
     signs = _sign_columns(out)
