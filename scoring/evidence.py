@@ -467,6 +467,14 @@ def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray)
     )
 
 
+def _all_distinct(ids: pl.Series) -> bool:
+    """No value twice (nulls count as values). Pairs come in id order, where a look at
+    neighbours decides it without hashing millions of ids."""
+    if ids.null_count() == 0 and ids.is_sorted():
+        return ids.len() < 2 or bool((ids.slice(1) != ids.slice(0, ids.len() - 1)).all())
+    return bool(ids.is_unique().all())
+
+
 def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
     """Counts per lab and role, by bincounts over the pairs' lab indices (both sides at once)."""
     n_labs = len(ix.labs)
@@ -488,24 +496,25 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy(),
         (outcome == "censored_discrepant").fill_null(False).to_numpy(),
     ]
-    code = np.zeros(df.height, dtype=np.int64)
+    code = np.zeros(df.height, dtype=np.uint8)
     for k, bit in enumerate(bits):
-        code |= bit.astype(np.int64) << k
-    n_codes = 1 << len(bits)
+        code |= bit.view(np.uint8) << np.uint8(k)
+    del bits
+    n_codes = 1 << 8
     by_code = (
         np.bincount(j1 * n_codes + code, minlength=(n_labs + 1) * n_codes)
         + np.bincount(j2 * n_codes + code, minlength=(n_labs + 1) * n_codes)
     ).reshape(n_labs + 1, n_codes)[:n_labs]
     del code
-    code_has = (np.arange(n_codes)[:, None] >> np.arange(len(bits))[None, :]) & 1
+    code_has = (np.arange(n_codes)[:, None] >> np.arange(8)[None, :]) & 1
     flag_counts = by_code @ code_has  # (labs, flags)
-    numeric = bits[0].astype(float)
-    qualitative = bits[1].astype(float)
+    numeric = df.get_column("numeric").to_numpy().astype(float)
+    qualitative = df.get_column("qualitative").to_numpy().astype(float)
     original = np.bincount(j1, minlength=n_labs + 1)[:n_labs]
     retest = np.bincount(j2, minlength=n_labs + 1)[:n_labs]
     arbitration = np.bincount(j3, minlength=n_labs + 1)[:n_labs]
     pair_ids = df.get_column("pair_id")
-    if pair_ids.is_unique().all():
+    if _all_distinct(pair_ids):
         # A pair counts once for a lab that sits on two of its sides.
         dup2 = ok2 & (i2 == i1)
         dup3 = ok3 & ((i3 == i1) | (i3 == i2))
