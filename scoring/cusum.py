@@ -18,7 +18,7 @@ import polars as pl
 
 from scoring.policy import CusumPolicy
 
-__all__ = ["cusum_limit", "cusum_paths", "lab_cusum", "risk_adjusted_cusum"]
+__all__ = ["cusum_grid", "cusum_limit", "cusum_limit_of_grid", "cusum_paths", "lab_cusum", "risk_adjusted_cusum"]
 
 
 def _chart(weight: pl.Expr, group: str | None) -> pl.Expr:
@@ -195,12 +195,25 @@ def cusum_limit(p: np.ndarray, cp: CusumPolicy) -> float:
     less variance than Bernoulli, so the true in-control ARL is at least arl0. Seeded and cached
     on its inputs. Empty p: NaN.
     """
+    return cusum_limit_of_grid(cusum_grid(p), cp)
+
+
+def cusum_grid(p: np.ndarray) -> tuple[float, ...]:
+    """The probabilities :func:`cusum_limit` simulates from: the 101 percentiles of the finite
+    p, rounded to 1e-4 (empty when there are none)."""
     p = np.asarray(p, dtype=float)
     p = p[np.isfinite(p)]
     if len(p) == 0:
-        return float("nan")
+        return ()
     quantiles = np.clip(np.percentile(p, np.arange(101)), 1e-4, 0.9999)
-    grid = tuple(float(v) for v in np.round(quantiles, 4))
+    return tuple(float(v) for v in np.round(quantiles, 4))
+
+
+def cusum_limit_of_grid(grid: tuple[float, ...], cp: CusumPolicy) -> float:
+    """:func:`cusum_limit` from its :func:`cusum_grid` (NaN for an empty grid): the simulation
+    alone, which needs none of the pairs."""
+    if not grid:
+        return float("nan")
     return _cusum_limit_cached(
         grid, float(cp.odds_ratio), int(cp.arl0), int(cp.n_sim), int(cp.seed),
         int(cp.max_steps_factor),

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +47,7 @@ from scoring.attribution import (
     precision_against_peers,
     qualitative_shares,
 )
-from scoring.cusum import cusum_limit, cusum_paths, lab_cusum
+from scoring.cusum import cusum_grid, cusum_limit_of_grid, cusum_paths, lab_cusum
 from scoring.patterns import (
     PATTERNS,
     PatternCounts,
@@ -796,8 +798,12 @@ class _Stages:
     rates: RateEvidence
 
 
-def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stages | None:
-    """The window, graph, bias fit, blame, counts and rates; None when the window is empty."""
+def _stages(
+    scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
+    with_comparisons: Callable[[Comparisons], None] | None = None,
+) -> _Stages | None:
+    """The window, graph, bias fit, blame, counts and rates; None when the window is empty.
+    ``with_comparisons`` is handed the comparisons as soon as they exist (before the fit)."""
     ep = policy.evidence
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
@@ -813,6 +819,8 @@ def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stag
     ix = _lab_index(df)
     n_labs = len(ix.labs)
     comps = _comparisons(df, ix)
+    if with_comparisons is not None:
+        with_comparisons(comps)
     fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
@@ -822,14 +830,27 @@ def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stag
                    counts=counts, rates=_rates(counts, ep))
 
 
-def _cusum_rows(st: _Stages, policy: Policy, *, ids: bool = True) -> pl.DataFrame:
-    """The CUSUM's rows (idx, completed_on, pair_id, y, p) in chart order: numeric pairs, in
-    control at the peers' edge of the funnel. ids=False: without pair_id (and the pair rank), for
-    a chart that needs only its values and dates (two rows per numeric pair: 16 bytes a row)."""
+def _chart_lift(st: _Stages, policy: Policy) -> float:
+    """The in-control probabilities' factor: the peers' edge of the funnel over its target."""
     fun = st.rates.funnel
     lift = 1.0
     if np.isfinite(fun.target) and fun.target > 0:
         lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
+    return lift
+
+
+def _chart_p(st: _Stages, policy: Policy) -> np.ndarray:
+    """The CUSUM's in-control probability of each numeric pair (one value per pair; both sides
+    of a pair have it), as :func:`_cusum_rows` computes it."""
+    p = st.p_lab[st.df.get_column("numeric").to_numpy()] * _chart_lift(st, policy)
+    return np.clip(p, 0.0, 0.5, out=p)
+
+
+def _cusum_rows(st: _Stages, policy: Policy, *, ids: bool = True) -> pl.DataFrame:
+    """The CUSUM's rows (idx, completed_on, pair_id, y, p) in chart order: numeric pairs, in
+    control at the peers' edge of the funnel. ids=False: without pair_id (and the pair rank), for
+    a chart that needs only its values and dates (two rows per numeric pair: 16 bytes a row)."""
+    lift = _chart_lift(st, policy)
     rows = _chart_rows(st.df, st.ix, st.blame, st.p_lab)
     order = _chart_order(rows, two_sides=True)
     # The columns the chart does not need go before the gather (their buffers with them).
@@ -961,9 +982,24 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     - shading_*, nd_hiding_*, verdict_contradiction_*, outliers_*: the data-problem patterns (n, observed,
       expected, p, q; the FDR family is the labs that could reach significance at all).
     """
+    # Three stages depend on nothing that follows them: the sign tests (on the comparisons), the
+    # CUSUM limit's simulation (on the chart's probabilities) and the data-problem patterns. The
+    # first two run in a worker thread beside the bias fit and the patterns: their numpy, polars
+    # and scipy calls release the GIL, so on two cores they overlap. Each is a pure function of
+    # its inputs: the results are the same as one after the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence") as worker:
+        return _lab_evidence(scored_pairs, policy, as_of, worker)
+
+
+def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
+                  worker: ThreadPoolExecutor) -> pl.DataFrame:
     ep = policy.evidence
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
-    st = _stages(scored_pairs, policy, as_of)
+    sign_job: list[Future[pl.DataFrame]] = []
+    st = _stages(
+        scored_pairs, policy, as_of,
+        with_comparisons=lambda c: sign_job.append(worker.submit(_sign_tests, c.a, c.b, c.s)),
+    )
     if st is None:
         return _empty_evidence()
     df, ix, comps, fit, identifiable = st.df, st.ix, st.comps, st.fit, st.identifiable
@@ -985,13 +1021,11 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     precision_p = np.where(judged, precision.p, np.nan)
 
     fun = rates.funnel
-    chart_rows = _cusum_rows(st, policy, ids=False)
-    # The stages' per-pair arrays (blame, baseline) end with the chart rows; the window frame
-    # ends with the pattern sides, and the chart rows with the chart: each is a pair-sized copy.
-    del st
-    h = cusum_limit(chart_rows.get_column("p").to_numpy(), policy.cusum)
-    chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
-    del chart_rows
+    # The limit is simulated from the percentiles of the chart's probabilities (each numeric pair
+    # once per side, the values of the chart rows), in the worker while the patterns are counted.
+    chart_p = _chart_p(st, policy)
+    limit_job = worker.submit(cusum_limit_of_grid, cusum_grid(np.r_[chart_p, chart_p]), policy.cusum)
+    del chart_p
 
     sides = pattern_sides(df, ix.i1, ix.i2)
     del df
@@ -1005,9 +1039,17 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     patterns["outliers"] = outlier_counts(
         comps.a, comps.b, raw_residual, n_labs, limit=ep.outlier_s, floor=ep.outlier_floor
     )
+    del raw_residual
+    chart_rows = _cusum_rows(st, policy, ids=False)
+    # The stages' per-pair arrays (blame, baseline) end with the chart rows, and the chart rows
+    # with the chart: each is a pair-sized copy.
+    del st
+    h = limit_job.result()
+    chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
+    del chart_rows
 
     out = (
-        counts.join(_sign_tests(comps.a, comps.b, comps.s), on="idx", how="left")
+        counts.join(sign_job[0].result(), on="idx", how="left")
         .join(chart.with_columns(pl.col("idx").cast(pl.Int64)), on="idx", how="left")
         .sort("idx")
     )

@@ -22,6 +22,7 @@ from scoring.evidence import (
     EVIDENCE_INPUT_COLUMNS,
     EVIDENCE_SCHEMA,
     GROUP_BIAS_SCHEMA,
+    _all_distinct,
     _chart_order,
     _sign_tests,
     bias_by_group,
@@ -462,3 +463,14 @@ def test_chart_order_of_two_sides_equals_one_sort_by_lab_day_pair(seed):
     fast = rows.gather(_chart_order(rows, two_sides=True))
     by_sort = rows.sort("idx", "completed_on", "pair_id", nulls_last=False)
     assert fast.equals(by_sort)
+
+
+def test_all_distinct_from_neighbours_when_sorted_and_by_hash_otherwise():
+    # sorted ids decide by neighbours; unsorted ones or ones with nulls by hashing
+    assert _all_distinct(pl.Series([1, 2, 5, 9]))
+    assert not _all_distinct(pl.Series([1, 2, 2, 9]))
+    assert not _all_distinct(pl.Series([9, 2, 5, 2]))
+    assert _all_distinct(pl.Series([9, 2, 5, 1]))
+    assert not _all_distinct(pl.Series([None, 1, None], dtype=pl.Int64))
+    assert _all_distinct(pl.Series([3], dtype=pl.Int64))
+    assert _all_distinct(pl.Series([], dtype=pl.Int64))
