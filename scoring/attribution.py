@@ -322,42 +322,61 @@ def fit_lab_bias(
     count_e = np.bincount(inv, minlength=n_e).astype(float)
     u_mat = system.matrix(0.25 * count_e, 1.0, _VARIANCE_RIDGE, involved)
 
+    # Three comparison-sized buffers serve every step: a fresh array of millions of doubles per
+    # operation costs as much in page faults as the arithmetic does. Every value is computed by
+    # the same operations in the same order as with temporaries.
+    work = np.empty(m)
+    spare = np.empty(m)
+
     def solve_b(huber: np.ndarray, var_e: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # weights huber / var_row, with var_row a function of the edge: summed per edge first
         w_e = np.bincount(inv, weights=huber, minlength=n_e) / var_e
-        wy_e = np.bincount(inv, weights=huber * y, minlength=n_e) / var_e
+        wy_e = np.bincount(inv, weights=np.multiply(huber, y, out=spare), minlength=n_e) / var_e
         rhs = np.bincount(ea, weights=wy_e, minlength=n_labs) - np.bincount(eb, weights=wy_e, minlength=n_labs)
         mat = system.matrix(w_e, -1.0, ep.ridge, involved)
         return _center(_pcg(mat, rhs, b0), comp, involved), w_e
+
+    def residual(b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.take(b[ea] - b[eb], inv, out=out)
+        return np.subtract(y, out, out=out)
 
     var_e = np.ones(n_e)  # var_row is a function of the edge
     huber = np.ones(m)
     b = np.zeros(n_labs)
     u = np.zeros(n_labs)
-    for _outer in range(2):
-        sd_row = np.sqrt(var_e)[inv]
+    for outer in range(2):
+        # the first pass has var_row = 1 everywhere: dividing by it changes nothing
+        sd_row = np.sqrt(var_e)[inv] if outer else None
         for _ in range(ep.irls_iterations):
             b, _w_e = solve_b(huber, var_e, b)
-            r = y - (b[ea] - b[eb])[inv]
-            zr = np.abs(r, out=r)
-            zr /= sd_row
-            new = np.minimum(1.0, ep.huber_k / np.maximum(zr, 1e-12, out=zr), out=zr)
-            converged = np.max(np.abs(huber - new, out=huber)) < 1e-6
-            huber = new
+            zr = np.abs(residual(b, work), out=work)
+            if sd_row is not None:
+                zr /= sd_row
+            np.maximum(zr, 1e-12, out=zr)
+            np.divide(ep.huber_k, zr, out=zr)
+            new = np.minimum(1.0, zr, out=zr)
+            np.subtract(huber, new, out=huber)
+            converged = np.max(np.abs(huber, out=huber)) < 1e-6
+            huber, work = new, huber
             if converged:
                 break
         del sd_row
-        r = y - (b[ea] - b[eb])[inv]
-        target = np.minimum(r**2, ep.clip_s**2) - 1.0
+        r = residual(b, work)
+        target = np.multiply(r, r, out=r)
+        np.minimum(target, ep.clip_s**2, out=target)
+        target -= 1.0
         t_e = np.bincount(inv, weights=target, minlength=n_e)
         u_rhs = 0.5 * (np.bincount(ea, weights=t_e, minlength=n_labs) + np.bincount(eb, weights=t_e, minlength=n_labs))
         u = _pcg(u_mat, u_rhs, u)
         var_e = np.maximum(1.0, 1.0 + 0.5 * (u[ea] + u[eb]))
     b, w_e = solve_b(huber, var_e, b)
-    r = y - (b[ea] - b[eb])[inv]
+    r = residual(b, work)
     b = b - _component_medians(b, comp, involved)
     # Σ w r² with w = huber / var_row, summed per edge
-    wr2 = float(np.sum(np.bincount(inv, weights=huber * r * r, minlength=n_e) / var_e))
+    hr2 = np.multiply(huber, r, out=spare)
+    hr2 *= r
+    wr2 = float(np.sum(np.bincount(inv, weights=hr2, minlength=n_e) / var_e))
+    del hr2, r
 
     sizes = np.bincount(comp)
     rank = int(involved.sum()) - len(np.unique(comp[involved]))
