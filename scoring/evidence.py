@@ -305,23 +305,27 @@ class Comparisons:
 
 
 def _comparisons(df: pl.DataFrame, ix: LabIndex) -> Comparisons:
-    def col(name: str) -> np.ndarray:
+    """Original vs retest on numeric pairs, and each side vs the arbitration lab: in that order,
+    each in pair order. The arbitration lab's differences are read on the arbitrated pairs only
+    (a few in a hundred), not as columns of nulls over every pair."""
+    def col(name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        n = df.height if rows is None else rows.size
         if name not in df.columns:
-            return np.full(df.height, np.nan)
-        return df.get_column(name).cast(pl.Float64).fill_null(np.nan).to_numpy()
+            return np.full(n, np.nan)
+        c = df.get_column(name)
+        if rows is not None:
+            c = c.gather(rows)
+        return c.cast(pl.Float64).fill_null(np.nan).to_numpy()
 
-    s12, s13, s23 = col("s"), col("s_13"), col("s_23")
-    has3 = ix.i3 >= 0
-    numeric = df.get_column("numeric").to_numpy()
-    pieces = [
-        (ix.i1, ix.i2, s12, np.isfinite(s12) & numeric),
-        (ix.i1, ix.i3, s13, np.isfinite(s13) & has3),
-        (ix.i2, ix.i3, s23, np.isfinite(s23) & has3),
-    ]
+    s12 = col("s")
+    keep12 = np.flatnonzero(np.isfinite(s12) & df.get_column("numeric").to_numpy())
+    arb = np.flatnonzero(ix.i3 >= 0)
+    s13, s23 = col("s_13", arb), col("s_23", arb)
+    keep13, keep23 = arb[np.isfinite(s13)], arb[np.isfinite(s23)]
     return Comparisons(
-        a=np.concatenate([a[k] for a, _, _, k in pieces]),
-        b=np.concatenate([b[k] for _, b, _, k in pieces]),
-        s=np.concatenate([s[k] for _, _, s, k in pieces]),
+        a=np.concatenate([ix.i1[keep12], ix.i1[keep13], ix.i2[keep23]]),
+        b=np.concatenate([ix.i2[keep12], ix.i3[keep13], ix.i3[keep23]]),
+        s=np.concatenate([s12[keep12], s13[np.isfinite(s13)], s23[np.isfinite(s23)]]),
     )
 
 
@@ -359,20 +363,22 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
             ix.i1, ix.i2, qual_disc, qual, sides, n_labs, prior_pairs=ep.baseline_prior_pairs
         )
         share1 = np.where(qual, q_share, share1)
-    blame1, blame2 = share1.copy(), 1.0 - share1
+    blame1, blame2 = share1, 1.0 - share1
     lost1 = lost2 = np.zeros(df.height, dtype=bool)
     if has_sides:
-        blame1 = np.where(code == 1, 0.0, np.where(code == 2, 1.0, blame1))
-        blame2 = np.where(code == 1, 1.0, np.where(code == 2, 0.0, blame2))
-        blame1 = np.where(code == 3, 1.0, blame1)
-        blame2 = np.where(code == 3, 1.0, blame2)
+        # The arbiter's word overrides the shares on the arbitrated pairs only (original: the
+        # retest lab erred; retest: the original erred; neither: both did; both: no change).
+        arb = np.flatnonzero((code >= 1) & (code <= 3))
+        c = code[arb]
+        blame1[arb] = np.where(c == 1, 0.0, 1.0)
+        blame2[arb] = np.where(c == 2, 0.0, 1.0)
         lost1 = (code == 2) | (code == 3)
         lost2 = (code == 1) | (code == 3)
-    disc = df.get_column("num_disc").to_numpy() | qual_disc
-    return Blame(
-        side1=np.where(disc, blame1, 0.0), side2=np.where(disc, blame2, 0.0),
-        lost1=lost1, lost2=lost2,
-    )
+    not_disc = ~(df.get_column("num_disc").to_numpy() | qual_disc)
+    # no discrepancy, no blame (in place: two pair-sized arrays fewer)
+    np.copyto(blame1, 0.0, where=not_disc)
+    np.copyto(blame2, 0.0, where=not_disc)
+    return Blame(side1=blame1, side2=blame2, lost1=lost1, lost2=lost2)
 
 
 # ---------------------------------------------------------------------------------- 4. counts
