@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 from scipy import sparse, stats
 from scipy.linalg import lapack
 from scipy.sparse import csgraph
@@ -84,7 +85,7 @@ def _edges(lab_a: np.ndarray, lab_b: np.ndarray, n_labs: int) -> _Edges:
     if len(lab_a) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return _Edges(a=empty, b=empty, inv=empty)
-    key = lab_a * n_labs + lab_b
+    key = lab_a.astype(np.int64) * n_labs + lab_b
     if n_labs * n_labs <= max(8 * len(key), 1 << 16):
         # A lookup table over all ordered lab pairs is cheaper than sorting the comparisons.
         present = np.zeros(n_labs * n_labs, dtype=bool)
@@ -98,6 +99,31 @@ def _edges(lab_a: np.ndarray, lab_b: np.ndarray, n_labs: int) -> _Edges:
     else:
         uniq, inv = np.unique(key, return_inverse=True)
     return _Edges(a=uniq // n_labs, b=uniq % n_labs, inv=inv.reshape(-1))
+
+
+def _edges_by_sort(lab_a: np.ndarray, lab_b: np.ndarray, n_labs: int) -> tuple[_Edges, np.ndarray] | None:
+    """The edges from one sort of the comparisons, and that order: (edges with ``inv`` ascending,
+    order), a stable sort by edge. The row in the low 32 bits makes every key distinct, so
+    polars' parallel (unstable) sort is stable here. None when the keys would not fit in 63 bits.
+    """
+    m = len(lab_a)
+    if m == 0 or m >= 1 << 32 or n_labs * n_labs >= 1 << 31:
+        return None
+    key = lab_a.astype(np.int64)
+    key *= n_labs
+    key += lab_b
+    key <<= 32
+    key |= np.arange(m, dtype=np.int64)
+    key = pl.Series(key).sort().to_numpy()
+    order = key & 0xFFFFFFFF
+    pair = key >> 32
+    del key
+    new = np.empty(m, dtype=bool)
+    new[0] = True
+    np.not_equal(pair[1:], pair[:-1], out=new[1:])
+    uniq = pair[new]
+    inv = np.cumsum(new, dtype=np.int64) - 1
+    return _Edges(a=uniq // n_labs, b=uniq % n_labs, inv=inv), order
 
 
 def _graph(edges: _Edges, n_labs: int) -> ComparisonGraph:
@@ -170,11 +196,12 @@ class _LabSystem:
     def matrix(self, w_edge: np.ndarray, sign: float, ridge: float, keep: np.ndarray) -> sparse.csr_matrix:
         n = self.n_labs
         diag = np.bincount(self.ea, weights=w_edge, minlength=n) + np.bincount(self.eb, weights=w_edge, minlength=n)
-        data = np.zeros(self.nnz)
-        data[self.pos_ab] += sign * w_edge
-        data[self.pos_ba] += sign * w_edge
+        # Each scatter has distinct positions, so a bincount is the scatter-add (faster than
+        # fancy-index assignment), and the entries are added in the same order.
+        data = np.bincount(self.pos_ab, weights=sign * w_edge, minlength=self.nnz)
+        data += np.bincount(self.pos_ba, weights=sign * w_edge, minlength=self.nnz)
         # A lab without comparisons gets a unit diagonal (its unknown is 0) instead of an empty row.
-        data[self.pos_diag] += diag + ridge + np.where(keep, 0.0, 1.0)
+        data += np.bincount(self.pos_diag, weights=diag + ridge + np.where(keep, 0.0, 1.0), minlength=self.nnz)
         return sparse.csr_matrix((data, self.indices, self.indptr), shape=(n, n))
 
 
@@ -289,11 +316,23 @@ def fit_lab_bias(
     Every sum over comparisons is a sum per edge of the lab graph (a distinct pair of labs), so
     the linear algebra is on the labs and the per-comparison work is a few vector passes.
     """
-    lab_a = np.asarray(lab_a, dtype=np.int64)
-    lab_b = np.asarray(lab_b, dtype=np.int64)
+    # Lab indices in their own integer type (int32 from the evidence): the edge keys are
+    # computed in int64 without a 64-bit copy of both columns.
+    lab_a = np.asarray(lab_a)
+    lab_b = np.asarray(lab_b)
     y = np.clip(np.asarray(s, dtype=float), -ep.clip_s, ep.clip_s)
     m = len(y)
-    edges = _edges(lab_a, lab_b, n_labs)
+    # The comparisons grouped by edge, in their given order within an edge: every per-edge sum
+    # and gather below then runs through memory in sequence (3-5x faster at millions of
+    # comparisons than scattering into a table of a million edges) and adds the same terms in
+    # the same order as in the given order, so the fit is the same to the last bit.
+    by_sort = _edges_by_sort(lab_a, lab_b, n_labs)
+    if by_sort is None:
+        edges, order = _edges(lab_a, lab_b, n_labs), None
+    else:
+        edges, order = by_sort
+        y = y[order]
+    del order
     graph = _graph(edges, n_labs)
     if m == 0 or n_labs == 0:
         return BiasFit(
@@ -309,42 +348,61 @@ def fit_lab_bias(
     count_e = np.bincount(inv, minlength=n_e).astype(float)
     u_mat = system.matrix(0.25 * count_e, 1.0, _VARIANCE_RIDGE, involved)
 
+    # Three comparison-sized buffers serve every step: a fresh array of millions of doubles per
+    # operation costs as much in page faults as the arithmetic does. Every value is computed by
+    # the same operations in the same order as with temporaries.
+    work = np.empty(m)
+    spare = np.empty(m)
+
     def solve_b(huber: np.ndarray, var_e: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # weights huber / var_row, with var_row a function of the edge: summed per edge first
         w_e = np.bincount(inv, weights=huber, minlength=n_e) / var_e
-        wy_e = np.bincount(inv, weights=huber * y, minlength=n_e) / var_e
+        wy_e = np.bincount(inv, weights=np.multiply(huber, y, out=spare), minlength=n_e) / var_e
         rhs = np.bincount(ea, weights=wy_e, minlength=n_labs) - np.bincount(eb, weights=wy_e, minlength=n_labs)
         mat = system.matrix(w_e, -1.0, ep.ridge, involved)
         return _center(_pcg(mat, rhs, b0), comp, involved), w_e
+
+    def residual(b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.take(b[ea] - b[eb], inv, out=out)
+        return np.subtract(y, out, out=out)
 
     var_e = np.ones(n_e)  # var_row is a function of the edge
     huber = np.ones(m)
     b = np.zeros(n_labs)
     u = np.zeros(n_labs)
-    for _outer in range(2):
-        sd_row = np.sqrt(var_e)[inv]
+    for outer in range(2):
+        # the first pass has var_row = 1 everywhere: dividing by it changes nothing
+        sd_row = np.sqrt(var_e)[inv] if outer else None
         for _ in range(ep.irls_iterations):
             b, _w_e = solve_b(huber, var_e, b)
-            r = y - (b[ea] - b[eb])[inv]
-            zr = np.abs(r, out=r)
-            zr /= sd_row
-            new = np.minimum(1.0, ep.huber_k / np.maximum(zr, 1e-12, out=zr), out=zr)
-            converged = np.max(np.abs(huber - new, out=huber)) < 1e-6
-            huber = new
+            zr = np.abs(residual(b, work), out=work)
+            if sd_row is not None:
+                zr /= sd_row
+            np.maximum(zr, 1e-12, out=zr)
+            np.divide(ep.huber_k, zr, out=zr)
+            new = np.minimum(1.0, zr, out=zr)
+            np.subtract(huber, new, out=huber)
+            converged = np.max(np.abs(huber, out=huber)) < 1e-6
+            huber, work = new, huber
             if converged:
                 break
         del sd_row
-        r = y - (b[ea] - b[eb])[inv]
-        target = np.minimum(r**2, ep.clip_s**2) - 1.0
+        r = residual(b, work)
+        target = np.multiply(r, r, out=r)
+        np.minimum(target, ep.clip_s**2, out=target)
+        target -= 1.0
         t_e = np.bincount(inv, weights=target, minlength=n_e)
         u_rhs = 0.5 * (np.bincount(ea, weights=t_e, minlength=n_labs) + np.bincount(eb, weights=t_e, minlength=n_labs))
         u = _pcg(u_mat, u_rhs, u)
         var_e = np.maximum(1.0, 1.0 + 0.5 * (u[ea] + u[eb]))
     b, w_e = solve_b(huber, var_e, b)
-    r = y - (b[ea] - b[eb])[inv]
+    r = residual(b, work)
     b = b - _component_medians(b, comp, involved)
     # Σ w r² with w = huber / var_row, summed per edge
-    wr2 = float(np.sum(np.bincount(inv, weights=huber * r * r, minlength=n_e) / var_e))
+    hr2 = np.multiply(huber, r, out=spare)
+    hr2 *= r
+    wr2 = float(np.sum(np.bincount(inv, weights=hr2, minlength=n_e) / var_e))
+    del hr2, r
 
     sizes = np.bincount(comp)
     rank = int(involved.sum()) - len(np.unique(comp[involved]))

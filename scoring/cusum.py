@@ -18,7 +18,7 @@ import polars as pl
 
 from scoring.policy import CusumPolicy
 
-__all__ = ["cusum_limit", "cusum_paths", "lab_cusum", "risk_adjusted_cusum"]
+__all__ = ["cusum_grid", "cusum_limit", "cusum_limit_of_grid", "cusum_paths", "lab_cusum", "risk_adjusted_cusum"]
 
 
 def _chart(weight: pl.Expr, group: str | None) -> pl.Expr:
@@ -56,7 +56,42 @@ def lab_cusum(
     rows: idx (lab), y, p, completed_on. Returns idx, cusum_current (the chart's value after the
     last row), cusum_max, cusum_signal_on (completion date of the first row at which C ≥ limit
     with C > 0; null if never).
+
+    When each lab's rows are contiguous (as the evidence orders them), the charts are run lab by
+    lab on numpy slices: the same sequential sums as the window expressions, without hashing
+    millions of rows by lab three times (bit-identical; a test compares both).
     """
+    idx = rows.get_column("idx").to_numpy()
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if idx.size else np.zeros(0, dtype=np.int64)
+    if starts.size != np.unique(idx).size:
+        return _lab_cusum_frame(rows, odds_ratio=odds_ratio, limit=limit)
+    w = rows.select(w=_weight(pl.col("y"), pl.col("p"), odds_ratio)).get_column("w").to_numpy()
+    ends = np.r_[starts[1:], idx.size]
+    current = np.empty(starts.size)
+    cmax = np.empty(starts.size)
+    signal_row = np.full(starts.size, -1, dtype=np.int64)
+    for g, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        cs = np.cumsum(w[s:e])
+        c = cs - np.minimum(np.minimum.accumulate(cs), 0.0)
+        current[g] = c[-1]
+        cmax[g] = c.max()
+        hit = np.flatnonzero((c > 0) & (c >= limit))
+        if hit.size:
+            signal_row[g] = s + hit[0]
+    dates = rows.get_column("completed_on")
+    signal_on = dates.gather(np.where(signal_row >= 0, signal_row, 0)).set(
+        pl.Series(signal_row < 0), None
+    ) if starts.size else dates.clear()
+    return pl.DataFrame({
+        "idx": rows.get_column("idx").gather(starts),
+        "cusum_current": current,
+        "cusum_max": cmax,
+        "cusum_signal_on": signal_on,
+    })
+
+
+def _lab_cusum_frame(rows: pl.DataFrame, *, odds_ratio: float, limit: float) -> pl.DataFrame:
+    """:func:`lab_cusum` by window expressions (any row order within a lab's rows)."""
     return (
         cusum_paths(rows, odds_ratio=odds_ratio)
         .group_by("idx", maintain_order=True)
@@ -83,15 +118,29 @@ def _simulate_max_paths(
     grid32 = grid.astype(np.float32)
     w_fail = -np.log1p((odds_ratio - 1.0) * grid)
     w_disc = np.log(odds_ratio) + w_fail
+    # one table of weights: entry j a pair at grid[j] without a discrepancy, len(grid) + j with
+    # one (a single gather per step instead of two and a select)
+    weights = np.r_[w_fail, w_disc]
+    n_grid = np.int32(len(grid))
     out = np.empty((n_sim, steps), dtype=np.float32)
     block = max(1, min(n_sim, 4_000_000 // max(steps, 1)))
     for start in range(0, n_sim, block):
         m = min(block, n_sim - start)
         k = rng.integers(0, len(grid), (m, steps), dtype=np.int32)
         y = rng.random((m, steps), dtype=np.float32) < grid32[k]
-        cs = np.cumsum(np.where(y, w_disc[k], w_fail[k]), axis=1)
-        c = cs - np.minimum(np.minimum.accumulate(cs, axis=1), 0.0)
-        out[start : start + m] = np.maximum.accumulate(c, axis=1)
+        k += y * n_grid
+        del y
+        cs = np.cumsum(weights[k], axis=1)
+        del k
+        floor = np.minimum.accumulate(cs, axis=1)
+        np.minimum(floor, 0.0, out=floor)
+        cs -= floor
+        del floor
+        # the running maximum of float32 values is that of the doubles, rounded (rounding is
+        # monotone), so the chart is rounded first and the maximum taken in place
+        block_out = out[start : start + m]
+        block_out[...] = cs
+        np.maximum.accumulate(block_out, axis=1, out=block_out)
     return out
 
 
@@ -146,12 +195,25 @@ def cusum_limit(p: np.ndarray, cp: CusumPolicy) -> float:
     less variance than Bernoulli, so the true in-control ARL is at least arl0. Seeded and cached
     on its inputs. Empty p: NaN.
     """
+    return cusum_limit_of_grid(cusum_grid(p), cp)
+
+
+def cusum_grid(p: np.ndarray) -> tuple[float, ...]:
+    """The probabilities :func:`cusum_limit` simulates from: the 101 percentiles of the finite
+    p, rounded to 1e-4 (empty when there are none)."""
     p = np.asarray(p, dtype=float)
     p = p[np.isfinite(p)]
     if len(p) == 0:
-        return float("nan")
+        return ()
     quantiles = np.clip(np.percentile(p, np.arange(101)), 1e-4, 0.9999)
-    grid = tuple(float(v) for v in np.round(quantiles, 4))
+    return tuple(float(v) for v in np.round(quantiles, 4))
+
+
+def cusum_limit_of_grid(grid: tuple[float, ...], cp: CusumPolicy) -> float:
+    """:func:`cusum_limit` from its :func:`cusum_grid` (NaN for an empty grid): the simulation
+    alone, which needs none of the pairs."""
+    if not grid:
+        return float("nan")
     return _cusum_limit_cached(
         grid, float(cp.odds_ratio), int(cp.arl0), int(cp.n_sim), int(cp.seed),
         int(cp.max_steps_factor),

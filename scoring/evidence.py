@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +47,7 @@ from scoring.attribution import (
     precision_against_peers,
     qualitative_shares,
 )
-from scoring.cusum import cusum_limit, cusum_paths, lab_cusum
+from scoring.cusum import cusum_grid, cusum_limit_of_grid, cusum_paths, lab_cusum
 from scoring.patterns import (
     PATTERNS,
     PatternCounts,
@@ -56,7 +58,7 @@ from scoring.patterns import (
 from scoring.policy import EvidencePolicy, Policy
 from scoring.rates import (
     FunnelLimits,
-    baseline_rate,
+    baseline_probabilities,
     benjamini_hochberg,
     fit_beta_binomial,
     funnel_limits,
@@ -285,7 +287,8 @@ def _lab_index(df: pl.DataFrame) -> LabIndex:
     def idx(col: str) -> np.ndarray:
         ids, codes = local[col]
         p = phys[col]
-        lookup = np.full(int(ids.max()) + 2 if ids.size else 1, -1, dtype=np.int64)
+        # int32 indices: three per pair, 12 bytes a pair fewer than int64 at every stage
+        lookup = np.full(int(ids.max()) + 2 if ids.size else 1, -1, dtype=np.int32)
         lookup[ids] = [position[c] for c in codes]
         return lookup[np.where(p == null, len(lookup) - 1, p)]
 
@@ -302,23 +305,27 @@ class Comparisons:
 
 
 def _comparisons(df: pl.DataFrame, ix: LabIndex) -> Comparisons:
-    def col(name: str) -> np.ndarray:
+    """Original vs retest on numeric pairs, and each side vs the arbitration lab: in that order,
+    each in pair order. The arbitration lab's differences are read on the arbitrated pairs only
+    (a few in a hundred), not as columns of nulls over every pair."""
+    def col(name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        n = df.height if rows is None else rows.size
         if name not in df.columns:
-            return np.full(df.height, np.nan)
-        return df.get_column(name).cast(pl.Float64).fill_null(np.nan).to_numpy()
+            return np.full(n, np.nan)
+        c = df.get_column(name)
+        if rows is not None:
+            c = c.gather(rows)
+        return c.cast(pl.Float64).fill_null(np.nan).to_numpy()
 
-    s12, s13, s23 = col("s"), col("s_13"), col("s_23")
-    has3 = ix.i3 >= 0
-    numeric = df.get_column("numeric").to_numpy()
-    pieces = [
-        (ix.i1, ix.i2, s12, np.isfinite(s12) & numeric),
-        (ix.i1, ix.i3, s13, np.isfinite(s13) & has3),
-        (ix.i2, ix.i3, s23, np.isfinite(s23) & has3),
-    ]
+    s12 = col("s")
+    keep12 = np.flatnonzero(np.isfinite(s12) & df.get_column("numeric").to_numpy())
+    arb = np.flatnonzero(ix.i3 >= 0)
+    s13, s23 = col("s_13", arb), col("s_23", arb)
+    keep13, keep23 = arb[np.isfinite(s13)], arb[np.isfinite(s23)]
     return Comparisons(
-        a=np.concatenate([a[k] for a, _, _, k in pieces]),
-        b=np.concatenate([b[k] for _, b, _, k in pieces]),
-        s=np.concatenate([s[k] for _, _, s, k in pieces]),
+        a=np.concatenate([ix.i1[keep12], ix.i1[keep13], ix.i2[keep23]]),
+        b=np.concatenate([ix.i2[keep12], ix.i3[keep13], ix.i3[keep23]]),
+        s=np.concatenate([s12[keep12], s13[np.isfinite(s13)], s23[np.isfinite(s23)]]),
     )
 
 
@@ -356,33 +363,45 @@ def _blame(df: pl.DataFrame, ix: LabIndex, fit: BiasFit, ep: EvidencePolicy, n_l
             ix.i1, ix.i2, qual_disc, qual, sides, n_labs, prior_pairs=ep.baseline_prior_pairs
         )
         share1 = np.where(qual, q_share, share1)
-    blame1, blame2 = share1.copy(), 1.0 - share1
+    blame1, blame2 = share1, 1.0 - share1
     lost1 = lost2 = np.zeros(df.height, dtype=bool)
     if has_sides:
-        blame1 = np.where(code == 1, 0.0, np.where(code == 2, 1.0, blame1))
-        blame2 = np.where(code == 1, 1.0, np.where(code == 2, 0.0, blame2))
-        blame1 = np.where(code == 3, 1.0, blame1)
-        blame2 = np.where(code == 3, 1.0, blame2)
+        # The arbiter's word overrides the shares on the arbitrated pairs only (original: the
+        # retest lab erred; retest: the original erred; neither: both did; both: no change).
+        arb = np.flatnonzero((code >= 1) & (code <= 3))
+        c = code[arb]
+        blame1[arb] = np.where(c == 1, 0.0, 1.0)
+        blame2[arb] = np.where(c == 2, 0.0, 1.0)
         lost1 = (code == 2) | (code == 3)
         lost2 = (code == 1) | (code == 3)
-    disc = df.get_column("num_disc").to_numpy() | qual_disc
-    return Blame(
-        side1=np.where(disc, blame1, 0.0), side2=np.where(disc, blame2, 0.0),
-        lost1=lost1, lost2=lost2,
-    )
+    not_disc = ~(df.get_column("num_disc").to_numpy() | qual_disc)
+    # no discrepancy, no blame (in place: two pair-sized arrays fewer)
+    np.copyto(blame1, 0.0, where=not_disc)
+    np.copyto(blame2, 0.0, where=not_disc)
+    return Blame(side1=blame1, side2=blame2, lost1=lost1, lost2=lost2)
 
 
 # ---------------------------------------------------------------------------------- 4. counts
 
 
-def _chart_order(rows: pl.DataFrame) -> pl.Series:
+def _chart_order(rows: pl.DataFrame, *, two_sides: bool = False) -> pl.Series:
     """Row order by (idx, completed_on with nulls first, pair_id): each lab's chart in time.
 
     The three keys are packed into one integer (lab, day, rank of the pair id) whenever it fits
     in 63 bits, which it does for any realistic window: one integer sort instead of three keys.
+
+    two_sides: the rows are two halves with the same pairs in the same order (a side each), as
+    :func:`_chart_rows` makes them. The pairs are then sorted once by (day, pair), each pair
+    stands for its two sides (original first), and a stable sort by lab (a radix sort on small
+    integers) groups them by lab with time order kept: the same order from a sort of half the
+    keys, none of them carrying the lab.
     """
     if rows.height == 0:
         return pl.Series(np.zeros(0, dtype=np.uint32))
+    if two_sides and rows.height % 2 == 0:
+        order = _two_side_order(rows)
+        if order is not None:
+            return order
     day = rows.get_column("completed_on").cast(pl.Int32).cast(pl.Int64)
     first, last = day.min(), day.max()
     days = 1 if first is None else int(last) - int(first) + 2
@@ -392,7 +411,7 @@ def _chart_order(rows: pl.DataFrame) -> pl.Series:
         pid_rank = rows.get_column("pair_rank").to_numpy()
     else:
         pid_rank = pid.rank("dense").cast(pl.Int64).to_numpy() if pid.null_count() == 0 else None
-    idx = rows.get_column("idx").to_numpy()
+    idx = rows.get_column("idx").to_numpy().astype(np.int64)
     n_ids = int(pid_rank.max()) + 1 if pid_rank is not None else 0
     n_labs = int(idx.max()) + 1
     if pid_rank is None or idx.min() < 0 or math.log2(n_labs) + math.log2(days) + math.log2(n_ids) > 62:
@@ -401,6 +420,38 @@ def _chart_order(rows: pl.DataFrame) -> pl.Series:
         ).get_column("__r")
     key = (idx * days + day_code) * n_ids + pid_rank
     return pl.Series(key).arg_sort()
+
+
+def _two_side_order(rows: pl.DataFrame) -> pl.Series | None:
+    """:func:`_chart_order` of two halves of the same pairs; None where it does not apply."""
+    half = rows.height // 2
+    pairs = rows.slice(0, half)
+    idx = rows.get_column("idx")
+    lo_lab, hi_lab = idx.min(), idx.max()
+    if lo_lab is None or int(lo_lab) < 0 or int(hi_lab) > np.iinfo(np.int16).max:
+        return None
+    pid = pairs.get_column("pair_id")
+    if "pair_rank" in pairs.columns:
+        pid_rank = pairs.get_column("pair_rank").to_numpy()
+    elif pid.null_count() == 0:
+        pid_rank = pid.rank("dense").cast(pl.Int64).to_numpy()
+    else:
+        return None
+    day = pairs.get_column("completed_on").cast(pl.Int32)
+    first, last = day.min(), day.max()
+    days = 1 if first is None else int(last) - int(first) + 2
+    n_ids = int(pid_rank.max()) + 1
+    if math.log2(days) + math.log2(n_ids) > 62:
+        return None
+    key = (day.cast(pl.Int64) - (0 if first is None else int(first)) + 1).fill_null(0).to_numpy()
+    key = key * n_ids + pid_rank
+    by_time = pl.Series(key).arg_sort().to_numpy()
+    del key
+    pre = np.empty(2 * half, dtype=np.int64)
+    pre[0::2] = by_time
+    pre[1::2] = by_time + half
+    del by_time
+    return pl.Series(pre[np.argsort(idx.cast(pl.Int16).to_numpy()[pre], kind="stable")])
 
 
 def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
@@ -424,6 +475,14 @@ def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray)
     )
 
 
+def _all_distinct(ids: pl.Series) -> bool:
+    """No value twice (nulls count as values). Pairs come in id order, where a look at
+    neighbours decides it without hashing millions of ids."""
+    if ids.null_count() == 0 and ids.is_sorted():
+        return ids.len() < 2 or bool((ids.slice(1) != ids.slice(0, ids.len() - 1)).all())
+    return bool(ids.is_unique().all())
+
+
 def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
     """Counts per lab and role, by bincounts over the pairs' lab indices (both sides at once)."""
     n_labs = len(ix.labs)
@@ -437,19 +496,33 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         b = np.bincount(j2, weights=w1 if w2 is None else w2, minlength=n_labs + 1)
         return (a + b)[:n_labs]
 
-    def flag(name: str) -> np.ndarray:
-        return df.get_column(name).fill_null(False).to_numpy().astype(float)
-
+    # The pair's flags as the bits of one small code: one integer bincount per side over
+    # (lab, code) gives every flag's count per lab (whole numbers: the same as summing each flag).
+    flags = ("numeric", "qualitative", "censored", "undecidable", "num_disc", "reversal")
     outcome = df.get_column("outcome")
-    numeric = flag("numeric")
-    qualitative = flag("qualitative")
-    within = (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy().astype(float)
-    censored_disc = (outcome == "censored_discrepant").fill_null(False).to_numpy().astype(float)
+    bits = [df.get_column(name).fill_null(False).to_numpy() for name in flags] + [
+        (outcome == "reversal_within_uncertainty").fill_null(False).to_numpy(),
+        (outcome == "censored_discrepant").fill_null(False).to_numpy(),
+    ]
+    code = np.zeros(df.height, dtype=np.uint8)
+    for k, bit in enumerate(bits):
+        code |= bit.view(np.uint8) << np.uint8(k)
+    del bits
+    n_codes = 1 << 8
+    by_code = (
+        np.bincount(j1 * n_codes + code, minlength=(n_labs + 1) * n_codes)
+        + np.bincount(j2 * n_codes + code, minlength=(n_labs + 1) * n_codes)
+    ).reshape(n_labs + 1, n_codes)[:n_labs]
+    del code
+    code_has = (np.arange(n_codes)[:, None] >> np.arange(8)[None, :]) & 1
+    flag_counts = by_code @ code_has  # (labs, flags)
+    numeric = df.get_column("numeric").to_numpy().astype(float)
+    qualitative = df.get_column("qualitative").to_numpy().astype(float)
     original = np.bincount(j1, minlength=n_labs + 1)[:n_labs]
     retest = np.bincount(j2, minlength=n_labs + 1)[:n_labs]
     arbitration = np.bincount(j3, minlength=n_labs + 1)[:n_labs]
     pair_ids = df.get_column("pair_id")
-    if pair_ids.is_unique().all():
+    if _all_distinct(pair_ids):
         # A pair counts once for a lab that sits on two of its sides.
         dup2 = ok2 & (i2 == i1)
         dup3 = ok3 & ((i3 == i1) | (i3 == i2))
@@ -468,14 +541,14 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         "pairs_original": original,
         "pairs_retest": retest,
         "pairs_compared": original + retest,
-        "pairs_quantitative": per_lab(numeric),
-        "pairs_qualitative": per_lab(qualitative),
-        "pairs_censored": per_lab(flag("censored")),
-        "pairs_undecidable": per_lab(flag("undecidable")),
-        "discrepancies": per_lab(flag("num_disc")),
-        "reversals": per_lab(flag("reversal")),
-        "reversals_within_uncertainty": per_lab(within),
-        "censored_disagreements": per_lab(censored_disc),
+        "pairs_quantitative": flag_counts[:, 0],
+        "pairs_qualitative": flag_counts[:, 1],
+        "pairs_censored": flag_counts[:, 2],
+        "pairs_undecidable": flag_counts[:, 3],
+        "discrepancies": flag_counts[:, 4],
+        "reversals": flag_counts[:, 5],
+        "reversals_within_uncertainty": flag_counts[:, 6],
+        "censored_disagreements": flag_counts[:, 7],
         "arbitrations_lost": per_lab(blame.lost1.astype(float), blame.lost2.astype(float)),
         "pairs_arbitration": arbitration,
     }
@@ -629,43 +702,53 @@ def _sign_tests(comp_a: np.ndarray, comp_b: np.ndarray, s: np.ndarray) -> pl.Dat
     n = s.size
     n_labs = int(max(comp_a.max(), comp_b.max())) + 1 if n else 0
     lab_type = np.int16 if n_labs <= np.iinfo(np.int16).max else np.int32
-    abs_s = np.abs(s)
-    nz = np.flatnonzero(abs_s != 0)
-    by_abs = nz[pl.Series(abs_s[nz]).arg_sort().to_numpy()]
-    la = np.repeat(abs_s[by_abs], 2)
+    nz = np.flatnonzero(s != 0)
+    by_abs = nz[pl.Series(np.abs(s[nz])).arg_sort().to_numpy()]
+    del nz
     # side 0 of a comparison is lab a (oriented +s), side 1 lab b (oriented −s)
     side = np.empty(2 * by_abs.size, dtype=np.int64)
     side[0::2] = by_abs
     side[1::2] = by_abs + n
     del by_abs
     lab_of = np.r_[comp_a, comp_b].astype(lab_type)
-    li = lab_of[side]
-    regroup = np.argsort(li, kind="stable")
-    li, la, side = li[regroup], la[regroup], side[regroup]
-    del regroup
-    pos = np.where(side < n, s[side % n] > 0, s[side % n] < 0)
+    side = side[np.argsort(lab_of[side], kind="stable")]
+    li = lab_of[side].astype(np.int32)
+    is_b = side >= n
+    sv = s[np.where(is_b, side - n, side)]
     del side
-    li = li.astype(np.int32)
+    pos = (sv > 0) != is_b  # s > 0 for lab a, s < 0 for lab b (no zeros here)
+    del is_b
+    la = np.abs(sv)
+    del sv
     m = li.size
-    new_lab = np.r_[True, li[1:] != li[:-1]] if m else np.zeros(0, dtype=bool)
-    new_run = new_lab | np.r_[True, la[1:] != la[:-1]] if m else np.zeros(0, dtype=bool)
-    del la
-    lab_start = np.maximum.accumulate(np.where(new_lab, np.arange(m), 0)) if m else np.zeros(0, dtype=np.int64)
-    del new_lab
-    run_first = np.flatnonzero(new_run)
-    run_id = np.cumsum(new_run, dtype=np.int64) - 1
-    del new_run
-    run_len = np.diff(np.r_[run_first, m])
-    # average rank of a run = its first position in the lab (1-based) + (length − 1) / 2
-    run_rank = (run_first - lab_start[run_first] + 1) + (run_len - 1) / 2.0
-    del lab_start
-    w_plus = np.bincount(li, weights=np.where(pos, run_rank[run_id], 0.0), minlength=n_labs)
-    del run_id
-    t = run_len.astype(float)
     sign_n = np.bincount(li, minlength=n_labs)
-    sign_pos = np.bincount(li, weights=pos, minlength=n_labs)
-    tie = np.bincount(li[run_first], weights=(t**3 - t) / 48.0, minlength=n_labs)
-    del li, pos
+    # rank of |s| within the lab: the position in the lab's run (1-based); ties share the
+    # average rank of their run of equal values (a run's first position + (length − 1) / 2)
+    lab_first = np.cumsum(sign_n) - sign_n
+    rank = (np.arange(m, dtype=np.int64) - lab_first[li] + 1).astype(float)
+    tied_prev = np.zeros(m, dtype=bool)  # equal to the row before, in the same lab
+    if m > 1:
+        np.equal(la[1:], la[:-1], out=tied_prev[1:])
+        tied_prev[1:] &= li[1:] == li[:-1]
+    del la
+    tie = np.zeros(n_labs)
+    if tied_prev.any():
+        # only rows in a run of ties change (real data: values reported to a few decimals)
+        in_run = tied_prev.copy()
+        in_run[:-1] |= tied_prev[1:]
+        rows = np.flatnonzero(in_run)
+        starts = ~tied_prev[rows]
+        run_id = np.cumsum(starts) - 1
+        run_first = rows[starts]
+        run_len = np.bincount(run_id)
+        rank[rows] = (rank[run_first] + (run_len - 1) / 2.0)[run_id]
+        t = run_len.astype(float)
+        tie = np.bincount(li[run_first], weights=(t**3 - t) / 48.0, minlength=n_labs)
+    del tied_prev
+    # a side that is not positive adds nothing to W+ (sums of the same terms in the same order)
+    w_plus = np.bincount(li[pos], weights=rank[pos], minlength=n_labs)
+    sign_pos = np.bincount(li[pos], minlength=n_labs)
+    del li, pos, rank
     present = (np.bincount(comp_a, minlength=n_labs) + np.bincount(comp_b, minlength=n_labs)) > 0
     medians = pl.DataFrame({"idx": lab_of, "s": np.r_[s, -s]}).group_by("idx").agg(
         median_s=pl.col("s").median()
@@ -699,6 +782,13 @@ def _sign_columns(out: pl.DataFrame) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------- assembly
 
 
+def _codes(df: pl.DataFrame, name: str) -> np.ndarray:
+    """A code column's Categorical ids (a missing code one more id), as a grouping key."""
+    ids = df.get_column(name).cast(pl.Categorical).to_physical().cast(pl.Int64)
+    top = ids.max()
+    return ids.fill_null(0 if top is None else int(top) + 1).to_numpy()
+
+
 @dataclass(frozen=True, slots=True)
 class _Stages:
     """Stages 1–5, shared by the evidence and by the series its charts are drawn from."""
@@ -714,51 +804,68 @@ class _Stages:
     rates: RateEvidence
 
 
-def _stages(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date) -> _Stages | None:
-    """The window, graph, bias fit, blame, counts and rates; None when the window is empty."""
+def _stages(
+    scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
+    with_comparisons: Callable[[Comparisons], None] | None = None,
+) -> _Stages | None:
+    """The window, graph, bias fit, blame, counts and rates; None when the window is empty.
+    ``with_comparisons`` is handed the comparisons as soon as they exist (before the fit)."""
     ep = policy.evidence
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
         return None
-    # Each numeric pair's baseline discrepancy probability, from numeric pairs only: the other
-    # families' event is null, which the rate's window expressions do not count (computed in
-    # place, row by row, rather than on a filtered copy joined back).
-    event = "__numeric_event"
-    df = df.with_columns(pl.when(pl.col("numeric")).then(pl.col("num_disc")).alias(event))
-    df = df.with_columns(
-        p_expected=pl.when(pl.col("numeric")).then(
-            baseline_rate(df, event, ep.baseline, ep.baseline_prior_pairs)
-        ).cast(pl.Float64)
-    ).drop(event)
+    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the other
+    # families' pairs neither count nor get one), by bincounts over the codes' integer ids.
+    numeric = df.get_column("numeric").to_numpy()
+    p_expected = baseline_probabilities(
+        numeric, df.get_column("num_disc").to_numpy(), _codes(df, "category_code"),
+        _codes(df, "item_code"), ep.baseline, ep.baseline_prior_pairs,
+    )
 
     ix = _lab_index(df)
     n_labs = len(ix.labs)
     comps = _comparisons(df, ix)
+    if with_comparisons is not None:
+        with_comparisons(comps)
     fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
-    p_lab = df.get_column("p_expected").fill_null(0.0).to_numpy() / 2.0
+    p_lab = np.where(numeric, p_expected, 0.0) / 2.0
     counts = _counts(df, ix, blame, p_lab)
     return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, blame=blame, p_lab=p_lab,
                    counts=counts, rates=_rates(counts, ep))
+
+
+def _chart_lift(st: _Stages, policy: Policy) -> float:
+    """The in-control probabilities' factor: the peers' edge of the funnel over its target."""
+    fun = st.rates.funnel
+    lift = 1.0
+    if np.isfinite(fun.target) and fun.target > 0:
+        lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
+    return lift
+
+
+def _chart_p(st: _Stages, policy: Policy) -> np.ndarray:
+    """The CUSUM's in-control probability of each numeric pair (one value per pair; both sides
+    of a pair have it), as :func:`_cusum_rows` computes it."""
+    p = st.p_lab[st.df.get_column("numeric").to_numpy()] * _chart_lift(st, policy)
+    return np.clip(p, 0.0, 0.5, out=p)
 
 
 def _cusum_rows(st: _Stages, policy: Policy, *, ids: bool = True) -> pl.DataFrame:
     """The CUSUM's rows (idx, completed_on, pair_id, y, p) in chart order: numeric pairs, in
     control at the peers' edge of the funnel. ids=False: without pair_id (and the pair rank), for
     a chart that needs only its values and dates (two rows per numeric pair: 16 bytes a row)."""
-    fun = st.rates.funnel
-    lift = 1.0
-    if np.isfinite(fun.target) and fun.target > 0:
-        lift = 1.0 + policy.cusum.peer_z * float(np.sqrt(fun.tau2)) / fun.target
-    rows = _chart_rows(st.df, st.ix, st.blame, st.p_lab).select(
-        "idx", "completed_on", "pair_id", cs.by_name("pair_rank", require_all=False),
+    lift = _chart_lift(st, policy)
+    rows = _chart_rows(st.df, st.ix, st.blame, st.p_lab)
+    order = _chart_order(rows, two_sides=True)
+    # The columns the chart does not need go before the gather (their buffers with them).
+    rows = rows.select(
+        "idx", "completed_on",
+        *((["pair_id", cs.by_name("pair_rank", require_all=False)]) if ids else []),
         y=pl.col("blame").clip(0.0, 1.0),
         p=(pl.col("p_lab") * lift).clip(0.0, 0.5),
     )
-    order = _chart_order(rows)
-    if not ids:
-        rows = rows.select("idx", "completed_on", "y", "p")
     return rows.gather(order)
 
 
@@ -781,7 +888,7 @@ def cusum_series(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     if st is None:
         return pl.DataFrame(schema=CUSUM_PATH_SCHEMA)
     path = cusum_paths(_cusum_rows(st, policy), odds_ratio=policy.cusum.odds_ratio)
-    codes = pl.DataFrame({"idx": np.arange(len(st.ix.labs), dtype=np.int64), "lab_code": st.ix.labs})
+    codes = pl.DataFrame({"idx": np.arange(len(st.ix.labs), dtype=np.int32), "lab_code": st.ix.labs})
     return (
         path.join(codes, on="idx", how="left", maintain_order="left")
         .rename({"c": "cusum"})
@@ -881,9 +988,24 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     - shading_*, nd_hiding_*, verdict_contradiction_*, outliers_*: the data-problem patterns (n, observed,
       expected, p, q; the FDR family is the labs that could reach significance at all).
     """
+    # Three stages depend on nothing that follows them: the sign tests (on the comparisons), the
+    # CUSUM limit's simulation (on the chart's probabilities) and the data-problem patterns. The
+    # first two run in a worker thread beside the bias fit and the patterns: their numpy, polars
+    # and scipy calls release the GIL, so on two cores they overlap. Each is a pure function of
+    # its inputs: the results are the same as one after the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence") as worker:
+        return _lab_evidence(scored_pairs, policy, as_of, worker)
+
+
+def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
+                  worker: ThreadPoolExecutor) -> pl.DataFrame:
     ep = policy.evidence
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
-    st = _stages(scored_pairs, policy, as_of)
+    sign_job: list[Future[pl.DataFrame]] = []
+    st = _stages(
+        scored_pairs, policy, as_of,
+        with_comparisons=lambda c: sign_job.append(worker.submit(_sign_tests, c.a, c.b, c.s)),
+    )
     if st is None:
         return _empty_evidence()
     df, ix, comps, fit, identifiable = st.df, st.ix, st.comps, st.fit, st.identifiable
@@ -905,13 +1027,11 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     precision_p = np.where(judged, precision.p, np.nan)
 
     fun = rates.funnel
-    chart_rows = _cusum_rows(st, policy, ids=False)
-    # The stages' per-pair arrays (blame, baseline) end with the chart rows; the window frame
-    # ends with the pattern sides, and the chart rows with the chart: each is a pair-sized copy.
-    del st
-    h = cusum_limit(chart_rows.get_column("p").to_numpy(), policy.cusum)
-    chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
-    del chart_rows
+    # The limit is simulated from the percentiles of the chart's probabilities (each numeric pair
+    # once per side, the values of the chart rows), in the worker while the patterns are counted.
+    chart_p = _chart_p(st, policy)
+    limit_job = worker.submit(cusum_limit_of_grid, cusum_grid(np.r_[chart_p, chart_p]), policy.cusum)
+    del chart_p
 
     sides = pattern_sides(df, ix.i1, ix.i2)
     del df
@@ -925,10 +1045,18 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     patterns["outliers"] = outlier_counts(
         comps.a, comps.b, raw_residual, n_labs, limit=ep.outlier_s, floor=ep.outlier_floor
     )
+    del raw_residual
+    chart_rows = _cusum_rows(st, policy, ids=False)
+    # The stages' per-pair arrays (blame, baseline) end with the chart rows, and the chart rows
+    # with the chart: each is a pair-sized copy.
+    del st
+    h = limit_job.result()
+    chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
+    del chart_rows
 
     out = (
-        counts.join(_sign_tests(comps.a, comps.b, comps.s), on="idx", how="left")
-        .join(chart, on="idx", how="left")
+        counts.join(sign_job[0].result(), on="idx", how="left")
+        .join(chart.with_columns(pl.col("idx").cast(pl.Int64)), on="idx", how="left")
         .sort("idx")
     )
     signs = _sign_columns(out)

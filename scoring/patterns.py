@@ -40,6 +40,7 @@ from scipy.special import ndtr
 
 __all__ = [
     "PATTERNS",
+    "PairSides",
     "PatternCounts",
     "outlier_counts",
     "pattern_counts",
@@ -67,15 +68,43 @@ class PatternCounts:
     min_p: np.ndarray
 
 
-def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.DataFrame:
-    """One row per pair side (original and retest) with the lab's and the partner's data.
+@dataclass(frozen=True, slots=True)
+class PairSides:
+    """The pairs' data the patterns read, one entry per pair; side 1 is the original lab, side 2
+    the retest lab, and each test reads a pair twice (once from each side, the partner's data
+    swapped). Nothing here has a row per side: at 10 million pairs a frame of both sides was the
+    largest allocation of the evidence (about 1 GB), and the tests only need the few sides they
+    examine.
 
-    Columns: idx, partner (lab indices), item (an id per item code), quant (a quantitative item),
-    lower_limit, upper_limit, lod (the item's, else the median limit stated for the item), sigma
-    (σR at the pair's level), x, xp (the lab's and the partner's numbers), cens, cens_p, and
-    contradicts (1 / 0, −1 where undecidable). Built from numpy arrays: the two sides are the
-    same columns swapped, so nothing is selected or joined per side.
+    idx1/idx2 lab indices; quant (a quantitative item); lower_limit, upper_limit; lod (the
+    item's, else the median limit stated for the item); sigma (σR at the pair's level); x1/x2 the
+    numbers; cens1/cens2; contradicts1/2 (1 / 0, −1 where undecidable).
     """
+
+    idx1: np.ndarray
+    idx2: np.ndarray
+    quant: np.ndarray
+    lower_limit: np.ndarray
+    upper_limit: np.ndarray
+    lod: np.ndarray
+    sigma: np.ndarray
+    x1: np.ndarray
+    x2: np.ndarray
+    cens1: np.ndarray
+    cens2: np.ndarray
+    contradicts1: np.ndarray
+    contradicts2: np.ndarray
+
+    def lab(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Side k's (1 or 2) idx, partner, x, xp, cens (the partner's flag is cens_p(k))."""
+        if k == 1:
+            return self.idx1, self.idx2, self.x1, self.x2, self.cens1
+        return self.idx2, self.idx1, self.x2, self.x1, self.cens2
+
+
+def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> PairSides:
+    """The pairs' data for :func:`pattern_counts` (see :class:`PairSides`), from numpy arrays:
+    the two sides are the same columns swapped, so nothing is selected or joined per side."""
     n = pairs.height
 
     def has(name: str) -> bool:
@@ -108,44 +137,32 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> pl.Dat
         (pairs.get_column("kind") != "qualitative").fill_null(False).to_numpy()
         if has("kind") else np.zeros(n, dtype=bool)
     )
-    lower, upper, lod, sigma = num("lower_limit"), num("upper_limit"), num("lod"), num("sigma_R_at")
-    v1, v2 = num("value_1"), num("value_2")
-    c1, c2 = flag("censored_1"), flag("censored_2")
-    limit = np.r_[num("censor_limit_1"), num("censor_limit_2")]
-    item2 = np.r_[item, item]
     # The detection limit a not-detected result is judged against: the item's LOD, else the
     # median limit labs state when they report the item as censored (not this lab's own, which it
-    # could choose).
+    # could choose). Only the sides that state a limit enter the median.
+    limits = [num("censor_limit_1"), num("censor_limit_2")]
+    stated_rows = [np.flatnonzero(~np.isnan(lim) & (item >= 0)) for lim in limits]
     stated = (
-        pl.DataFrame({"item": item2, "limit": limit})
-        .lazy()
-        .filter(pl.col("limit").is_not_nan() & (pl.col("item") >= 0))
+        pl.DataFrame({
+            "item": np.concatenate([item[r] for r in stated_rows]),
+            "limit": np.concatenate([lim[r] for lim, r in zip(limits, stated_rows)]),
+        })
         .group_by("item")
         .agg(pl.col("limit").median())
-        .collect()
     )
+    del limits
     # index −1 (no item code) lands on the last cell, which stays NaN
-    stated_of = np.full(max(int(item2.max()) + 2, 1) if n else 1, np.nan)
+    stated_of = np.full(max(int(item.max()) + 2, 1) if n else 1, np.nan)
     stated_of[stated.get_column("item").to_numpy()] = stated.get_column("limit").to_numpy()
-    lod2 = np.r_[lod, lod]
-    lod2 = np.where(np.isnan(lod2), stated_of[item2], lod2)
-    return pl.DataFrame({
-        # int32 lab and item ids: this frame has two rows per pair
-        "idx": np.r_[i1, i2].astype(np.int32),
-        "partner": np.r_[i2, i1].astype(np.int32),
-        "item": item2.astype(np.int32),
-        "quant": np.r_[quant, quant],
-        "lower_limit": np.r_[lower, lower],
-        "upper_limit": np.r_[upper, upper],
-        "lod": lod2,
-        "sigma": np.r_[sigma, sigma],
-        "x": np.r_[v1, v2],
-        "xp": np.r_[v2, v1],
-        "cens": np.r_[c1, c2],
-        "cens_p": np.r_[c2, c1],
-        "censor_limit": limit,
-        "contradicts": np.r_[tri("verdict_contradicts_1"), tri("verdict_contradicts_2")],
-    })
+    lod = num("lod")
+    lod = np.where(np.isnan(lod), stated_of[item], lod)
+    return PairSides(
+        idx1=np.asarray(i1), idx2=np.asarray(i2), quant=quant,
+        lower_limit=num("lower_limit"), upper_limit=num("upper_limit"), lod=lod,
+        sigma=num("sigma_R_at"), x1=num("value_1"), x2=num("value_2"),
+        cens1=flag("censored_1"), cens2=flag("censored_2"),
+        contradicts1=tri("verdict_contradicts_1"), contradicts2=tri("verdict_contradicts_2"),
+    )
 
 
 def _per_lab(n_labs: int, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -264,63 +281,68 @@ def _counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, exp: np.nd
 
 
 def pattern_counts(
-    sides: pl.DataFrame, bias: np.ndarray, n_labs: int, *, band: float, clear: float,
+    sides: PairSides, bias: np.ndarray, n_labs: int, *, band: float, clear: float,
     contradiction_floor: float,
 ) -> dict[str, PatternCounts]:
-    """The three pattern tests for every lab. ``bias`` in σR units per lab (NaN → 0)."""
+    """The three pattern tests for every lab. ``bias`` in σR units per lab (NaN → 0).
+
+    Each test examines pair sides: side 1's examined pairs in pair order, then side 2's (the
+    order every sum and the exact tail probabilities see).
+    """
     b = np.nan_to_num(np.asarray(bias, dtype=float), nan=0.0)
-
-    # Column arrays of the sides frame (no copy: it is built from numpy arrays without nulls);
-    # the tests pick their rows by index, so no filtered copy of the whole frame is made.
-    def col(name: str) -> np.ndarray:
-        return sides.get_column(name).to_numpy()
-
-    sigma = col("sigma")
-    xp = col("xp")
-    upper, lower, lod = col("upper_limit"), col("lower_limit"), col("lod")
+    sigma, upper, lower, lod = sides.sigma, sides.upper_limit, sides.lower_limit, sides.lod
+    base = sides.quant & (sigma > 0)
     out: dict[str, PatternCounts] = {}
 
-    # Which sides each test examines is decided on every side; the probabilities (normal CDFs,
-    # the costly part) only on the sides examined.
-    with np.errstate(invalid="ignore"):
-        p_num = col("quant") & (sigma > 0) & np.isfinite(xp) & ~col("cens_p")
-        over = p_num & np.isfinite(upper) & (xp > upper)
-        under = p_num & np.isfinite(lower) & (xp < lower) & ~over
-        clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
-    idx = col("idx")
-    partner = col("partner")
-    x = col("x")
-    cens = col("cens")
+    # Which sides each test examines is decided on every pair (per side, from the partner's
+    # number); the probabilities (normal CDFs, the costly part) only on the sides examined.
+    shading: list[tuple[np.ndarray, ...]] = []
+    nd_parts: list[tuple[np.ndarray, ...]] = []
+    for k in (1, 2):
+        idx, partner, x, xp, cens = sides.lab(k)
+        cens_p = sides.cens2 if k == 1 else sides.cens1
+        with np.errstate(invalid="ignore"):
+            p_num = base & np.isfinite(xp) & ~cens_p
+            over = p_num & np.isfinite(upper) & (xp > upper)
+            under = p_num & np.isfinite(lower) & (xp < lower) & ~over
+            clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
+        use = np.flatnonzero(over | under)
+        shading.append((idx[use], partner[use], sigma[use], xp[use], x[use], upper[use], lower[use],
+                        over[use], cens[use]))
+        nd = np.flatnonzero(clear_amount)
+        nd_parts.append((idx[nd], partner[nd], lod[nd], xp[nd], sigma[nd], cens[nd]))
 
     # shading: partner beyond a limit (a numeric partner value, not censored)
-    use = np.flatnonzero(over | under)
-    sg, xpu, xu, up, lo = sigma[use], xp[use], x[use], upper[use], lower[use]
-    delta = b[idx[use]] - b[partner[use]]
-    ov = over[use]
+    s_idx, s_partner, sg, xpu, xu, up, lo, ov, s_cens = (np.concatenate(c) for c in zip(*shading))
+    del shading
+    delta = b[s_idx] - b[s_partner]
     with np.errstate(invalid="ignore"):
         d_up = (up - xpu) / sg  # < 0 where over
         d_lo = (xpu - lo) / sg  # < 0 where under
         p_up = ndtr((d_up - delta) / _SQRT2) - ndtr((d_up - band - delta) / _SQRT2)
         p_lo = ndtr((band - d_lo - delta) / _SQRT2) - ndtr((-d_lo - delta) / _SQRT2)
-        lab_num = np.isfinite(xu) & ~cens[use]
+        lab_num = np.isfinite(xu) & ~s_cens
         in_up = lab_num & ((up - xu) / sg >= 0) & ((up - xu) / sg <= band)
         in_lo = lab_num & ((xu - lo) / sg >= 0) & ((xu - lo) / sg <= band)
     out["shading"] = _counts(
-        "shading", n_labs, idx[use], np.where(ov, in_up, in_lo), np.where(ov, p_up, p_lo),
+        "shading", n_labs, s_idx, np.where(ov, in_up, in_lo), np.where(ov, p_up, p_lo),
     )
 
     # not detected where the partner finds a clear amount
-    nd = np.flatnonzero(clear_amount)
-    delta = b[idx[nd]] - b[partner[nd]]
+    n_idx, n_partner, n_lod, n_xp, n_sigma, n_cens = (np.concatenate(c) for c in zip(*nd_parts))
+    del nd_parts
+    delta = b[n_idx] - b[n_partner]
     with np.errstate(invalid="ignore"):
-        p_nd = ndtr(((lod[nd] - xp[nd]) / sigma[nd] - delta) / _SQRT2)
-    out["nd_hiding"] = _counts("nd_hiding", n_labs, idx[nd], cens[nd], p_nd)
+        p_nd = ndtr(((n_lod - n_xp) / n_sigma - delta) / _SQRT2)
+    out["nd_hiding"] = _counts("nd_hiding", n_labs, n_idx, n_cens, p_nd)
 
     # a verdict contradicting the lab's own number (over all decidable sides, any item kind)
-    contradicts = col("contradicts")
-    decidable = contradicts >= 0
-    c_idx = idx[decidable]
-    c_obs = contradicts[decidable] == 1
+    c_idx_parts, c_obs_parts = [], []
+    for idx, contradicts in ((sides.idx1, sides.contradicts1), (sides.idx2, sides.contradicts2)):
+        decidable = np.flatnonzero(contradicts >= 0)
+        c_idx_parts.append(idx[decidable])
+        c_obs_parts.append(contradicts[decidable] == 1)
+    c_idx, c_obs = np.concatenate(c_idx_parts), np.concatenate(c_obs_parts)
     pooled = float(c_obs.mean()) if len(c_obs) else 0.0
     rate = max(pooled, contradiction_floor)
     out["verdict_contradiction"] = _counts(

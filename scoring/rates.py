@@ -10,7 +10,7 @@ Array in, array out. The pieces a lab's discrepancy (or pattern) count goes thro
   spread between labs is not read as a signal;
 * :func:`benjamini_hochberg`: false-discovery-rate adjustment across labs;
 * :func:`baseline_rate`: each pair's expected discrepancy probability, shrunk item → category →
-  overall.
+  overall (:func:`baseline_probabilities`: the same from integer codes, without a frame).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "BetaBinomialPrior",
     "FunnelLimits",
     "ShrunkRates",
+    "baseline_probabilities",
     "baseline_rate",
     "benjamini_hochberg",
     "fit_beta_binomial",
@@ -280,3 +281,52 @@ def baseline_rate(frame: pl.DataFrame, event: str, level: str, prior_pairs: floa
     item_n = y.count().over(["category_code", "item_code"])
     item = (y.sum().over(["category_code", "item_code"]) + k * cat) / (item_n + k)
     return pl.when(item_n + k > 0).then(item).otherwise(cat)
+
+
+def _dense_codes(codes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes (non-negative integers, e.g. Categorical ids) renumbered 0..k−1 without sorting."""
+    if codes.size == 0:
+        return codes.astype(np.int64), 0
+    seen = np.bincount(codes)
+    present = np.flatnonzero(seen)
+    lookup = np.zeros(seen.size, dtype=np.int64)
+    lookup[present] = np.arange(present.size)
+    return lookup[codes], int(present.size)
+
+
+def baseline_probabilities(
+    counted: np.ndarray, event: np.ndarray, category: np.ndarray, item: np.ndarray, level: str,
+    prior_pairs: float,
+) -> np.ndarray:
+    """:func:`baseline_rate` from arrays: every row's expected probability of ``event`` among the
+    ``counted`` rows (both boolean), by ``category`` and ``item`` codes (non-negative integers,
+    one code standing for a missing one). Groups are bincounts over the codes instead of window
+    expressions over the frame; the counts are whole numbers, so every rate is the same double
+    :func:`baseline_rate` gives."""
+    counted = np.asarray(counted, dtype=bool)
+    hit = (np.asarray(event, dtype=bool) & counted).astype(float)
+    n_counted = int(counted.sum())
+    overall = float(hit.sum() / n_counted) if n_counted else 0.0
+    n = counted.size
+    if level == "overall":
+        return np.full(n, overall)
+    k = prior_pairs
+    cat, n_cat = _dense_codes(np.asarray(category, dtype=np.int64))
+    w = counted.astype(float)
+    cat_n = np.bincount(cat, weights=w, minlength=n_cat)
+    cat_sum = np.bincount(cat, weights=hit, minlength=n_cat)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cat_rate = np.where(cat_n + k > 0, (cat_sum + k * overall) / (cat_n + k), overall)
+    if level == "category":
+        return cat_rate[cat]
+    it, n_item = _dense_codes(np.asarray(item, dtype=np.int64))
+    key, n_key = _dense_codes(cat * max(n_item, 1) + it)
+    item_n = np.bincount(key, weights=w, minlength=n_key)
+    item_sum = np.bincount(key, weights=hit, minlength=n_key)
+    # an item's category (every row of a key has the same one)
+    key_cat = np.zeros(n_key, dtype=np.int64)
+    key_cat[key] = cat
+    parent = cat_rate[key_cat]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        item_rate = np.where(item_n + k > 0, (item_sum + k * parent) / (item_n + k), parent)
+    return item_rate[key]

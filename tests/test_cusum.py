@@ -10,7 +10,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.cusum import cusum_limit, lab_cusum, risk_adjusted_cusum
+from scoring.cusum import _lab_cusum_frame, cusum_limit, lab_cusum, risk_adjusted_cusum
 from scoring.policy import CusumPolicy
 
 
@@ -70,3 +70,24 @@ def test_cusum_limit_reaches_target_arl_and_is_reproducible():
         newly = (c >= h) & (rl == steps)
         rl[newly] = t + 1
     assert 170 <= rl.mean() <= 240
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.2, 4.0))
+def test_lab_cusum_per_lab_slices_equal_the_window_expressions(seed, limit):
+    # The numpy path (labs contiguous) must give the window expressions' result to the last bit:
+    # the same sequential sums, running minimum and first crossing. Rows of a lab interleaved
+    # with another's take the window path; both must agree with it.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    idx = np.sort(rng.integers(0, 9, n))
+    rows = pl.DataFrame({
+        "idx": idx,
+        "completed_on": pl.Series(rng.integers(19_000, 19_400, n)).cast(pl.Date),
+        "y": np.where(rng.random(n) < 0.2, rng.random(n), 0.0),
+        "p": rng.random(n) * 0.3,
+    })
+    fast = lab_cusum(rows, odds_ratio=2.0, limit=limit)
+    assert fast.equals(_lab_cusum_frame(rows, odds_ratio=2.0, limit=limit))
+    shuffled = rows.with_row_index("r").sort("idx", descending=True, maintain_order=True).drop("r")
+    assert lab_cusum(shuffled, odds_ratio=2.0, limit=limit).sort("idx").equals(fast)

@@ -22,6 +22,8 @@ from scoring.evidence import (
     EVIDENCE_INPUT_COLUMNS,
     EVIDENCE_SCHEMA,
     GROUP_BIAS_SCHEMA,
+    _all_distinct,
+    _chart_order,
     _sign_tests,
     bias_by_group,
     cusum_series,
@@ -437,3 +439,38 @@ def test_sign_and_wilcoxon_per_lab_match_ranks_by_hand(seed):
         assert row["wilcoxon_statistic"] == pytest.approx(ranks[nz > 0].sum(), abs=1e-12)
         assert row["tie"] == pytest.approx(((t.astype(float) ** 3 - t).sum()) / 48.0, abs=1e-12)
         assert row["median_s"] == pytest.approx(float(np.median(v)), abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_chart_order_of_two_sides_equals_one_sort_by_lab_day_pair(seed):
+    # The CUSUM's rows are two halves (original sides, retest sides) of the same pairs; sorting
+    # the pairs once by time and the sides by lab must give the order of one sort by
+    # (lab, completion date with nulls first, pair id).
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    pair_rank = np.sort(rng.choice(10 * n, n, replace=False))
+    days = pl.Series(rng.integers(19_000, 19_030, n)).cast(pl.Date)
+    days = days.scatter(np.flatnonzero(rng.random(n) < 0.1), None)
+    i1 = rng.integers(0, 20, n)
+    i2 = (i1 + rng.integers(1, 20, n)) % 20  # two different labs per pair
+    rows = pl.DataFrame({
+        "idx": np.r_[i1, i2],
+        "completed_on": pl.concat([days, days]),
+        "pair_id": np.r_[pair_rank, pair_rank],
+        "pair_rank": np.r_[pair_rank, pair_rank],
+    })
+    fast = rows.gather(_chart_order(rows, two_sides=True))
+    by_sort = rows.sort("idx", "completed_on", "pair_id", nulls_last=False)
+    assert fast.equals(by_sort)
+
+
+def test_all_distinct_from_neighbours_when_sorted_and_by_hash_otherwise():
+    # sorted ids decide by neighbours; unsorted ones or ones with nulls by hashing
+    assert _all_distinct(pl.Series([1, 2, 5, 9]))
+    assert not _all_distinct(pl.Series([1, 2, 2, 9]))
+    assert not _all_distinct(pl.Series([9, 2, 5, 2]))
+    assert _all_distinct(pl.Series([9, 2, 5, 1]))
+    assert not _all_distinct(pl.Series([None, 1, None], dtype=pl.Int64))
+    assert _all_distinct(pl.Series([3], dtype=pl.Int64))
+    assert _all_distinct(pl.Series([], dtype=pl.Int64))

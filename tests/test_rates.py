@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,8 @@ from scipy import stats
 from scoring.rates import (
     Z95,
     Z998,
+    baseline_probabilities,
+    baseline_rate,
     benjamini_hochberg,
     fit_beta_binomial,
     funnel_band,
@@ -135,3 +138,37 @@ def test_funnel_band_at_the_labs_sizes_is_their_limits():
     grid = np.geomspace(1, 1e4, 50)
     lo, hi = funnel_band(0.05, 0.001, grid, Z998)
     assert (np.diff(hi - lo) < 0).all() and (lo >= 0).all() and (hi <= 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["C1", "C2", "C3", None]), st.sampled_from(["I1", "I2", "I3", None]),
+                  st.sampled_from([True, False, None])),
+        min_size=1, max_size=60,
+    ),
+    st.sampled_from(["item", "category", "overall"]),
+    st.sampled_from([0.0, 1.0, 20.0]),
+)
+def test_baseline_probabilities_equal_the_frame_expression(rows, level, prior):
+    # The evidence computes the baseline from code ids by bincounts; the window expression is the
+    # definition. Counts are whole numbers, so the rates must agree to the last bit.
+    df = pl.DataFrame(
+        {"category_code": [r[0] for r in rows], "item_code": [r[1] for r in rows],
+         "event": [r[2] for r in rows]},
+        schema={"category_code": pl.Categorical, "item_code": pl.Categorical, "event": pl.Boolean},
+    )
+    expected = df.select(
+        p=pl.when(pl.col("event").is_not_null()).then(baseline_rate(df, "event", level, prior))
+    ).get_column("p").to_numpy()
+
+    def ids(name):
+        phys = df.get_column(name).to_physical().cast(pl.Int64)
+        return phys.fill_null(-1).to_numpy() + 1  # a missing code is one more id
+
+    counted = df.get_column("event").is_not_null().to_numpy()
+    got = baseline_probabilities(
+        counted, df.get_column("event").fill_null(False).to_numpy(), ids("category_code"),
+        ids("item_code"), level, prior,
+    )
+    np.testing.assert_array_equal(np.where(counted, got, np.nan), expected.astype(float))
