@@ -177,11 +177,35 @@ def _p_disagree(delta: pl.Expr) -> pl.Expr:
     sub-expressions, so Phi written twice would be computed twice."""
 
     def _batch(s: pl.Series) -> pl.Series:
-        q = ndtr(-np.abs(s.to_numpy()))  # Phi(-|δ|) = 1 - Phi(|δ|); to_numpy maps null -> NaN
-        out = pl.Series(s.name, 2.0 * q * (1.0 - q), dtype=pl.Float64)
+        # to_numpy maps null -> NaN; without nulls it may be a read-only view, hence the copy
+        # into a buffer that every step below then overwrites in place (no temporaries).
+        q = np.abs(s.to_numpy())
+        np.negative(q, out=q)
+        ndtr(q, out=q)  # Phi(-|δ|) = 1 - Phi(|δ|)
+        p = np.subtract(1.0, q)
+        np.multiply(q, 2.0, out=q)
+        np.multiply(q, p, out=q)  # (2q)(1 - q), the operands in the order of 2.0 * q * (1.0 - q)
+        out = pl.Series(s.name, q, dtype=pl.Float64)
         return out.fill_nan(None) if s.null_count() else out
 
     return delta.map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
+
+
+def _horwitz_sparse(c: pl.Series) -> pl.Series:
+    """horwitz_expr of the non-null values of ``c`` (nulls stay null).
+
+    The Horwitz function takes a power of every value it is given, the dearest operation of a
+    pair score; only the Horwitz items' rows are non-null here, so it is evaluated on those
+    alone and scattered back (the same polars kernels as on the whole column: the same bits)."""
+    keep = c.is_not_null()
+    k = int(keep.sum())
+    if k == 0:
+        return c
+    if k == c.len():
+        return pl.select(horwitz_expr(pl.lit(c))).to_series().alias(c.name)
+    values = pl.select(horwitz_expr(pl.lit(c.filter(keep)))).to_series()
+    out = pl.Series(c.name, dtype=pl.Float64).extend_constant(None, c.len())
+    return out.scatter(keep.arg_true(), values)
 
 
 def _min(a: pl.Expr, b: pl.Expr) -> pl.Expr:
@@ -264,7 +288,9 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
     lvl = pl.coalesce((xa + xb) * 0.5, xa, xb)
     alvl = lvl.abs()
     scale = _c("horwitz_scale")
-    hor = horwitz_expr(alvl * scale) / scale
+    hor = pl.when(_t("hor")).then(alvl * scale).map_batches(
+        _horwitz_sparse, return_dtype=pl.Float64, is_elementwise=True
+    ) / scale
     is_abs, is_rel = _t("abs"), _t("rel")
     sR = (
         pl.when(is_abs)

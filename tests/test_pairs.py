@@ -530,6 +530,31 @@ def test_precision_models():
         assert r["d"] == pytest.approx(-0.1)
 
 
+def test_horwitz_rows_among_others_score_as_alone():
+    # The Horwitz function is evaluated on the Horwitz items' rows only and put back in place:
+    # mixed with other models (and with a Horwitz row whose level is null) each row must get
+    # the very bits it gets alone, on all three pieces of the function (mass fractions below
+    # 1.2e-7, between, above 0.138).
+    rows = [
+        {"precision_model": "horwitz", "horwitz_scale": 1e-6, "value_1": 0.9, "value_2": 1.1},
+        {"precision_model": "absolute", "value_1": 5.0, "value_2": 5.1},
+        {"precision_model": "horwitz", "horwitz_scale": 1e-9, "value_1": 50.0, "value_2": 60.0},
+        {"precision_model": "relative", "reproducibility_sd": 0.1, "value_1": 3.9, "value_2": 4.1},
+        {"precision_model": "horwitz", "horwitz_scale": 1e-2, "value_1": 30.0, "value_2": 31.0},
+        {"precision_model": "horwitz", "horwitz_scale": 1e-6, "value_1": None, "value_2": None},
+    ]
+    rows = [{**BASE, "reproducibility_sd": 0.2, **r} for r in rows]
+    mixed = score_pairs(frame(*rows).lazy()).collect()
+    for i, r in enumerate(rows):
+        alone = score_pairs(frame(r).lazy()).collect()
+        for col in ("sigma_R_at", "sigma_r_at", "cd", "s"):
+            assert mixed[col][i] == alone[col][0] or (mixed[col][i] is None and alone[col][0] is None), (i, col)
+    # the pieces: 0.22·c below 1.2e-7 (c = 55e-9), 0.01·sqrt(c) above 0.138 (c = 0.305)
+    assert mixed["sigma_R_at"][2] == pytest.approx(0.22 * 55e-9 / 1e-9, rel=1e-12)
+    assert mixed["sigma_R_at"][4] == pytest.approx(0.01 * math.sqrt(0.305) / 1e-2, rel=1e-12)
+    assert mixed["sigma_R_at"][5] is None and mixed["sigma_R_at"][1] == 0.2
+
+
 @pytest.mark.parametrize(
     ("delta", "expected"),
     # 2·Phi(δ)(1-Phi(δ)): 0.50 at 0, 0.27 at 1, 0.045 at 2, 0.003 at 3
