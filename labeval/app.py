@@ -23,6 +23,7 @@ from labeval.api.auth import (
     document_guard,
     undeclared_routes,
 )
+from labeval.api.cache import ReadCache
 from labeval.api.draws import DrawController
 from labeval.api.feed import FeedController
 from labeval.api.imports import ImportController
@@ -35,6 +36,7 @@ from labeval.api.problems import document_errors
 from labeval.api.runs import RunController
 from labeval.api.system import health, prometheus_metrics, ready
 from labeval.config import Settings
+from labeval.db.changes import ChangeListener
 from labeval.db.migrate import migrate
 from labeval.db.pool import connect, create_pool
 from labeval.db.server import database_url
@@ -71,6 +73,9 @@ async def provide_conn(state: State, request: Request) -> AsyncIterator[asyncpg.
             return
         async with conn.transaction():
             yield conn
+    # Committed (this runs before the answer is sent): this process's next read sees the change
+    # without waiting for its notification (labeval.api.cache); the other replicas get theirs.
+    state.read_cache.clear()
 
 
 def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
@@ -104,6 +109,21 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
                 await pool.close()
 
     @contextlib.asynccontextmanager
+    async def change_listener(app: Litestar) -> AsyncIterator[None]:
+        cache: ReadCache = app.state.read_cache
+        listener = ChangeListener(app.state.database_url, on_change=cache.changed, on_down=cache.down,
+                                  on_up=cache.up)
+        listener.start()
+        # Not required to serve (without it every request reads the database), but a server
+        # that starts with its cache working is the one measured and expected.
+        await listener.wait_listening(timeout=10)
+        app.state.change_listener = listener
+        try:
+            yield
+        finally:
+            await listener.stop()
+
+    @contextlib.asynccontextmanager
     async def scheduler(app: Litestar) -> AsyncIterator[None]:
         sched = build_scheduler(settings, app.state)
         sched.start()
@@ -122,7 +142,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
                         *([prometheus_metrics] if settings.metrics == "on" else []),
                         *PAGE_HANDLERS, static_files()],
         # Order matters: the scheduler's jobs need the pool, so it starts after and stops before.
-        lifespan=[database, scheduler],
+        # The change listener needs the database's URL (and migration 0013).
+        lifespan=[database, change_listener, scheduler],
         dependencies={"conn": Provide(provide_conn)},
         # First: the request id is set before anything else runs and logs (the audit reads it).
         # Last: uploaded files of a form are closed however its request was answered (labeval.web.uploads).
@@ -141,7 +162,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
                                cookie_secure=settings.secure_cookies == "on", cookie_samesite="lax",
                                cookie_httponly=True),
         state=State({"settings": settings, "policy": policy, "key_pepper": pepper, "metrics": metrics,
-                     "rate_limiter": TokenBuckets(settings.rate_limit_per_minute)}),
+                     "rate_limiter": TokenBuckets(settings.rate_limit_per_minute), "read_cache": ReadCache()}),
         openapi_config=OpenAPIConfig(
             title="labeval", version="1", components=SECURITY_COMPONENTS,
             # The schema and its docs UI are public; every other route needs a key.
