@@ -46,8 +46,11 @@ class AuditMiddleware(ASGIMiddleware):
         if scope["type"] != "http":
             await next_app(scope, receive, send)
             return
+        if not _audited(scope["method"], scope["path"]):
+            # Reads and unaudited forms pass straight through (no wrapper on every message).
+            await next_app(scope, receive, send)
+            return
         request_id = current_request_id()
-        audited = _audited(scope["method"], scope["path"])
         body = hashlib.sha256()
         seen_body = False
 
@@ -62,7 +65,7 @@ class AuditMiddleware(ASGIMiddleware):
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":
                 principal = scope.get("user")
-                if audited and isinstance(principal, Principal | User):
+                if isinstance(principal, Principal | User):
                     pool: asyncpg.Pool = scope["app"].state.pool
                     async with pool.acquire() as conn:
                         await audit.append(
@@ -74,7 +77,7 @@ class AuditMiddleware(ASGIMiddleware):
                         )
             await send(message)
 
-        await next_app(scope, receive_hashed if audited else receive, send_audited)
+        await next_app(scope, receive_hashed, send_audited)
 
 
 class AuditController(Controller):

@@ -13,9 +13,13 @@ moved on meanwhile.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable
 
 import msgspec
+from litestar.enums import MediaType
+from litestar.response.base import ASGIResponse
+from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
 from labeval.db.apikeys import ApiKey
 
@@ -26,9 +30,25 @@ MAX_KEYS = 10_000
 KEYS_TABLE = "api_keys"
 
 
-class Answer(msgspec.Struct, kw_only=True, frozen=True):
-    body: bytes
-    etag: str
+class Answer:
+    """An encoded answer, its strong ETag, and the two ASGI responses that send it (200 with the
+    body, 304 without): built once per answer, since building a litestar response per request
+    costs more than the rest of a cached request's handler. They hold no per-request state (the
+    request id header is added by the middleware on the way out)."""
+
+    __slots__ = ("body", "etag", "not_modified", "ok")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.etag = '"' + hashlib.sha256(body).hexdigest() + '"'
+        headers = {"ETag": self.etag}
+        self.ok = ASGIResponse(body=body, media_type=MediaType.JSON, headers=headers)
+        self.not_modified = ASGIResponse(body=b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Answer) and other.body == self.body
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class CachedKey(msgspec.Struct, kw_only=True):

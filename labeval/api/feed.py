@@ -3,18 +3,18 @@ grade-change events an integrator syncs from incrementally."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, date, datetime
 from typing import Annotated
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.enums import MediaType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
-from litestar.status_codes import HTTP_304_NOT_MODIFIED, HTTP_404_NOT_FOUND
+from litestar.response.base import ASGIResponse
+from litestar.status_codes import HTTP_404_NOT_FOUND
 
 from labeval.api.cache import Answer, ReadCache
 from labeval.api.paging import Limit, Seq
@@ -55,10 +55,6 @@ def next_scheduled_run(settings: Settings, now: datetime) -> date | None:
 _next_fire: dict[str, tuple[datetime, datetime]] = {}
 
 
-def strong_etag(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest() + '"'
-
-
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """If-None-Match uses the weak comparison (RFC 9110 §13.1.2): W/ prefixes are ignored."""
     if if_none_match is None:
@@ -68,26 +64,28 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def encoded(value: object) -> Answer:
-    body = msgspec.json.encode(value)
-    return Answer(body=body, etag=strong_etag(body))
+    return Answer(msgspec.json.encode(value))
 
 
-def answer_response(request: Request, answer: Answer) -> Response[bytes]:
+def answer_response(request: Request, answer: Answer) -> ASGIResponse:
     """200 with the body and its ETag, or 304 without a body when If-None-Match names it."""
     if etag_matches(request.headers.get("if-none-match"), answer.etag):
-        return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers={"ETag": answer.etag})
-    return Response(answer.body, media_type=MediaType.JSON, headers={"ETag": answer.etag})
+        return answer.not_modified
+    return answer.ok
 
 
 class FeedController(Controller):
     path = "/api/v1/feed"
     tags = ["feed"]
 
-    @get("/eligibility", opt=FEED_ROLES, responses={404: spec("No such product category.")})
+    @get("/eligibility", opt=FEED_ROLES, responses={
+        200: ResponseSpec(Eligibility, description="The eligible labs; header ETag."),
+        304: ResponseSpec(None, description="Unchanged since the ETag sent in If-None-Match."),
+        404: spec("No such product category.")})
     async def eligibility(
         self, request: Request, state: State,
         product_category: FromQuery[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]],
-    ) -> Response[Eligibility]:
+    ) -> ASGIResponse:
         """Labs eligible for the product category: active, accredited for it, and with an
         effective class whose selection weight is above 0. Each with its effective and computed
         class, weight, run and valid_until (the earlier of an override's last day and the day of

@@ -7,10 +7,12 @@ from typing import Annotated
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response.base import ASGIResponse
 
 from labeval.api.auth import READ
 from labeval.api.cache import ReadCache
@@ -59,8 +61,10 @@ class LabController(Controller):
         items = [msgspec.structs.replace(lab, override=active.get(lab.code)) for lab in page]
         return LabPage(items=items, next=nxt)
 
-    @get("/{code:str}", opt={"roles": READ}, responses=_NOT_FOUND)
-    async def detail(self, request: Request, state: State, code: FromPath[str]) -> Response[LabDetail]:
+    @get("/{code:str}", opt={"roles": READ}, responses={
+        **_NOT_FOUND, 200: ResponseSpec(LabDetail, description="The lab; header ETag."),
+        304: ResponseSpec(None, description="Unchanged since the ETag sent in If-None-Match.")})
+    async def detail(self, request: Request, state: State, code: FromPath[str]) -> ASGIResponse:
         """One lab: scopes, current class, override in force, evidence, reasons and grade history,
         the pairs the latest run compared and where to read them. The ETag is a strong validator
         over the body: send it back in If-None-Match and an unchanged lab answers 304."""
