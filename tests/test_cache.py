@@ -225,10 +225,10 @@ def test_a_read_that_overlapped_a_change_is_not_cached() -> None:
     cache.put_answer("k", answer, started)
     assert cache.answer("k") is None
     cache.put_answer("k", answer, cache.generation)
-    assert cache.answer("k") == answer
+    assert cache.answer("k") is answer
     # A change of keys leaves answers alone, and the reverse.
     cache.changed("api_keys")
-    assert cache.answer("k") == answer
+    assert cache.answer("k") is answer
     cache.down()
     assert cache.answer("k") is None and not cache.live
 

@@ -45,11 +45,6 @@ class Answer:
         self.ok = ASGIResponse(body=body, media_type=MediaType.JSON, headers=headers)
         self.not_modified = ASGIResponse(body=b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Answer) and other.body == self.body
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 class CachedKey(msgspec.Struct, kw_only=True):
     key: ApiKey
