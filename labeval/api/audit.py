@@ -114,11 +114,11 @@ class AuditMiddleware(ASGIMiddleware):
         if scope["type"] != "http":
             await next_app(scope, receive, send)
             return
-        request_id = current_request_id()
-        audited = _audited(scope["method"], scope["path"])
-        if not audited:
+        if not _audited(scope["method"], scope["path"]):
+            # Reads and unaudited forms pass straight through (no wrapper on every message).
             await next_app(scope, receive, send)
             return
+        request_id = current_request_id()
         pool: asyncpg.Pool = scope["app"].state.pool
         request_tx = RequestTransaction(pool)
         scope[REQUEST_TRANSACTION] = request_tx  # type: ignore[literal-required]

@@ -9,10 +9,12 @@ start instead of being served open or closed by accident.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable
 
+import asyncpg
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
@@ -24,6 +26,7 @@ from litestar.status_codes import (
     HTTP_429_TOO_MANY_REQUESTS,
 )
 
+from labeval.api.cache import CachedKey, ReadCache
 from labeval.api.problems import ProblemError, spec
 from labeval.db import apikeys
 from labeval.keys import ROLES, Role
@@ -139,6 +142,29 @@ def document_guard(routes: Iterable[object]) -> None:
                     handler.responses = {**AUTH_RESPONSES, **(handler.responses or {})}
 
 
+async def _authenticate(cache: ReadCache, pool: asyncpg.Pool, pepper: bytes, token: str) -> apikeys.ApiKey | None:
+    """The live key, from the cache when it holds it (labeval.api.cache: dropped on any change to
+    api_keys, a revocation included), else from the database. Only live keys are cached: an
+    unknown or revoked key is looked up every time."""
+    # The cache is keyed by a digest, so the process keeps no bearer secret after the request.
+    digest = hashlib.sha256(token.encode()).digest()
+    now = time.monotonic()
+    cached = cache.key(digest)
+    if cached is not None:
+        if now - cached.touched >= apikeys.TOUCH_EVERY_SECONDS:
+            # last_used_at stays as fresh as without the cache (at most a minute old per replica).
+            cached.touched = now
+            async with pool.acquire() as conn:
+                await apikeys.touch(conn, cached.key.id)
+        return cached.key
+    generation = cache.generation
+    async with pool.acquire() as conn:
+        key = await apikeys.authenticate(conn, pepper, token)
+    if key is not None:
+        cache.put_key(digest, CachedKey(key=key, touched=now), generation)
+    return key
+
+
 def _unauthorized(detail: str) -> ProblemError:
     return ProblemError(HTTP_401_UNAUTHORIZED, "Unauthorized", detail,
                         headers={"WWW-Authenticate": 'Bearer realm="labeval"'})
@@ -153,8 +179,7 @@ async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> No
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Send an API key: Authorization: Bearer lbv_…")
     state = connection.app.state
-    async with state.pool.acquire() as conn:
-        key = await apikeys.authenticate(conn, state.key_pepper, token.strip())
+    key = await _authenticate(state.read_cache, state.pool, state.key_pepper, token.strip())
     if key is None:
         raise _unauthorized("The API key is malformed, unknown or revoked.")
     wait = state.rate_limiter.take(key.id)

@@ -3,19 +3,20 @@ grade-change events an integrator syncs from incrementally."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, date, datetime
 from typing import Annotated
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.enums import MediaType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
-from litestar.status_codes import HTTP_304_NOT_MODIFIED, HTTP_404_NOT_FOUND
+from litestar.response.base import ASGIResponse
+from litestar.status_codes import HTTP_404_NOT_FOUND
 
+from labeval.api.cache import Answer, ReadCache
 from labeval.api.paging import Limit, Seq
 from labeval.api.problems import ProblemError, spec
 from labeval.config import Settings
@@ -38,12 +39,20 @@ def next_scheduled_run(settings: Settings, now: datetime) -> date | None:
     """The day (UTC) of the next scheduled grading run; None when the schedule is off."""
     if not settings.grading_cron.strip():
         return None
-    fire = cron_trigger(settings.grading_cron).get_next_fire_time(None, now)
-    return fire.astimezone(UTC).date() if fire else None
+    cron = settings.grading_cron
+    known = _next_fire.get(cron)
+    # The next fire time stays the answer until it has passed: no cron arithmetic per request.
+    if known is None or not (known[0] <= now < known[1]):
+        fire = cron_trigger(cron).get_next_fire_time(None, now)
+        known = (now, fire) if fire else (now, now)
+        _next_fire[cron] = known
+        if fire is None:
+            return None
+    return known[1].astimezone(UTC).date()
 
 
-def strong_etag(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest() + '"'
+# cron -> (asked at, the next fire time then): valid for every `now` in [asked at, fire time).
+_next_fire: dict[str, tuple[datetime, datetime]] = {}
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -54,30 +63,50 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in (t.removeprefix("W/") for t in tags)
 
 
+def encoded(value: object) -> Answer:
+    return Answer(msgspec.json.encode(value))
+
+
+def answer_response(request: Request, answer: Answer) -> ASGIResponse:
+    """200 with the body and its ETag, or 304 without a body when If-None-Match names it."""
+    if etag_matches(request.headers.get("if-none-match"), answer.etag):
+        return answer.not_modified
+    return answer.ok
+
+
 class FeedController(Controller):
     path = "/api/v1/feed"
     tags = ["feed"]
 
-    @get("/eligibility", opt=FEED_ROLES, responses={404: spec("No such product category.")})
+    @get("/eligibility", opt=FEED_ROLES, responses={
+        200: ResponseSpec(Eligibility, description="The eligible labs; header ETag."),
+        304: ResponseSpec(None, description="Unchanged since the ETag sent in If-None-Match."),
+        404: spec("No such product category.")})
     async def eligibility(
-        self, request: Request, state: State, conn: NamedDependency[asyncpg.Connection],
+        self, request: Request, state: State,
         product_category: FromQuery[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]],
-    ) -> Response[Eligibility]:
+    ) -> ASGIResponse:
         """Labs eligible for the product category: active, accredited for it, and with an
         effective class whose selection weight is above 0. Each with its effective and computed
         class, weight, run and valid_until (the earlier of an override's last day and the day of
         the next scheduled grading run). The ETag is a strong validator over the body: send it
         back in If-None-Match and an unchanged list answers 304 with no body."""
-        try:
-            result = await eligibility(conn, product_category, state.policy, today=today_utc(),
-                                       next_run=next_scheduled_run(state.settings, datetime.now(UTC)))
-        except UnknownCategory as exc:
-            raise ProblemError(HTTP_404_NOT_FOUND, "Unknown product category", str(exc)) from exc
-        body = msgspec.json.encode(result)
-        etag = strong_etag(body)
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        return Response(body, media_type=MediaType.JSON, headers={"ETag": etag})
+        today, next_run = today_utc(), next_scheduled_run(state.settings, datetime.now(UTC))
+        # The answer depends on the data (the cache drops it on any change) and on the dates:
+        # an override ends and the next run's day moves as days pass.
+        key = ("eligibility", product_category, today, next_run)
+        cache: ReadCache = state.read_cache
+        answer = cache.answer(key)
+        if answer is None:
+            generation = cache.generation
+            try:
+                async with state.pool.acquire() as conn:
+                    result = await eligibility(conn, product_category, state.policy, today=today, next_run=next_run)
+            except UnknownCategory as exc:
+                raise ProblemError(HTTP_404_NOT_FOUND, "Unknown product category", str(exc)) from exc
+            answer = encoded(result)
+            cache.put_answer(key, answer, generation)
+        return answer_response(request, answer)
 
     @get("/events", opt=FEED_ROLES)
     async def events(

@@ -7,13 +7,17 @@ from typing import Annotated
 
 import asyncpg
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response.base import ASGIResponse
 
 from labeval.api.auth import READ
+from labeval.api.cache import ReadCache
 from labeval.api.examples import LAB_PAGE, PAIR_PAGE, ok
+from labeval.api.feed import answer_response, encoded
 from labeval.api.paging import After, Limit, cut
 from labeval.api.problems import spec
 from labeval.db import labs as q
@@ -57,16 +61,29 @@ class LabController(Controller):
         items = [msgspec.structs.replace(lab, override=active.get(lab.code)) for lab in page]
         return LabPage(items=items, next=nxt)
 
-    @get("/{code:str}", opt={"roles": READ}, responses=_NOT_FOUND)
-    async def detail(self, conn: NamedDependency[asyncpg.Connection], code: FromPath[str]) -> LabDetail:
+    @get("/{code:str}", opt={"roles": READ}, responses={
+        **_NOT_FOUND, 200: ResponseSpec(LabDetail, description="The lab; header ETag."),
+        304: ResponseSpec(None, description="Unchanged since the ETag sent in If-None-Match.")})
+    async def detail(self, request: Request, state: State, code: FromPath[str]) -> ASGIResponse:
         """One lab: scopes, current class, override in force, evidence, reasons and grade history,
-        the pairs the latest run compared and where to read them."""
-        lab = await q.get_lab(conn, code)
-        o = (await overrides.active(conn, today_utc())).get(code)
-        return msgspec.structs.replace(
-            lab, override=o, effective_class=o.class_ if o else lab.current_class,
-            pairs_href=f"/api/v1/labs/{code}/pairs", results_href=f"/api/v1/labs/{code}/results",
-        )
+        the pairs the latest run compared and where to read them. The ETag is a strong validator
+        over the body: send it back in If-None-Match and an unchanged lab answers 304."""
+        today = today_utc()
+        # The data (the cache drops it on any change) and the day: an override ends by date.
+        key = ("lab", code, today)
+        cache: ReadCache = state.read_cache
+        answer = cache.answer(key)
+        if answer is None:
+            generation = cache.generation
+            async with state.pool.acquire() as conn:
+                lab = await q.get_lab(conn, code)
+                o = (await overrides.active(conn, today)).get(code)
+            answer = encoded(msgspec.structs.replace(
+                lab, override=o, effective_class=o.class_ if o else lab.current_class,
+                pairs_href=f"/api/v1/labs/{code}/pairs", results_href=f"/api/v1/labs/{code}/results",
+            ))
+            cache.put_answer(key, answer, generation)
+        return answer_response(request, answer)
 
     @get("/{code:str}/pairs", opt={"roles": READ},
          responses={**_NOT_FOUND, 200: ok(PairPage, "A page of the lab's pairs.", PAIR_PAGE)})

@@ -32,7 +32,7 @@ class CreatedKey(msgspec.Struct, kw_only=True, frozen=True):
 
 _COLUMNS = "id, name, role, prefix, created_at, last_used_at, revoked_at"
 # last_used_at is written at most once a minute per key, so a busy key costs no write per request.
-_TOUCH_EVERY_SECONDS = 60
+TOUCH_EVERY_SECONDS = 60
 
 
 async def create(conn: asyncpg.Connection, pepper: bytes, *, name: str, role: Role) -> CreatedKey:
@@ -53,7 +53,7 @@ async def authenticate(conn: asyncpg.Connection, pepper: bytes, key: str) -> Api
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS}, secret_hmac, now() - last_used_at > make_interval(secs => $2) "
         "OR last_used_at IS NULL AS stale FROM api_keys WHERE prefix = $1",
-        prefix, _TOUCH_EVERY_SECONDS,
+        prefix, TOUCH_EVERY_SECONDS,
     )
     if row is None or row["revoked_at"] is not None or not matches(pepper, secret, row["secret_hmac"]):
         return None
@@ -62,6 +62,10 @@ async def authenticate(conn: asyncpg.Connection, pepper: bytes, key: str) -> Api
     d = dict(row)
     del d["secret_hmac"], d["stale"]
     return ApiKey(**d)
+
+
+async def touch(conn: asyncpg.Connection, key_id: int) -> None:
+    await conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", key_id)
 
 
 async def list_all(conn: asyncpg.Connection) -> list[ApiKey]:

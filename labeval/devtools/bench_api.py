@@ -11,11 +11,13 @@ keys (roles feed and viewer). The routes:
 
 Each server runs in a process of its own (``labeval serve``, and ``python -m
 labeval.devtools.bench_hello`` for the floor: the same server with the same options, one worker),
-and the load comes from another process: wrk when it is installed, else labeval's own generator
-(labeval.devtools.bench_load, two processes). Every cell is ``n`` requests (wrk runs for a time:
-as long as the warm-up's rate says ``n`` answers take) at 50 and at 200 concurrent keep-alive
-connections, after a warm-up; any answer other than 2xx, or any transport
-error, fails the measurement rather than count as a fast answer.
+both up for the whole measurement, and the load comes from another process: wrk when it is
+installed, else labeval's own generator (labeval.devtools.bench_load, two processes). Every cell is
+``n`` requests (wrk runs for a time: as long as the warm-up's rate says ``n`` answers take) at 50
+and at 200 concurrent keep-alive connections, after a warm-up; each cell is run REPEATS times, the
+floor's and the routes' cells alternating (a busy spell of a shared machine then falls on both),
+and each figure is the median of its runs. Any answer other than 2xx, or any transport error,
+fails the measurement rather than count as a fast answer.
 
 seconds is the time per request of the slower route at 200 connections (1 / its req/s), and
 floor_seconds the hello-world's; ratio = floor req/s / route req/s. Goal: at 200 connections,
@@ -57,6 +59,8 @@ from scoring.policy import Policy
 DEFAULT_N = 20_000
 QUICK_N = 300
 CONCURRENCY = (50, 200)
+# Runs per cell (the median is reported); --quick makes one.
+REPEATS = 3
 GOAL = "at 200 connections: >= 40% of the floor's req/s (ratio <= 2.5), p99 <= 2x the floor's"
 # The demo world's size: a national register is larger, but the two routes read one category's
 # labs and one lab, so their cost depends on the data little (see docs/performance.md).
@@ -189,24 +193,32 @@ def generator() -> str:
 
 
 class Loader:
-    """Runs the cells of one route: a warm-up, then about `requests` answers per cell."""
+    """Runs the cells of each URL: a warm-up, then about `requests` answers per cell."""
 
     def __init__(self, requests: int, timeout: float) -> None:
         self.requests, self.timeout = requests, timeout
         self.kind = generator()
-        self.seconds = WRK_WARMUP_SECONDS
+        # wrk: how long a cell of each URL runs (set by its warm-up's rate).
+        self.seconds: dict[str, int] = {}
 
     def warm_up(self, url: str, headers: list[str]) -> None:
         if self.kind == "wrk":
             rate = _wrk(url, 50, WRK_WARMUP_SECONDS, headers).rps
-            self.seconds = int(min(max(1, round(self.requests / rate)), self.timeout, WRK_MAX_SECONDS))
+            self.seconds[url] = int(min(max(1, round(self.requests / rate)), self.timeout, WRK_MAX_SECONDS))
         else:
             _python(url, 50, min(self.requests, 500), self.timeout, headers)
 
     def cell(self, url: str, connections: int, headers: list[str]) -> Cell:
         if self.kind == "wrk":
-            return _wrk(url, connections, self.seconds, headers)
+            return _wrk(url, connections, self.seconds.get(url, WRK_WARMUP_SECONDS), headers)
         return _python(url, connections, self.requests, self.timeout, headers)
+
+
+def _median(runs: list[Cell]) -> Cell:
+    """Each figure's median over the runs of a cell (a run's p50 is at most its p99, so the
+    medians keep that order)."""
+    return Cell(answers=int(np.median([r.answers for r in runs])), rps=float(np.median([r.rps for r in runs])),
+                p50_ms=float(np.median([r.p50_ms for r in runs])), p99_ms=float(np.median([r.p99_ms for r in runs])))
 
 
 async def _prepare(database_url: str, n_labs: int, seed: int) -> tuple[str, str, str, str, int]:
@@ -246,32 +258,35 @@ def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measur
     n_labs = int(os.environ.get(LABS_ENV) or (QUICK_DEMO_LABS if quick else DEMO_LABS))
     category, lab, feed_key, viewer_key, labs = asyncio.run(_prepare(database_url, n_labs, seed))
     loader = Loader(n, QUICK_CELL_TIMEOUT if quick else CELL_TIMEOUT)
-    cells: dict[str, Cell] = {}
+    repeats = 1 if quick else REPEATS
+    runs: dict[str, list[Cell]] = {}
     with tempfile.TemporaryDirectory(prefix="labeval-bench-api-") as tmp:
         env = _server_env(database_url, tmp)
-        hello_port = _free_port()
+        hello_port, port = _free_port(), _free_port()
         with _served([sys.executable, "-m", "labeval.devtools.bench_hello", str(hello_port)], env, hello_port,
-                     "/hello", Path(tmp) / "hello.log") as base:
-            loader.warm_up(base + "/hello", [])
-            for c in CONCURRENCY:
-                cells[f"hello_c{c}"] = loader.cell(base + "/hello", c, [])
-        port = _free_port()
-        routes = {
-            "eligibility": (f"/api/v1/feed/eligibility?product_category={category}", feed_key),
-            "lab": (f"/api/v1/labs/{lab}", viewer_key),
-        }
-        with _served([sys.executable, "-m", "labeval.cli", "serve", "--port", str(port)], env, port, "/health",
+                     "/hello", Path(tmp) / "hello.log") as hello_base, \
+             _served([sys.executable, "-m", "labeval.cli", "serve", "--port", str(port)], env, port, "/health",
                      Path(tmp) / "labeval.log") as base:
-            for name, (path, key) in routes.items():
-                auth = [f"Authorization: Bearer {key}"]
-                loader.warm_up(base + path, auth)
+            # Both servers are up; only the one under load works. The floor and the routes
+            # alternate, cell by cell, so a busy spell of the machine falls on both alike.
+            routes = {
+                "hello": (hello_base + "/hello", []),
+                "eligibility": (base + f"/api/v1/feed/eligibility?product_category={category}",
+                                [f"Authorization: Bearer {feed_key}"]),
+                "lab": (base + f"/api/v1/labs/{lab}", [f"Authorization: Bearer {viewer_key}"]),
+            }
+            for url, headers in routes.values():
+                loader.warm_up(url, headers)
+            for _ in range(repeats):
                 for c in CONCURRENCY:
-                    cells[f"{name}_c{c}"] = loader.cell(base + path, c, auth)
+                    for name, (url, headers) in routes.items():
+                        runs.setdefault(f"{name}_c{c}", []).append(loader.cell(url, c, headers))
+    cells = {key: _median(r) for key, r in runs.items()}
     details: dict[str, float | int | str] = {
         "generator": generator(), "server": "uvicorn", "workers": 1, "labs": labs,
         "product_category": category, "lab": lab,
-        "timing": "one run per cell after a warm-up" + (" (wrk: timed runs of about n answers)" if loader.kind == "wrk"
-                                                         else ""),
+        "timing": f"median of {repeats} run(s) per cell, floor and routes alternating, after a warm-up"
+                  + (" (wrk: timed runs of about n answers)" if loader.kind == "wrk" else ""),
     }
     for key, cell in cells.items():
         details[f"{key}_rps"] = round(cell.rps, 1)

@@ -13,9 +13,15 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils.empty import value_or_default
 from litestar.utils.scope.state import ScopeState
 
+# Requests that carry no form: nothing to close (and the API's reads pass straight through).
+_NO_FORM = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class CloseUploadsMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope.get("method") in _NO_FORM:
+            await next_app(scope, receive, send)
+            return
         try:
             await next_app(scope, receive, send)
         finally:

@@ -1,0 +1,100 @@
+"""Hearing about committed changes: one LISTEN connection per process on the channel that
+migration 0013's triggers notify (payload: the changed table's name).
+
+A process that caches what it read from the database (labeval.api.cache) must know both what
+changed and whether it may have missed something: notifications sent while no connection
+listened are lost. So the listener reports three things: a change (`on_change(table)`), that it
+is down (`on_down()`: the connection is lost or cannot be opened; keep nothing cached) and that
+it is up again (`on_up()`: listening; whatever changed while it was down is unknown, so start
+afresh). It reconnects by itself until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+CHANNEL = "labeval_changes"
+# How often a quiet connection is checked: a peer that vanished without closing the TCP
+# connection (a failover, a cut cable) is noticed within about this long.
+PING_SECONDS = 5.0
+# The wait before a new attempt to connect after a failure.
+RETRY_SECONDS = 1.0
+
+log = logging.getLogger("labeval.changes")
+
+
+class ChangeListener:
+    def __init__(self, url: str, *, on_change: Callable[[str], None], on_down: Callable[[], None],
+                 on_up: Callable[[], None], ping_seconds: float = PING_SECONDS,
+                 retry_seconds: float = RETRY_SECONDS) -> None:
+        self.url = url
+        self.on_change, self.on_down, self.on_up = on_change, on_down, on_up
+        self.ping_seconds, self.retry_seconds = ping_seconds, retry_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="labeval-change-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_listening(self, timeout: float) -> bool:
+        """True once a connection listens (for a start-up that should not begin uncached)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._conn is None:
+                    await asyncio.sleep(0.01)
+        return self._conn is not None
+
+    def drop_connection(self) -> None:
+        """Abort the listening connection, as a network failure would (for tests)."""
+        if self._conn is not None:
+            self._conn.terminate()
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.on_change(payload)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._listen_once()
+                await asyncio.sleep(self.retry_seconds)
+        finally:
+            self.on_down()
+
+    async def _listen_once(self) -> None:
+        """One connection's life: open, LISTEN, report up, wait until it is lost, report down."""
+        lost = asyncio.Event()
+        try:
+            conn = await asyncpg.connect(self.url)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("cannot listen for changes (%s); caches are off until it can", exc)
+            return
+        self._conn = conn
+        try:
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener(CHANNEL, self._notified)
+            # Only now, with LISTEN in force, is no later commit missed.
+            self.on_up()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), timeout=self.ping_seconds)
+                if not lost.is_set():
+                    await conn.fetchval("SELECT 1", timeout=self.ping_seconds)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("lost the connection that listens for changes (%s); caches are off until it is back", exc)
+        finally:
+            self.on_down()
+            self._conn = None
+            if not conn.is_closed():
+                conn.terminate()
