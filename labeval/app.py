@@ -138,6 +138,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         cache: ReadCache = app.state.read_cache
         listener = ChangeListener(app.state.database_url, on_change=cache.changed, on_down=cache.down,
                                   on_up=cache.up)
+        cache.attach(listener.sync)
         listener.start()
         # Not required to serve (without it every request reads the database), but a server
         # that starts with its cache working is the one measured and expected.

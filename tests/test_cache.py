@@ -1,6 +1,7 @@
 """The read cache (labeval.api.cache) against real PostgreSQL: two apps on one database stand for
 two replicas; a change committed through one (an override, a revocation, a key revoked) is what
-the other answers next; while the change listener is down nothing is served from the cache; the
+the other answers next, with no wait (the guard's sync: every change committed before a request
+arrived has been heard before the cache is used); while the change listener is down nothing is served from the cache; the
 day is part of an answer's key; every table the cached answers are read from announces its
 changes (migration 0013), and last_used_at, written by authentication itself, does not."""
 
@@ -16,7 +17,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from labeval.api.cache import Answer, ReadCache
+from labeval.api.cache import CACHE_READY, Answer, ReadCache
 from labeval.app import create_app
 from labeval.config import Settings
 from labeval.db.changes import CHANNEL, ChangeListener
@@ -28,6 +29,8 @@ C1 = {"product_category": "C1"}
 # Bound on waiting for a replica to hear a committed change (delivery takes about a millisecond;
 # the bound only keeps a broken listener from hanging the suite).
 HEAR_TIMEOUT = 30.0
+# The scope of a request whose guard found the cache ready.
+READY = {CACHE_READY: True}
 
 
 async def _seed(conn: asyncpg.Connection) -> int:
@@ -59,13 +62,6 @@ async def seeded(db_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 def _cache(app: Litestar) -> ReadCache:
     return app.state.read_cache
-
-
-async def _hears(app: Litestar, generation: int) -> None:
-    """Until the app's cache has dropped what it held at `generation` (it heard a change)."""
-    async with asyncio.timeout(HEAR_TIMEOUT):
-        while _cache(app).generation == generation:
-            await asyncio.sleep(0.005)
 
 
 async def _live(app: Litestar, live: bool) -> None:
@@ -104,15 +100,13 @@ async def test_an_override_set_and_revoked_on_one_replica_is_what_the_other_answ
         assert lab.status_code == 200 and lab.json()["effective_class"] == "I"
         # Replica two now answers both from its cache: the same bytes, no database read.
         assert _cache(two).live
-        assert _cache(two).answer(("eligibility", "C1", today_utc(), None)).body == first.content
-        assert _cache(two).answer(("lab", "A", today_utc())).etag == lab.headers["etag"]
+        assert _cache(two).answer(("eligibility", "C1", today_utc(), None), READY).body == first.content
+        assert _cache(two).answer(("lab", "A", today_utc()), READY).etag == lab.headers["etag"]
 
-        generation = _cache(two).generation
         made = await c1.post("/api/v1/overrides", headers=officer, json={
             "lab_code": "A", "class": "III", "reason": "audit", "set_by": "o",
             "valid_until": (today_utc() + timedelta(days=5)).isoformat()})
         assert made.status_code == 201, made.text
-        await _hears(two, generation)
         after = await c2.get("/api/v1/feed/eligibility", params=C1, headers=officer)
         assert _classes(after) == {"A": "III", "B": "II"} and after.headers["etag"] != first.headers["etag"]
         # An If-None-Match with the old tag is answered in full; with the new one, 304.
@@ -121,11 +115,9 @@ async def test_an_override_set_and_revoked_on_one_replica_is_what_the_other_answ
         same = await c2.get("/api/v1/labs/A", headers={**officer, "If-None-Match": stale.headers["etag"]})
         assert same.status_code == 304 and same.content == b""
 
-        generation = _cache(two).generation
         revoked = await c1.post(f"/api/v1/overrides/{made.json()['override_id']}/revoke", headers=officer,
                                 json={"revoked_by": "o", "reason": "mistake"})
         assert revoked.status_code == 200, revoked.text
-        await _hears(two, generation)
         assert _classes(await c2.get("/api/v1/feed/eligibility", params=C1, headers=officer)) == {"A": "I", "B": "II"}
         assert (await c2.get("/api/v1/labs/A", headers=officer)).json()["effective_class"] == "I"
         # The writer itself does not wait for its notification: it dropped its cache on commit.
@@ -141,10 +133,8 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_the_other(
         feed = {"Authorization": f"Bearer {made.json()['key']}"}
         assert (await c2.get("/api/v1/feed/eligibility", params=C1, headers=feed)).status_code == 200
         assert (await c2.get("/api/v1/feed/eligibility", params=C1, headers=feed)).status_code == 200
-        generation = _cache(two).generation
         r = await c1.post(f"/api/v1/keys/{made.json()['id']}/revoke", headers=role_headers["admin"])
         assert r.status_code == 200, r.text
-        await _hears(two, generation)
         refused = await c2.get("/api/v1/feed/eligibility", params=C1, headers=feed)
         assert refused.status_code == 401
         assert (await c1.get("/api/v1/feed/eligibility", params=C1, headers=feed)).status_code == 401
@@ -167,7 +157,7 @@ async def test_while_the_listener_is_down_answers_come_from_the_database(
         # A change no one hears: with the listener down it is still what the next request reads.
         await seeded.execute("UPDATE labs SET status = 'suspended' WHERE lab_code = 'B'")
         assert _classes(await client.get("/api/v1/feed/eligibility", params=C1, headers=officer)) == {"A": "I"}
-        assert _cache(app).answer(("eligibility", "C1", today_utc(), None)) is None
+        assert _cache(app).answer(("eligibility", "C1", today_utc(), None), READY) is None
         client.blocking_portal.call(_start, listener)
         await _live(app, True)
         await seeded.execute("UPDATE labs SET status = 'active' WHERE lab_code = 'B'")
@@ -182,15 +172,15 @@ async def test_a_lost_listening_connection_turns_the_cache_off_until_it_is_back(
     officer = role_headers["officer"]
     async with AsyncTestClient(app) as client:
         await client.get("/api/v1/labs/A", headers=officer)
-        assert _cache(app).answer(("lab", "A", today_utc())) is not None
+        assert _cache(app).answer(("lab", "A", today_utc()), READY) is not None
         app.state.change_listener.retry_seconds = 0.05
         client.blocking_portal.call(_drop, app.state.change_listener)
         await _live(app, False)
-        assert _cache(app).answer(("lab", "A", today_utc())) is None
+        assert _cache(app).answer(("lab", "A", today_utc()), READY) is None
         # It reconnects by itself and caches again.
         await _live(app, True)
         assert (await client.get("/api/v1/labs/A", headers=officer)).status_code == 200
-        assert _cache(app).answer(("lab", "A", today_utc())) is not None
+        assert _cache(app).answer(("lab", "A", today_utc()), READY) is not None
 
 
 async def test_the_day_is_part_of_the_cached_answer(
@@ -218,19 +208,20 @@ def test_a_read_that_overlapped_a_change_is_not_cached() -> None:
     cache = ReadCache()
     answer = Answer(b"{}")
     cache.put_answer("k", answer, cache.generation)
-    assert cache.answer("k") is None  # not live: nothing is kept
+    assert cache.answer("k", READY) is None  # not live: nothing is kept
     cache.up()
     started = cache.generation
     cache.changed("labs")
     cache.put_answer("k", answer, started)
-    assert cache.answer("k") is None
+    assert cache.answer("k", READY) is None
     cache.put_answer("k", answer, cache.generation)
-    assert cache.answer("k") is answer
+    assert cache.answer("k", READY) is answer
+    assert cache.answer("k", {}) is None  # a request whose guard did not find the cache ready
     # A change of keys leaves answers alone, and the reverse.
     cache.changed("api_keys")
-    assert cache.answer("k") is answer
+    assert cache.answer("k", READY) is answer
     cache.down()
-    assert cache.answer("k") is None and not cache.live
+    assert cache.answer("k", READY) is None and not cache.live
 
 
 # (statement, the table it should announce or None for no announcement)
@@ -274,3 +265,26 @@ async def test_every_table_the_answers_are_read_from_announces_its_changes(
             assert await heard.get() == "marker"
     finally:
         await listener.close()
+
+
+async def test_sync_returns_after_every_change_committed_before_it_was_heard(
+    seeded: asyncpg.Connection, db_url: str
+) -> None:
+    # The guarantee the guard relies on: a change committed (on another connection) before sync()
+    # is called has been reported when sync() returns, every time, with no sleep in between.
+    heard: list[str] = []
+    listener = ChangeListener(db_url, on_change=heard.append, on_down=lambda: None, on_up=lambda: None)
+    listener.start()
+    try:
+        assert await listener.wait_listening(timeout=HEAR_TIMEOUT)
+        for i in range(50):
+            await seeded.execute("UPDATE labs SET name = $1 WHERE lab_code = 'A'", f"A{i}")
+            assert await listener.sync()
+            assert heard.count("labs") == i + 1, i
+        # Callers of one moment share round trips, and each still sees what committed before it.
+        await seeded.execute("UPDATE labs SET name = 'last' WHERE lab_code = 'A'")
+        assert all(await asyncio.gather(*(listener.sync() for _ in range(20))))
+        assert heard.count("labs") == 51
+    finally:
+        await listener.stop()
+    assert not await listener.sync()  # stopped: not listening

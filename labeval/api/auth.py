@@ -26,7 +26,7 @@ from litestar.status_codes import (
     HTTP_429_TOO_MANY_REQUESTS,
 )
 
-from labeval.api.cache import CachedKey, ReadCache
+from labeval.api.cache import CACHE_READY, CachedKey, ReadCache
 from labeval.api.problems import ProblemError, spec
 from labeval.db import apikeys
 from labeval.keys import ROLES, Role
@@ -142,14 +142,15 @@ def document_guard(routes: Iterable[object]) -> None:
                     handler.responses = {**AUTH_RESPONSES, **(handler.responses or {})}
 
 
-async def _authenticate(cache: ReadCache, pool: asyncpg.Pool, pepper: bytes, token: str) -> apikeys.ApiKey | None:
+async def _authenticate(cache: ReadCache, ready: bool, pool: asyncpg.Pool, pepper: bytes,
+                        token: str) -> apikeys.ApiKey | None:
     """The live key, from the cache when it holds it (labeval.api.cache: dropped on any change to
     api_keys, a revocation included), else from the database. Only live keys are cached: an
     unknown or revoked key is looked up every time."""
     # The cache is keyed by a digest, so the process keeps no bearer secret after the request.
     digest = hashlib.sha256(token.encode()).digest()
     now = time.monotonic()
-    cached = cache.key(digest)
+    cached = cache.key(digest) if ready else None
     if cached is not None:
         if now - cached.touched >= apikeys.TOUCH_EVERY_SECONDS:
             # last_used_at stays as fresh as without the cache (at most a minute old per replica).
@@ -179,7 +180,11 @@ async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> No
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Send an API key: Authorization: Bearer lbv_…")
     state = connection.app.state
-    key = await _authenticate(state.read_cache, state.pool, state.key_pepper, token.strip())
+    # Once per request, before any cached lookup (the key here, the answer in the route): every
+    # change committed before the request arrived has been heard (labeval.api.cache).
+    ready = await state.read_cache.ready()
+    connection.scope[CACHE_READY] = ready  # type: ignore[literal-required]
+    key = await _authenticate(state.read_cache, ready, state.pool, state.key_pepper, token.strip())
     if key is None:
         raise _unauthorized("The API key is malformed, unknown or revoked.")
     wait = state.rate_limiter.take(key.id)

@@ -6,6 +6,11 @@ triggers, labeval.db.changes): a change to a table the answers are read from dro
 answer, a change to api_keys drops every cached key. While the listening connection is down
 nothing is served from the cache nor put in it, and when it is back the cache starts empty.
 
+Hearing is not enough by itself: a notification arrives a moment after its commit. So before a
+request uses the cache, `ready()` waits for the listener's sync (one round trip shared by every
+request of that moment), after which every change committed before the request arrived has
+dropped what it changed: a cached answer is then as fresh as a read of the database.
+
 A read that started before a change and ends after it must not put its (possibly older) answer
 in the cache: it takes the generation before reading and `put` ignores it when the generation
 moved on meanwhile.
@@ -14,7 +19,7 @@ moved on meanwhile.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 
 import msgspec
 from litestar.enums import MediaType
@@ -28,6 +33,9 @@ from labeval.db.apikeys import ApiKey
 MAX_ANSWERS = 20_000
 MAX_KEYS = 10_000
 KEYS_TABLE = "api_keys"
+# Scope key: the guard's ready() for this request (labeval.api.auth); routes serve cached answers
+# only when it is True.
+CACHE_READY = "labeval.cache_ready"
 
 
 class Answer:
@@ -60,6 +68,18 @@ class ReadCache:
         self.generation = 0
         self._answers: dict[Hashable, Answer] = {}
         self._keys: dict[bytes, CachedKey] = {}
+        self._sync: Callable[[], Awaitable[bool]] | None = None
+
+    def attach(self, sync: Callable[[], Awaitable[bool]]) -> None:
+        """The change listener's sync (labeval.db.changes.ChangeListener.sync)."""
+        self._sync = sync
+
+    async def ready(self) -> bool:
+        """Whether this request may use the cache: live, and every change committed before now
+        has been heard. Called once per API request, by the guard, before any cached lookup."""
+        if not self.live or self._sync is None:
+            return False
+        return await self._sync() and self.live
 
     # The change listener's three reports.
     def changed(self, table: str) -> None:
@@ -82,8 +102,9 @@ class ReadCache:
         self._answers.clear()
         self._keys.clear()
 
-    def answer(self, key: Hashable) -> Answer | None:
-        return self._answers.get(key) if self.live else None
+    def answer(self, key: Hashable, scope: Mapping[str, object]) -> Answer | None:
+        """The cached answer, if this request's guard found the cache ready."""
+        return self._answers.get(key) if self.live and scope.get(CACHE_READY) is True else None
 
     def put_answer(self, key: Hashable, answer: Answer, generation: int) -> None:
         if self.live and generation == self.generation:

@@ -96,7 +96,7 @@ class FeedController(Controller):
         # an override ends and the next run's day moves as days pass.
         key = ("eligibility", product_category, today, next_run)
         cache: ReadCache = state.read_cache
-        answer = cache.answer(key)
+        answer = cache.answer(key, request.scope)
         if answer is None:
             generation = cache.generation
             try:

@@ -72,7 +72,7 @@ class LabController(Controller):
         # The data (the cache drops it on any change) and the day: an override ends by date.
         key = ("lab", code, today)
         cache: ReadCache = state.read_cache
-        answer = cache.answer(key)
+        answer = cache.answer(key, request.scope)
         if answer is None:
             generation = cache.generation
             async with state.pool.acquire() as conn:
