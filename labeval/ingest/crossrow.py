@@ -39,7 +39,8 @@ _OTHER_ROLES = ("retest", "arbitration")
 
 def _hits(candidates: pl.DataFrame, *others: pl.DataFrame, on: list[str]) -> pl.Series:
     """Row numbers of the candidates that match a row of any of `others` on `on`."""
-    found = [candidates.join(o.select(on).unique(), on=on, how="semi").get_column(ROW) for o in others]
+    # A semi join keeps each candidate once however many rows match it: no need to dedupe `others`.
+    found = [candidates.join(o.select(on), on=on, how="semi").get_column(ROW) for o in others]
     return pl.concat(found).unique() if found else pl.Series(ROW, [], pl.Int64)
 
 
@@ -63,7 +64,7 @@ def dependent_results(staged: pl.DataFrame, current: pl.DataFrame, originals: pl
     # original result in the database or the file).
     cand = f.filter(role.is_in(_OTHER_ROLES))
     by_register = cand.join(
-        originals.rename({"original_lab_code": "lab_code"}).unique(), on=["sample_code", "lab_code"], how="semi"
+        originals.rename({"original_lab_code": "lab_code"}), on=["sample_code", "lab_code"], how="semi"
     ).get_column(ROW)
     by_result = _hits(cand, current.filter(role == "original"), f.filter(role == "original"), on=_CODE3)
     f = drop(f, pl.concat([by_register, by_result]).unique(), 1)
