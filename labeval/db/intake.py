@@ -1,5 +1,6 @@
-"""SQL of intake: the reference codes rows are checked against, the staging table, the cross-row
-rules (set-based, over the staged rows) and the two ways of loading a kind's target table.
+"""SQL of intake: the reference codes rows are checked against, the staging table, what the
+cross-row rules read and the moves of the rows they reject, and the two ways of loading a kind's
+target table.
 
 Table and column names are spliced into these statements; they come from the kind declarations
 (labeval.ingest.kinds), never from input. Values always travel as parameters or through COPY.
