@@ -11,6 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from labeval.db import intake
+from labeval.ingest import crossrow
 from labeval.ingest.errors import UnknownKind
 from labeval.ingest.spec import Check, Col, RefData, Spec, norm_word
 from labeval.ingest.validate import C, T, num_text, word
@@ -240,8 +241,7 @@ _add(
         has_import_id=True,
         lookups={"items": intake.items},
         prepare=_results_prepare,
-        cross_row=(intake.reject_dependent_results,),
-        stage_index=intake.RESULT_RULES_INDEX,
+        cross_row=(crossrow.reject_dependent_results,),
         columns=(
             Col("sample_code", "code", required=True, ref=SAMPLE),
             Col("item_code", "code", required=True, ref=ITEM),

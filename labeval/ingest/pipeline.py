@@ -3,7 +3,8 @@
 - stage: read the file in batches, validate each (polars, in a worker thread), COPY the valid
   rows into a temporary staging table and the rejects into the import log;
 - cross-row: rules that need the whole file at once (duplicates in the file, the kind's own
-  rules such as a retest's independence), as set-based SQL over the stage;
+  rules such as a retest's independence), worked out over the staged rows' keys in memory
+  (labeval.ingest.crossrow), the rows they reject moved from the stage to the import log;
 - load: the kind's load statement (new versions, or in-place updates with a change log);
 - import log: the import's record, started, completed with its counts, or failed.
 
@@ -32,6 +33,7 @@ import polars as pl
 
 from labeval.db import intake
 from labeval.db.imports import ImportSource, complete_import, first_rejects, record_failed_import, start_import
+from labeval.ingest import crossrow
 from labeval.ingest.errors import IngestError
 from labeval.ingest.kinds import resolve_kind
 from labeval.ingest.read import ROW, Source, open_frame, open_path
@@ -125,22 +127,27 @@ async def load_refs(conn: asyncpg.Connection, spec: Spec) -> RefData:
 async def _stage_batches(
     conn: asyncpg.Connection, spec: Spec, src: Source, stage: str, import_id: int, refs: RefData, today: date,
     progress: Progress | None,
-) -> int:
+) -> tuple[int, pl.DataFrame]:
     """Read, validate and COPY every batch: valid rows into the stage, rejects into the log.
     Reading, validating and encoding are CPU-bound polars work: they run in a worker thread, so
     the event loop keeps serving other requests during a large import, and batch k+1 is prepared
-    while PostgreSQL takes in batch k (the two overlap on two cores). Returns the rows read."""
+    while PostgreSQL takes in batch k (the two overlap on two cores). Returns the rows read and
+    the staged rows' keys."""
     present = set(src.columns)
     stage_names = [ROW, *[c.name for c in staging_columns(spec, present)]]
     batches = src.batches()
+    # The staged rows' keys (and row numbers), kept for the cross-row rules.
+    keys: list[pl.DataFrame] = []
+    key_cols = [ROW, *spec.key]
 
-    def prepare() -> tuple[int, bytes | None, bytes | None] | None:
+    def prepare() -> tuple[int, pl.DataFrame, bytes | None, bytes | None] | None:
         batch = next(batches, None)
         if batch is None:
             return None
         valid, rejects = validate_batch(batch, spec, present, refs, today, src.raw_names)
         return (
             batch.height,
+            valid.select(key_cols),
             intake.frame_csv(valid) if valid.height else None,
             intake.frame_csv(intake.reject_rows(import_id, rejects, ROW)) if rejects.height else None,
         )
@@ -151,8 +158,9 @@ async def _stage_batches(
         while (ready := await pending) is not None:
             # Only one batch is read at a time: the next starts once this one is ready.
             pending = asyncio.ensure_future(asyncio.to_thread(prepare))
-            height, valid_csv, rejects_csv = ready
+            height, valid_keys, valid_csv, rejects_csv = ready
             rows += height
+            keys.append(valid_keys)
             if valid_csv is not None:
                 await intake.copy_csv(conn, stage, valid_csv, stage_names)
             if rejects_csv is not None:
@@ -165,7 +173,7 @@ async def _stage_batches(
         if not pending.done():
             with contextlib.suppress(Exception):
                 await pending
-    return rows
+    return rows, pl.concat(keys, how="vertical_relaxed") if keys else pl.DataFrame()
 
 
 def _compared(spec: Spec, cols: list[Col]) -> list[str]:
@@ -200,14 +208,16 @@ async def _run(
             # stage: every valid row of the file in a temporary table, every reject logged
             stage = f"ingest_stage_{import_id}"
             await intake.create_stage(conn, stage, [(c.name, c.sql) for c in cols], ROW)
-            rows = await _stage_batches(conn, spec, src, stage, import_id, refs, today, progress)
+            rows, keys = await _stage_batches(conn, spec, src, stage, import_id, refs, today, progress)
             lap("stage")
             # cross-row: rules that need the whole file (and the database)
-            await intake.prepare_stage(conn, stage, spec.stage_index)
             target = spec.target
-            await intake.reject_file_duplicates(conn, target, stage, import_id, _compared(spec, cols))
-            for rule in spec.cross_row:
-                await rule(conn, target, stage, import_id)
+            if keys.height:
+                keys = await crossrow.reject_file_duplicates(
+                    conn, target, stage, import_id, _compared(spec, cols), keys)
+                for rule in spec.cross_row:
+                    keys = await rule(conn, target, stage, import_id, keys)
+            await intake.analyse_stage(conn, stage)
             lap("cross_row")
             # load: what is left goes into the kind's table
             names = [c.name for c in cols]

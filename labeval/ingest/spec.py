@@ -71,7 +71,8 @@ class Check:
 # Hooks a kind may declare (see Spec).
 Lookup = Callable[[asyncpg.Connection], Awaitable[pl.DataFrame]]
 Prepare = Callable[[pl.LazyFrame, RefData], tuple[pl.LazyFrame, list[Check]]]
-CrossRowRule = Callable[[asyncpg.Connection, Target, str, int], Awaitable[None]]
+# (conn, target, stage, import_id, keys of the staged rows) -> the keys of the rows left.
+CrossRowRule = Callable[[asyncpg.Connection, Target, str, int, pl.DataFrame], Awaitable[pl.DataFrame]]
 AfterLoad = Callable[[asyncpg.Connection, Target, str, list[str]], Awaitable[None]]
 
 
@@ -101,10 +102,8 @@ class Spec:
     prepare: Prepare | None = None
     # Checks across the columns of one row (over typed columns, validate.T(name)).
     row_checks: Callable[[], list[Check]] | None = None
-    # Rules over the whole staged file, after the in-file duplicates, in this order; the stage is
-    # indexed on stage_index first when it is set.
+    # Rules over the whole staged file, after the in-file duplicates, in this order.
     cross_row: tuple[CrossRowRule, ...] = ()
-    stage_index: tuple[str, ...] = ()
     # Steps after the load, given the staged column names.
     after_load: tuple[AfterLoad, ...] = ()
 
