@@ -41,7 +41,7 @@ async def test_original_retest_and_arbitration_are_three_labs_in_either_order(co
     # The arbiter is a third lab (docs/methods.md §1.4): one lab never holds two roles on a sample item.
     await conn.execute(SEED)
     await conn.execute(INSERT, "S2", "A", "original", 10.0)
-    # The arbitration stored first, then a retest by the arbiter (migration 0012).
+    # The arbitration stored first, then a retest by the arbiter (migration 0011).
     await conn.execute(INSERT, "S2", "C", "arbitration", 10.5)
     with pytest.raises(asyncpg.CheckViolationError) as err:
         await conn.execute(INSERT, "S2", "C", "retest", 11.0)

@@ -190,7 +190,7 @@ async def original_labs(conn: asyncpg.Connection) -> pl.DataFrame:
 
 # The independence rules of results, numbered as labeval.ingest.crossrow applies them: (column,
 # reason text, its code in labeval.ingest.reasons, the code's arguments), as SQL over the rejected
-# row `bad`. They mirror the trigger results_check_independent_lab (0001, 0009, 0011, 0012) so that
+# row `bad`. They mirror the trigger results_check_independent_lab (0001, 0009, 0011) so that
 # such a row becomes a reject instead of aborting the whole load.
 RESULT_RULE_REASONS = {
     1: ("lab_code", "'lab_code: a ' || bad.role || ' by the lab that did the original test (it must be another lab)'",
