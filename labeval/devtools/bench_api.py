@@ -90,6 +90,10 @@ end
 WRK_WARMUP_SECONDS = 2
 # A measured wrk run lasts at most this long, whatever the warm-up's rate said.
 WRK_MAX_SECONDS = 60
+# ... and at least this long in a quick run: a one-second run of 200 connections on a busy
+# machine can end before any of them is answered (seen in a loaded test run), and a quick run
+# checks that the target works, which a window with no answer cannot say.
+WRK_QUICK_MIN_SECONDS = 3
 
 
 class Cell(msgspec.Struct, kw_only=True, frozen=True):
@@ -195,8 +199,8 @@ def generator() -> str:
 class Loader:
     """Runs the cells of each URL: a warm-up, then about `requests` answers per cell."""
 
-    def __init__(self, requests: int, timeout: float) -> None:
-        self.requests, self.timeout = requests, timeout
+    def __init__(self, requests: int, timeout: float, *, min_seconds: int = 1) -> None:
+        self.requests, self.timeout, self.min_seconds = requests, timeout, min_seconds
         self.kind = generator()
         # wrk: how long a cell of each URL runs (set by its warm-up's rate).
         self.seconds: dict[str, int] = {}
@@ -204,7 +208,8 @@ class Loader:
     def warm_up(self, url: str, headers: list[str]) -> None:
         if self.kind == "wrk":
             rate = _wrk(url, 50, WRK_WARMUP_SECONDS, headers).rps
-            self.seconds[url] = int(min(max(1, round(self.requests / rate)), self.timeout, WRK_MAX_SECONDS))
+            self.seconds[url] = int(min(max(self.min_seconds, round(self.requests / rate)), self.timeout,
+                                        WRK_MAX_SECONDS))
         else:
             _python(url, 50, min(self.requests, 500), self.timeout, headers)
 
@@ -257,7 +262,8 @@ def measure(n: int, *, seed: int = 0, database_url: str | None = None) -> Measur
     quick = n <= QUICK_N
     n_labs = int(os.environ.get(LABS_ENV) or (QUICK_DEMO_LABS if quick else DEMO_LABS))
     category, lab, feed_key, viewer_key, labs = asyncio.run(_prepare(database_url, n_labs, seed))
-    loader = Loader(n, QUICK_CELL_TIMEOUT if quick else CELL_TIMEOUT)
+    loader = Loader(n, QUICK_CELL_TIMEOUT if quick else CELL_TIMEOUT,
+                    min_seconds=WRK_QUICK_MIN_SECONDS if quick else 1)
     repeats = 1 if quick else REPEATS
     runs: dict[str, list[Cell]] = {}
     with tempfile.TemporaryDirectory(prefix="labeval-bench-api-") as tmp:
