@@ -35,6 +35,8 @@ async def test_json_and_multipart_import(client):
     assert re.fullmatch(r"key:\d+:test-officer", detail["user_name"]), detail["user_name"]
     rej = (await client.get(f"/api/v1/imports/{iid}/rejects")).json()
     assert [(x["row"], x["column"]) for x in rej] == [(3, "scopes")]
+    # The kind of the reason beside its text, for clients that word it themselves.
+    assert (rej[0]["reason_code"], rej[0]["reason_args"]) == ("unknown_codes", {"what": "category", "codes": "C9"})
     r = await client.get(f"/api/v1/imports/{iid}/rejects?format=csv")
     assert r.headers["content-type"].startswith("text/csv") and "C9" in r.text
     assert len((await client.get("/api/v1/imports")).json()["items"]) == 2

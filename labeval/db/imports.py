@@ -43,9 +43,13 @@ class Reject(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class RejectRecord(Reject, kw_only=True, frozen=True):
-    """A reject with the whole rejected row, as read (keys are the file's own headers)."""
+    """A reject with the whole rejected row, as read (keys are the file's own headers), and the
+    kind of its reason: a stable code (labeval.ingest.reasons) and its arguments, for a client
+    that says the reason in its own words; null on lines stored before migration 0012."""
 
     raw: dict[str, Any] | None
+    reason_code: str | None = None
+    reason_args: dict[str, str] | None = None
 
 
 class RejectCount(msgspec.Struct, kw_only=True, frozen=True):
@@ -179,12 +183,13 @@ async def list_rejects(
     conn: asyncpg.Connection, import_id: int, *, limit: int | None = None, offset: int = 0
 ) -> list[RejectRecord]:
     rows = await conn.fetch(
-        """SELECT row_number, column_name, value, reason, raw FROM import_rejects WHERE import_id = $1
-           ORDER BY row_number, column_name NULLS FIRST LIMIT $2 OFFSET $3""",
+        """SELECT row_number, column_name, value, reason, raw, reason_code, reason_args FROM import_rejects
+           WHERE import_id = $1 ORDER BY row_number, column_name NULLS FIRST LIMIT $2 OFFSET $3""",
         import_id, limit, offset,
     )
     return [
-        RejectRecord(row=r["row_number"], column=r["column_name"], value=r["value"], reason=r["reason"], raw=r["raw"])
+        RejectRecord(row=r["row_number"], column=r["column_name"], value=r["value"], reason=r["reason"], raw=r["raw"],
+                     reason_code=r["reason_code"], reason_args=r["reason_args"])
         for r in rows
     ]
 
