@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -62,6 +64,10 @@ _NOT_CSRF = ["^/api/", "^/health", "^/ready", "^/metrics", "^/schema"]
 
 # HTTP's safe methods: their handlers only read (none writes; a change is a POST, PUT, PATCH or DELETE).
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+# At shutdown, how long the pool's connections get to be given back before they are closed by force.
+_POOL_CLOSE_SECONDS = 15.0
+
+log = logging.getLogger(__name__)
 
 
 async def provide_conn(state: State, request: Request) -> AsyncIterator[asyncpg.Connection]:
@@ -131,7 +137,13 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
                 yield
             finally:
                 await app.state.lab_series.close()
-                await pool.close()
+                try:
+                    # Bounded: a connection stuck in a cancelled query must not hang the shutdown.
+                    await asyncio.wait_for(pool.close(), timeout=_POOL_CLOSE_SECONDS)
+                except TimeoutError:
+                    log.warning("connections still busy after %.0f s at shutdown: closed by force",
+                                _POOL_CLOSE_SECONDS)
+                    pool.terminate()
 
     @contextlib.asynccontextmanager
     async def change_listener(app: Litestar) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@ PostgreSQL: what the run stored is read back, what it did not store is recompute
 
 from __future__ import annotations
 
+import asyncio
 import math
 import xml.etree.ElementTree as ET
 from datetime import date
@@ -157,3 +158,25 @@ async def test_a_pair_imported_after_the_run_shows_at_once(conn, db_url: str) ->
     assert len(cache.keys()) == 2
     await cache.close()
     await pool.close()
+
+
+async def test_closing_the_cache_lets_a_computation_finish_and_cancels_one_past_the_grace() -> None:
+    # Shutdown does not cancel a computation at once (cancelled in the middle of reading the
+    # pairs, its connection could wait forever and hang the pool's close): it waits for up to
+    # the grace, then cancels what is left.
+    finished: list[str] = []
+
+    async def work(name: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        finished.append(name)
+
+    cache = SeriesCache(None)  # type: ignore[arg-type]  # no computation here reads the database
+    quick = asyncio.get_running_loop().create_task(work("quick", 0.05))
+    cache._warming.add(quick)
+    await cache.close(grace=5.0)
+    assert finished == ["quick"] and not quick.cancelled()
+
+    slow = asyncio.get_running_loop().create_task(work("slow", 60.0))
+    cache._warming.add(slow)
+    await cache.close(grace=0.05)
+    assert slow.cancelled() and finished == ["quick"]

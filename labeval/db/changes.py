@@ -93,17 +93,21 @@ class ChangeListener:
         while self._next is not None:
             waiting, self._next = self._next, None
             conn, ok = self._conn, False
-            if conn is not None:
-                try:
-                    await conn.fetchval("SELECT 1", timeout=self.ping_seconds)
-                    ok = True
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                    log.warning("the connection that listens for changes failed a round trip (%s)", exc)
-                    # Caches off now, not when the loss is noticed; the listener reconnects.
-                    self.on_down()
-                    conn.terminate()
-            # The notifications delivered before the answer have run (they were scheduled first).
-            waiting.set_result(ok)
+            try:
+                if conn is not None:
+                    try:
+                        await conn.fetchval("SELECT 1", timeout=self.ping_seconds)
+                        ok = True
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                        log.warning("the connection that listens for changes failed a round trip (%s)", exc)
+                        # Caches off now, not when the loss is noticed; the listener reconnects.
+                        self.on_down()
+                        conn.terminate()
+            finally:
+                # Also when stopped mid-trip: no caller may wait for an answer that never comes.
+                # The notifications delivered before the answer have run (they were scheduled first).
+                if not waiting.done():
+                    waiting.set_result(ok)
 
     def drop_connection(self) -> None:
         """Abort the listening connection, as a network failure would (for tests)."""

@@ -204,6 +204,10 @@ async def _read_and_compute(conn: asyncpg.Connection, policy: Policy, as_of: dat
     return await asyncio.to_thread(_compute, pairs_frame(csv), policy, as_of)
 
 
+# How long a shutdown waits for chart series being computed before it cancels them.
+CLOSE_GRACE_SECONDS = 10.0
+
+
 class SeriesCache:
     """Every lab's recomputed series for the last few (run, pairs version) keys, held by the
     application (made in its lifespan, one per app), not by the module.
@@ -266,12 +270,17 @@ class SeriesCache:
         while self._warming:
             await asyncio.gather(*self._warming, return_exceptions=True)
 
-    async def close(self) -> None:
-        """Cancel what is still being computed (before the pool closes)."""
+    async def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
+        """Before the pool closes: let what is being computed finish for up to `grace` seconds,
+        then cancel the rest. Not cancelled at once: a task cancelled in the middle of reading
+        the pairs (a COPY) can leave its connection waiting for the cancellation forever, and the
+        pool's close waits for that connection (seen as a hung shutdown in a test run)."""
         pending = [*self._warming, *(t for t in self._entries.values() if not t.done())]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         self._entries.clear()
 
 
