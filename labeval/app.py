@@ -92,9 +92,6 @@ async def provide_conn(state: State, request: Request) -> AsyncIterator[asyncpg.
             return
         async with conn.transaction():
             yield conn
-    # Committed (this runs before the answer is sent): this process's next read sees the change
-    # without waiting for its notification (labeval.api.cache); the other replicas get theirs.
-    state.read_cache.clear()
 
 
 async def _guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:

@@ -120,7 +120,7 @@ async def test_an_override_set_and_revoked_on_one_replica_is_what_the_other_answ
         assert revoked.status_code == 200, revoked.text
         assert _classes(await c2.get("/api/v1/feed/eligibility", params=C1, headers=officer)) == {"A": "I", "B": "II"}
         assert (await c2.get("/api/v1/labs/A", headers=officer)).json()["effective_class"] == "I"
-        # The writer itself does not wait for its notification: it dropped its cache on commit.
+        # The writer hears its own change like any replica: the guard's sync comes first.
         assert (await c1.get("/api/v1/labs/A", headers=officer)).json()["effective_class"] == "I"
 
 
