@@ -43,8 +43,8 @@ def reference_rules(staged: list[tuple], current: list[tuple], originals: dict[s
         (3, lambda x, f: x[3] == "arbitration" and (
             has(current, x[1], x[2], x[4], ("retest",)) or has(f, x[1], x[2], x[4], ("retest",)))),
         # a retest by the lab whose arbitration is already stored (the file's went at rule 3)
-        (5, lambda x, f: x[3] == "retest" and has(current, x[1], x[2], x[4], ("arbitration",))),
-        (4, lambda x, f: x[3] in ("retest", "arbitration")
+        (4, lambda x, f: x[3] == "retest" and has(current, x[1], x[2], x[4], ("arbitration",))),
+        (5, lambda x, f: x[3] in ("retest", "arbitration")
             and not any(r[-4] == x[1] and r[-3] == x[2] and r[-2] == "original" for r in [*current, *f])),
     )
     for n, bad in rules:

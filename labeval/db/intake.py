@@ -199,10 +199,10 @@ RESULT_RULE_REASONS = {
         "original_by_retest_lab", "NULL::jsonb"),
     3: ("lab_code", "'lab_code: arbitration by the lab that did the retest (it must be a third lab)'",
         "arbitration_by_retest_lab", "NULL::jsonb"),
-    4: ("role", "'role: a ' || bad.role || ' with no original result for this sample and item (in the database or the file)'",
-        "no_original", "jsonb_build_object('role', bad.role)"),
-    5: ("lab_code", "'lab_code: a retest by the lab that did the arbitration (it must be another lab)'",
+    4: ("lab_code", "'lab_code: a retest by the lab that did the arbitration (it must be another lab)'",
         "retest_by_arbitration_lab", "NULL::jsonb"),
+    5: ("role", "'role: a ' || bad.role || ' with no original result for this sample and item (in the database or the file)'",
+        "no_original", "jsonb_build_object('role', bad.role)"),
 }
 
 

@@ -49,8 +49,8 @@ def dependent_results(staged: pl.DataFrame, current: pl.DataFrame, originals: pl
     in labeval.db.intake.RESULT_RULE_REASONS. `staged`: _row, sample_code, item_code, role,
     lab_code of the file's rows left after its duplicates; `current`: the database's current
     results of those sample items; `originals`: sample_code, original_lab_code from the samples
-    register. Each rule looks at the file as the previous rules left it (in the order 1, 2, 3, 5, 4:
-the trigger's rules first, a missing original last)."""
+    register. Each rule looks at the file as the previous rules left it (the trigger's rules first,
+a missing original last)."""
     role = pl.col("role")
     bad: list[pl.DataFrame] = []
 
@@ -76,16 +76,16 @@ the trigger's rules first, a missing original last)."""
     # 3: an arbitration by the lab that did the retest.
     cand = f.filter(role == "arbitration")
     f = drop(f, _hits(cand, current.filter(role == "retest"), f.filter(role == "retest"), on=_CODE3), 3)
-    # 5: a retest by the lab whose arbitration of the sample item is stored already. An arbitration
+    # 4: a retest by the lab whose arbitration of the sample item is stored already. An arbitration
     # by the retest lab in the same file went at rule 3 (which keeps the retest): only the
     # database is looked at here.
     cand = f.filter(role == "retest")
-    f = drop(f, _hits(cand, current.filter(role == "arbitration"), on=_CODE3), 5)
-    # 4: a retest or arbitration with no original result of the sample item anywhere.
+    f = drop(f, _hits(cand, current.filter(role == "arbitration"), on=_CODE3), 4)
+    # 5: a retest or arbitration with no original result of the sample item anywhere.
     cand = f.filter(role.is_in(_OTHER_ROLES))
     with_original = _hits(cand, current.filter(role == "original"), f.filter(role == "original"),
                           on=["sample_code", "item_code"])
-    drop(f, cand.filter(~pl.col(ROW).is_in(with_original.implode())).get_column(ROW), 4)
+    drop(f, cand.filter(~pl.col(ROW).is_in(with_original.implode())).get_column(ROW), 5)
     if not bad:
         return pl.DataFrame(schema={ROW: pl.Int64, "rule": pl.Int32})
     return pl.concat(bad)
