@@ -18,7 +18,16 @@ import polars as pl
 
 from scoring.policy import CusumPolicy
 
-__all__ = ["cusum_grid", "cusum_limit", "cusum_limit_of_grid", "cusum_paths", "lab_cusum", "risk_adjusted_cusum"]
+__all__ = [
+    "charts_of_contiguous",
+    "cusum_grid",
+    "cusum_limit",
+    "cusum_limit_of_grid",
+    "cusum_paths",
+    "cusum_weights",
+    "lab_cusum",
+    "risk_adjusted_cusum",
+]
 
 
 def _chart(weight: pl.Expr, group: str | None) -> pl.Expr:
@@ -65,8 +74,34 @@ def lab_cusum(
     starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if idx.size else np.zeros(0, dtype=np.int64)
     if starts.size != np.unique(idx).size:
         return _lab_cusum_frame(rows, odds_ratio=odds_ratio, limit=limit)
-    w = rows.select(w=_weight(pl.col("y"), pl.col("p"), odds_ratio)).get_column("w").to_numpy()
-    ends = np.r_[starts[1:], idx.size]
+    w = cusum_weights(rows.get_column("y"), rows.get_column("p"), odds_ratio)
+    current, cmax, signal_row = charts_of_contiguous(starts, w, limit)
+    dates = rows.get_column("completed_on")
+    signal_on = dates.gather(np.where(signal_row >= 0, signal_row, 0)).set(
+        pl.Series(signal_row < 0), None
+    ) if starts.size else dates.clear()
+    return pl.DataFrame({
+        "idx": rows.get_column("idx").gather(starts),
+        "cusum_current": current,
+        "cusum_max": cmax,
+        "cusum_signal_on": signal_on,
+    })
+
+
+def cusum_weights(y: pl.Series, p: pl.Series, odds_ratio: float) -> np.ndarray:
+    """Each row's chart weight W = y ln R − ln(1 − p + R p), by the same expression the charts'
+    window form uses (so the same doubles)."""
+    frame = pl.DataFrame({"y": y, "p": p})
+    return frame.select(w=_weight(pl.col("y"), pl.col("p"), odds_ratio)).get_column("w").to_numpy()
+
+
+def charts_of_contiguous(
+    starts: np.ndarray, w: np.ndarray, limit: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Charts over consecutive runs of ``w`` (run g from starts[g] to the next start): each
+    chart's value after its last row, its maximum, and the first row (an index into ``w``) at
+    which C ≥ limit with C > 0 (−1 if never)."""
+    ends = np.r_[starts[1:], w.size]
     current = np.empty(starts.size)
     cmax = np.empty(starts.size)
     signal_row = np.full(starts.size, -1, dtype=np.int64)
@@ -78,16 +113,7 @@ def lab_cusum(
         hit = np.flatnonzero((c > 0) & (c >= limit))
         if hit.size:
             signal_row[g] = s + hit[0]
-    dates = rows.get_column("completed_on")
-    signal_on = dates.gather(np.where(signal_row >= 0, signal_row, 0)).set(
-        pl.Series(signal_row < 0), None
-    ) if starts.size else dates.clear()
-    return pl.DataFrame({
-        "idx": rows.get_column("idx").gather(starts),
-        "cusum_current": current,
-        "cusum_max": cmax,
-        "cusum_signal_on": signal_on,
-    })
+    return current, cmax, signal_row
 
 
 def _lab_cusum_frame(rows: pl.DataFrame, *, odds_ratio: float, limit: float) -> pl.DataFrame:

@@ -47,7 +47,13 @@ from scoring.attribution import (
     precision_against_peers,
     qualitative_shares,
 )
-from scoring.cusum import cusum_grid, cusum_limit_of_grid, cusum_paths, lab_cusum
+from scoring.cusum import (
+    charts_of_contiguous,
+    cusum_grid,
+    cusum_limit_of_grid,
+    cusum_paths,
+    cusum_weights,
+)
 from scoring.patterns import (
     PATTERNS,
     PatternCounts,
@@ -424,9 +430,13 @@ def _chart_order(rows: pl.DataFrame, *, two_sides: bool = False) -> pl.Series:
 
 def _two_side_order(rows: pl.DataFrame) -> pl.Series | None:
     """:func:`_chart_order` of two halves of the same pairs; None where it does not apply."""
-    half = rows.height // 2
-    pairs = rows.slice(0, half)
-    idx = rows.get_column("idx")
+    return _two_side_order_of(rows.slice(0, rows.height // 2), rows.get_column("idx"))
+
+
+def _two_side_order_of(pairs: pl.DataFrame, idx: pl.Series) -> pl.Series | None:
+    """:func:`_two_side_order` from the first half's pair columns (pair_id, completed_on,
+    pair_rank if known) and both halves' lab index."""
+    half = pairs.height
     lo_lab, hi_lab = idx.min(), idx.max()
     if lo_lab is None or int(lo_lab) < 0 or int(hi_lab) > np.iinfo(np.int16).max:
         return None
@@ -456,23 +466,87 @@ def _two_side_order(rows: pl.DataFrame) -> pl.Series | None:
 
 def _chart_rows(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
     """One row per numeric pair and side (original, retest): what the CUSUM charts."""
-    numeric = df.get_column("numeric").to_numpy()
-    rows = np.flatnonzero(numeric)
-    pair_id = df.get_column("pair_id")
-    common = {
-        "pair_id": pair_id.gather(rows),
-        "completed_on": df.get_column("completed_on").gather(rows),
-        "p_lab": p_lab[rows],
-    }
-    if pair_id.null_count() == 0 and pair_id.is_sorted():
-        # pairs in id order (as the service reads them): a pair's rank is its row
-        common["pair_rank"] = rows.astype(np.int64)
+    rows, common = _chart_pairs(df)
+    common["p_lab"] = p_lab[rows]
     return pl.concat(
         [
             pl.DataFrame({**common, "idx": ix.i1[rows], "blame": blame.side1[rows]}),
             pl.DataFrame({**common, "idx": ix.i2[rows], "blame": blame.side2[rows]}),
         ]
     )
+
+
+def _chart_pairs(df: pl.DataFrame) -> tuple[np.ndarray, dict[str, pl.Series | np.ndarray]]:
+    """The numeric pairs' rows and the columns :func:`_chart_rows` gives each side."""
+    rows = np.flatnonzero(df.get_column("numeric").to_numpy())
+    pair_id = df.get_column("pair_id")
+    common: dict[str, pl.Series | np.ndarray] = {
+        "pair_id": pair_id.gather(rows),
+        "completed_on": df.get_column("completed_on").gather(rows),
+    }
+    if pair_id.null_count() == 0 and pair_id.is_sorted():
+        # pairs in id order (as the service reads them): a pair's rank is its row
+        common["pair_rank"] = rows.astype(np.int64)
+    return rows, common
+
+
+def _chart_order_of(df: pl.DataFrame, ix: LabIndex) -> np.ndarray:
+    """:func:`_chart_order` (two_sides) of the rows :func:`_chart_rows` makes, from the pairs'
+    columns alone: the order needs no blame, so it is found beside the bias fit."""
+    rows, common = _chart_pairs(df)
+    if rows.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = pl.Series("idx", np.concatenate([ix.i1[rows], ix.i2[rows]]))
+    order = _two_side_order_of(pl.DataFrame(common), idx)
+    if order is None:
+        both = pl.concat([pl.DataFrame(common)] * 2).with_columns(idx)
+        order = _chart_order(both)
+    return order.to_numpy()
+
+
+def _lab_chart(st: _Stages, policy: Policy, order: np.ndarray) -> tuple[pl.DataFrame, float]:
+    """The CUSUM limit h and :func:`lab_cusum` of :func:`_cusum_rows` (without ids), given that
+    rows' chart order (:func:`_chart_order_of`): the same charts, with only the weights in
+    chart order (the rows' y and p, and a frame of them, are never gathered)."""
+    cp = policy.cusum
+    chart_p = _chart_p(st, policy)
+    h = cusum_limit_of_grid(cusum_grid(np.r_[chart_p, chart_p]), cp)
+    del chart_p
+    rows = np.flatnonzero(st.df.get_column("numeric").to_numpy())
+    half = rows.size
+    lift = _chart_lift(st, policy)
+    p = (pl.Series(st.p_lab[rows]) * lift).clip(0.0, 0.5)
+    w = np.empty(2 * half)
+    for k, side in enumerate((st.blame.side1, st.blame.side2)):
+        w[k * half : (k + 1) * half] = cusum_weights(pl.Series(side[rows]).clip(0.0, 1.0), p, cp.odds_ratio)
+    del p
+    w_ord = np.empty_like(w)
+    idx = np.concatenate([st.ix.i1[rows], st.ix.i2[rows]])
+    idx_ord = np.empty_like(idx)
+    # In slices: a gather by a million-row slice of the order converts only that slice's indices.
+    step = 1 << 20
+    for lo in range(0, order.size, step):
+        o = order[lo : lo + step]
+        np.take(w, o, out=w_ord[lo : lo + step])
+        np.take(idx, o, out=idx_ord[lo : lo + step])
+    del w, idx
+    starts = (
+        np.flatnonzero(np.r_[True, idx_ord[1:] != idx_ord[:-1]]) if idx_ord.size else np.zeros(0, dtype=np.int64)
+    )
+    current, cmax, signal_row = charts_of_contiguous(starts, w_ord, h)
+    del w_ord
+    # A chart row's date is its pair's: the row's place in the order, modulo the halves.
+    hit = np.where(signal_row >= 0, signal_row, 0)
+    pos = order[hit] if order.size else hit
+    pair_of = rows[np.where(pos >= half, pos - half, pos)] if rows.size else pos
+    dates = st.df.get_column("completed_on")
+    signal_on = dates.gather(pair_of).set(pl.Series(signal_row < 0), None) if starts.size else dates.clear()
+    return pl.DataFrame({
+        "idx": pl.Series(idx_ord[starts]),
+        "cusum_current": current,
+        "cusum_max": cmax,
+        "cusum_signal_on": signal_on,
+    }), h
 
 
 def _all_distinct(ids: pl.Series) -> bool:
@@ -806,10 +880,11 @@ class _Stages:
 
 def _stages(
     scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
-    with_comparisons: Callable[[Comparisons], None] | None = None,
+    with_comparisons: Callable[[pl.DataFrame, LabIndex, Comparisons], None] | None = None,
 ) -> _Stages | None:
     """The window, graph, bias fit, blame, counts and rates; None when the window is empty.
-    ``with_comparisons`` is handed the comparisons as soon as they exist (before the fit)."""
+    ``with_comparisons`` is handed the window's pairs, the lab index and the comparisons as soon
+    as they exist (before the fit)."""
     ep = policy.evidence
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
@@ -826,7 +901,7 @@ def _stages(
     n_labs = len(ix.labs)
     comps = _comparisons(df, ix)
     if with_comparisons is not None:
-        with_comparisons(comps)
+        with_comparisons(df, ix, comps)
     fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
@@ -1002,10 +1077,13 @@ def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
     ep = policy.evidence
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
     sign_job: list[Future[pl.DataFrame]] = []
-    st = _stages(
-        scored_pairs, policy, as_of,
-        with_comparisons=lambda c: sign_job.append(worker.submit(_sign_tests, c.a, c.b, c.s)),
-    )
+    order_job: list[Future[np.ndarray]] = []
+
+    def before_fit(df: pl.DataFrame, ix: LabIndex, c: Comparisons) -> None:
+        sign_job.append(worker.submit(_sign_tests, c.a, c.b, c.s))
+        order_job.append(worker.submit(_chart_order_of, df, ix))
+
+    st = _stages(scored_pairs, policy, as_of, with_comparisons=before_fit)
     if st is None:
         return _empty_evidence()
     df, ix, comps, fit, identifiable = st.df, st.ix, st.comps, st.fit, st.identifiable
@@ -1027,11 +1105,10 @@ def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
     precision_p = np.where(judged, precision.p, np.nan)
 
     fun = rates.funnel
-    # The limit is simulated from the percentiles of the chart's probabilities (each numeric pair
-    # once per side, the values of the chart rows), in the worker while the patterns are counted.
-    chart_p = _chart_p(st, policy)
-    limit_job = worker.submit(cusum_limit_of_grid, cusum_grid(np.r_[chart_p, chart_p]), policy.cusum)
-    del chart_p
+    # The CUSUM (its limit's simulation from the percentiles of the chart's probabilities, and
+    # every lab's chart) in the worker while the patterns are counted.
+    chart_job = worker.submit(_lab_chart, st, policy, order_job[0].result())
+    order_job.clear()
 
     sides = pattern_sides(df, ix.i1, ix.i2)
     del df
@@ -1046,13 +1123,9 @@ def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
         comps.a, comps.b, raw_residual, n_labs, limit=ep.outlier_s, floor=ep.outlier_floor
     )
     del raw_residual
-    chart_rows = _cusum_rows(st, policy, ids=False)
-    # The stages' per-pair arrays (blame, baseline) end with the chart rows, and the chart rows
-    # with the chart: each is a pair-sized copy.
+    chart, h = chart_job.result()
+    # The stages' per-pair arrays (blame, baseline) end with the chart.
     del st
-    h = limit_job.result()
-    chart = lab_cusum(chart_rows, odds_ratio=policy.cusum.odds_ratio, limit=h)
-    del chart_rows
 
     out = (
         counts.join(sign_job[0].result(), on="idx", how="left")

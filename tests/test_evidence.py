@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from labeval.devtools.national import NationalConfig, build_national
-from scoring.cusum import risk_adjusted_cusum
+from scoring.cusum import cusum_grid, cusum_limit_of_grid, lab_cusum, risk_adjusted_cusum
 from scoring.evidence import (
     CUSUM_PATH_SCHEMA,
     EVIDENCE_INPUT_COLUMNS,
@@ -24,7 +24,11 @@ from scoring.evidence import (
     GROUP_BIAS_SCHEMA,
     _all_distinct,
     _chart_order,
+    _chart_order_of,
+    _cusum_rows,
+    _lab_chart,
     _sign_tests,
+    _stages,
     bias_by_group,
     cusum_series,
     lab_evidence,
@@ -474,3 +478,25 @@ def test_all_distinct_from_neighbours_when_sorted_and_by_hash_otherwise():
     assert not _all_distinct(pl.Series([None, 1, None], dtype=pl.Int64))
     assert _all_distinct(pl.Series([3], dtype=pl.Int64))
     assert _all_distinct(pl.Series([], dtype=pl.Int64))
+
+
+@pytest.mark.parametrize("sorted_ids", [True, False])
+def test_lab_chart_from_the_early_order_equals_the_chart_of_the_cusum_rows(sorted_ids):
+    # lab_evidence charts from the order found beside the bias fit and the weights gathered in
+    # that order; it must equal, to the last bit, lab_cusum over the CUSUM's rows (_cusum_rows)
+    # with the limit simulated from those rows' probabilities.
+    nat = build_national(NationalConfig(n_pairs=20_000, n_labs=300, n_categories=30, n_items=200, seed=3))
+    pol = Policy()
+    pairs = score_pairs(nat.pairs.lazy(), pol).select(EVIDENCE_INPUT_COLUMNS).collect()
+    if not sorted_ids:  # pair ids out of order: the pair rank comes from the ids, not the rows
+        pairs = pairs.sample(fraction=1.0, shuffle=True, seed=5)
+    stages = _stages(pairs.lazy(), pol, nat.config.as_of)
+    assert stages is not None
+    rows = _cusum_rows(stages, pol, ids=False)
+    h = cusum_limit_of_grid(cusum_grid(rows.get_column("p").to_numpy()), pol.cusum)
+    expected = lab_cusum(rows, odds_ratio=pol.cusum.odds_ratio, limit=h)
+    chart, limit = _lab_chart(stages, pol, _chart_order_of(stages.df, stages.ix))
+    assert limit == h
+    assert chart.height > 250
+    assert chart.equals(expected)
+    assert chart.get_column("cusum_signal_on").null_count() < chart.height  # some charts signal
