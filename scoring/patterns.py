@@ -258,6 +258,26 @@ def _tail_probabilities(idx: np.ndarray, probs: np.ndarray, observed: np.ndarray
     return out
 
 
+def _rate_counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, rate: float) -> PatternCounts:
+    """:func:`_counts` where every pair has the same probability ``rate``, from integer counts:
+    no array of probabilities (tens of millions of sides for the contradictions and outliers).
+    The same doubles: n and O are whole numbers, and E adds ``rate`` to itself n times in a
+    row, as the weighted sum per lab does (a cumulative sum is sequential)."""
+    n_int = np.bincount(idx, minlength=n_labs)
+    n = n_int.astype(float)
+    o = np.bincount(idx[np.asarray(obs, dtype=bool)], minlength=n_labs).astype(float)
+    run = np.cumsum(np.full(int(n_int.max()), rate)) if n_int.size and n_int.max() > 0 else np.zeros(0)
+    e = np.where(n_int > 0, run[np.maximum(n_int - 1, 0)] if run.size else 0.0, 0.0)
+    has = n > 0
+    rate = float(np.clip(rate, 0.0, 1.0))
+    p = np.where(o > 0, stats.binom.sf(np.round(o) - 1, n, rate), 1.0)
+    with np.errstate(divide="ignore"):
+        min_p = rate**n
+    p = np.where(has, np.minimum(1.0, np.maximum(0.0, p)), np.nan)
+    min_p = np.where(has, min_p, np.nan)
+    return PatternCounts(name=name, n=n_int.astype(np.int64), observed=o, expected=e, p=p, min_p=min_p)
+
+
 def _counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, exp: np.ndarray) -> PatternCounts:
     """Per-lab O, E and the exact one-sided p of O under independent pairs with the given P."""
     n = _per_lab(n_labs, idx, np.ones(len(idx)))
@@ -345,9 +365,7 @@ def pattern_counts(
     c_idx, c_obs = np.concatenate(c_idx_parts), np.concatenate(c_obs_parts)
     pooled = float(c_obs.mean()) if len(c_obs) else 0.0
     rate = max(pooled, contradiction_floor)
-    out["verdict_contradiction"] = _counts(
-        "verdict_contradiction", n_labs, c_idx, c_obs, np.full(len(c_idx), rate)
-    )
+    out["verdict_contradiction"] = _rate_counts("verdict_contradiction", n_labs, c_idx, c_obs, rate)
     return out
 
 
@@ -357,6 +375,7 @@ def outlier_counts(
 ) -> PatternCounts:
     """The ``outliers`` pattern from the bias fit's comparisons (lab indices and residuals)."""
     idx = np.r_[lab_a, lab_b].astype(np.int64)
-    far = np.abs(np.r_[residual, residual]) > limit
+    far = np.abs(residual) > limit
+    far = np.r_[far, far]
     rate = max(float(far.mean()) if len(far) else 0.0, floor)
-    return _counts("outliers", n_labs, idx, far, np.full(len(idx), rate))
+    return _rate_counts("outliers", n_labs, idx, far, rate)

@@ -13,6 +13,8 @@ from scipy import stats
 from scipy.special import ndtr
 
 from scoring.patterns import (
+    _counts,
+    _rate_counts,
     _tail_probabilities,
     outlier_counts,
     pattern_counts,
@@ -162,3 +164,22 @@ def test_outliers_count_against_both_labs_with_the_pooled_rate():
     assert out.p[0] == pytest.approx(stats.binom.sf(2, 20, rate))
     # a partner that met the slip once is not a pattern: p of one outlier is unremarkable
     assert out.p[1] > 0.05
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_one_rate_counts_equal_the_counts_with_an_array_of_that_rate(seed):
+    # The contradictions and outliers have one probability for every side; their counts come
+    # from integer bincounts and a running sum of the rate. They must equal, to the last bit,
+    # the general counts given that rate per side.
+    rng = np.random.default_rng(seed)
+    n_labs = int(rng.integers(1, 40))
+    m = int(rng.integers(0, 3000))
+    idx = rng.integers(0, n_labs, m).astype(np.int32)
+    obs = rng.random(m) < rng.uniform(0.0, 0.3)
+    rate = float(rng.choice([rng.uniform(1e-4, 0.3), 0.001, 1.0 / 3.0]))
+    fast = _rate_counts("x", n_labs, idx, obs, rate)
+    slow = _counts("x", n_labs, idx, obs, np.full(m, rate))
+    for field in ("n", "observed", "expected", "p", "min_p"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field), err_msg=field)
+    assert fast.n.dtype == slow.n.dtype
