@@ -57,9 +57,10 @@ from scoring.cusum import (
 from scoring.patterns import (
     PATTERNS,
     PatternCounts,
+    PatternSelection,
     outlier_counts,
-    pattern_counts,
-    pattern_sides,
+    pattern_counts_of,
+    pattern_selection_of_pairs,
 )
 from scoring.policy import EvidencePolicy, Policy
 from scoring.rates import (
@@ -547,6 +548,14 @@ def _lab_chart(st: _Stages, policy: Policy, order: np.ndarray) -> tuple[pl.DataF
         "cusum_max": cmax,
         "cusum_signal_on": signal_on,
     }), h
+
+
+def _pattern_selection(df: pl.DataFrame, ix: LabIndex, ep: EvidencePolicy) -> PatternSelection:
+    """The patterns' bias-free part, reading the pairs' sides a slice at a time."""
+    return pattern_selection_of_pairs(
+        df, ix.i1, ix.i2, len(ix.labs), band=ep.shading_band, clear=ep.nd_clear,
+        contradiction_floor=ep.contradiction_floor,
+    )
 
 
 def _all_distinct(ids: pl.Series) -> bool:
@@ -1078,10 +1087,12 @@ def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
     window_start = as_of - dt.timedelta(days=ep.window_days - 1)
     sign_job: list[Future[pl.DataFrame]] = []
     order_job: list[Future[np.ndarray]] = []
+    selection_job: list[Future[PatternSelection]] = []
 
     def before_fit(df: pl.DataFrame, ix: LabIndex, c: Comparisons) -> None:
         sign_job.append(worker.submit(_sign_tests, c.a, c.b, c.s))
         order_job.append(worker.submit(_chart_order_of, df, ix))
+        selection_job.append(worker.submit(_pattern_selection, df, ix, ep))
 
     st = _stages(scored_pairs, policy, as_of, with_comparisons=before_fit)
     if st is None:
@@ -1110,13 +1121,8 @@ def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
     chart_job = worker.submit(_lab_chart, st, policy, order_job[0].result())
     order_job.clear()
 
-    sides = pattern_sides(df, ix.i1, ix.i2)
     del df
-    patterns = pattern_counts(
-        sides, fit.b, n_labs, band=ep.shading_band, clear=ep.nd_clear,
-        contradiction_floor=ep.contradiction_floor,
-    )
-    del sides
+    patterns = pattern_counts_of(selection_job.pop().result(), fit.b, n_labs, band=ep.shading_band)
     # The fit clips s; a gross error is judged on the unclipped difference (biases back in s).
     raw_residual = comps.s - (fit.b[comps.a] - fit.b[comps.b]) / SQRT2
     patterns["outliers"] = outlier_counts(

@@ -31,6 +31,7 @@ difference of the two labs' fitted biases (σR units, lab minus partner). For tw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +43,12 @@ __all__ = [
     "PATTERNS",
     "PairSides",
     "PatternCounts",
+    "PatternSelection",
     "outlier_counts",
     "pattern_counts",
+    "pattern_counts_of",
+    "pattern_selection",
+    "pattern_selection_of_pairs",
     "pattern_sides",
     "poisson_binomial_sf",
 ]
@@ -102,9 +107,9 @@ class PairSides:
         return self.idx2, self.idx1, self.x2, self.x1, self.cens2
 
 
-def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> PairSides:
-    """The pairs' data for :func:`pattern_counts` (see :class:`PairSides`), from numpy arrays:
-    the two sides are the same columns swapped, so nothing is selected or joined per side."""
+def _columns(pairs: pl.DataFrame) -> tuple[
+    Callable[[str], bool], Callable[[str], np.ndarray], Callable[[str], np.ndarray], Callable[[str], np.ndarray]
+]:
     n = pairs.height
 
     def has(name: str) -> bool:
@@ -127,15 +132,19 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> PairSi
             return np.full(n, -1, dtype=np.int8)
         return pairs.get_column(name).cast(pl.Int8).fill_null(-1).to_numpy()
 
+    return has, num, flag, tri
+
+
+def _item_limits(pairs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's item id (−1 where none) and, per item id, the median limit stated when the
+    item is reported censored (NaN where none; the last cell, for id −1, stays NaN)."""
+    n = pairs.height
+    has, num, _, _ = _columns(pairs)
     item = (
         # Categorical ids (codes that come as Categorical keep theirs: no strings made)
         pairs.get_column("item_code").cast(pl.Categorical).to_physical()
         .cast(pl.Int64).fill_null(-1).to_numpy()
         if has("item_code") else np.full(n, -1, dtype=np.int64)
-    )
-    quant = (
-        (pairs.get_column("kind") != "qualitative").fill_null(False).to_numpy()
-        if has("kind") else np.zeros(n, dtype=bool)
     )
     # The detection limit a not-detected result is judged against: the item's LOD, else the
     # median limit labs state when they report the item as censored (not this lab's own, which it
@@ -151,9 +160,19 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> PairSi
         .agg(pl.col("limit").median())
     )
     del limits
-    # index −1 (no item code) lands on the last cell, which stays NaN
     stated_of = np.full(max(int(item.max()) + 2, 1) if n else 1, np.nan)
     stated_of[stated.get_column("item").to_numpy()] = stated.get_column("limit").to_numpy()
+    return item, stated_of
+
+
+def _sides_of(
+    pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray, item: np.ndarray, stated_of: np.ndarray
+) -> PairSides:
+    has, num, flag, tri = _columns(pairs)
+    quant = (
+        (pairs.get_column("kind") != "qualitative").fill_null(False).to_numpy()
+        if has("kind") else np.zeros(pairs.height, dtype=bool)
+    )
     lod = num("lod")
     lod = np.where(np.isnan(lod), stated_of[item], lod)
     return PairSides(
@@ -163,6 +182,13 @@ def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> PairSi
         cens1=flag("censored_1"), cens2=flag("censored_2"),
         contradicts1=tri("verdict_contradicts_1"), contradicts2=tri("verdict_contradicts_2"),
     )
+
+
+def pattern_sides(pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray) -> PairSides:
+    """The pairs' data for :func:`pattern_counts` (see :class:`PairSides`), from numpy arrays:
+    the two sides are the same columns swapped, so nothing is selected or joined per side."""
+    item, stated_of = _item_limits(pairs)
+    return _sides_of(pairs, i1, i2, item, stated_of)
 
 
 def _per_lab(n_labs: int, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -258,16 +284,20 @@ def _tail_probabilities(idx: np.ndarray, probs: np.ndarray, observed: np.ndarray
     return out
 
 
-def _rate_counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, rate: float) -> PatternCounts:
-    """:func:`_counts` where every pair has the same probability ``rate``, from integer counts:
-    no array of probabilities (tens of millions of sides for the contradictions and outliers).
-    The same doubles: n and O are whole numbers, and E adds ``rate`` to itself n times in a
-    row, as the weighted sum per lab does (a cumulative sum is sequential)."""
-    n_int = np.bincount(idx, minlength=n_labs)
+def _rate_counts(
+    name: str, n_labs: int, examined: np.ndarray, showing: np.ndarray, rate: float
+) -> PatternCounts:
+    """:func:`_counts` where every side has the same probability ``rate``, from the integer
+    counts per lab of the sides examined and of those showing the pattern: no array of
+    probabilities (tens of millions of sides for the contradictions and outliers). The same
+    doubles: n and O are whole numbers, and E adds ``rate`` to itself n times in a row, as the
+    weighted sum per lab does (a cumulative sum is sequential)."""
+    n_int = np.asarray(examined, dtype=np.int64)
     n = n_int.astype(float)
-    o = np.bincount(idx[np.asarray(obs, dtype=bool)], minlength=n_labs).astype(float)
-    run = np.cumsum(np.full(int(n_int.max()), rate)) if n_int.size and n_int.max() > 0 else np.zeros(0)
-    e = np.where(n_int > 0, run[np.maximum(n_int - 1, 0)] if run.size else 0.0, 0.0)
+    o = np.asarray(showing, dtype=np.int64).astype(float)
+    top = int(n_int.max()) if n_int.size else 0
+    run = np.cumsum(np.full(top, rate))
+    e = np.where(n_int > 0, run[np.maximum(n_int - 1, 0)] if top else 0.0, 0.0)
     has = n > 0
     rate = float(np.clip(rate, 0.0, 1.0))
     p = np.where(o > 0, stats.binom.sf(np.round(o) - 1, n, rate), 1.0)
@@ -275,7 +305,7 @@ def _rate_counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, rate:
         min_p = rate**n
     p = np.where(has, np.minimum(1.0, np.maximum(0.0, p)), np.nan)
     min_p = np.where(has, min_p, np.nan)
-    return PatternCounts(name=name, n=n_int.astype(np.int64), observed=o, expected=e, p=p, min_p=min_p)
+    return PatternCounts(name=name, n=n_int, observed=o, expected=e, p=p, min_p=min_p)
 
 
 def _counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, exp: np.ndarray) -> PatternCounts:
@@ -300,6 +330,148 @@ def _counts(name: str, n_labs: int, idx: np.ndarray, obs: np.ndarray, exp: np.nd
     return PatternCounts(name=name, n=n.astype(np.int64), observed=o, expected=e, p=p, min_p=min_p)
 
 
+@dataclass(frozen=True, slots=True)
+class PatternSelection:
+    """What the patterns examine, all of which is decided without the lab biases: the examined
+    sides of shading and nd_hiding (lab, partner, what each side's probability needs, and
+    whether it shows the pattern) and the contradictions' counts in full. Small next to the
+    pairs (a few sides in a hundred), so it can be found while the biases are fitted.
+    """
+
+    s_idx: np.ndarray
+    s_partner: np.ndarray
+    d_up: np.ndarray  # (upper − x_p)/σ, < 0 where the partner is over the upper limit
+    d_lo: np.ndarray  # (x_p − lower)/σ, < 0 where under the lower limit
+    over: np.ndarray
+    s_obs: np.ndarray
+    n_idx: np.ndarray
+    n_partner: np.ndarray
+    n_z: np.ndarray  # (L − x_p)/σ
+    n_cens: np.ndarray
+    contradictions: PatternCounts
+
+
+@dataclass(frozen=True, slots=True)
+class _Selected:
+    """:func:`_select` of some pairs: per side (1, 2) the examined sides' arrays, and the
+    contradictions' integer counts per lab."""
+
+    shading: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
+    nd: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
+    decidable: np.ndarray  # decidable sides per lab
+    contradicted: np.ndarray  # of which contradicting the lab's own number
+
+
+def _select(sides: PairSides, n_labs: int, *, band: float, clear: float) -> _Selected:
+    sigma, upper, lower, lod = sides.sigma, sides.upper_limit, sides.lower_limit, sides.lod
+    base = sides.quant & (sigma > 0)
+    # Which sides each test examines is decided on every pair (per side, from the partner's
+    # number); the probabilities (normal CDFs, the costly part) only on the sides examined.
+    shading: list[tuple[np.ndarray, ...]] = []
+    nd_parts: list[tuple[np.ndarray, ...]] = []
+    decidable = np.zeros(n_labs, dtype=np.int64)
+    contradicted = np.zeros(n_labs, dtype=np.int64)
+    for k in (1, 2):
+        idx, partner, x, xp, cens = sides.lab(k)
+        cens_p = sides.cens2 if k == 1 else sides.cens1
+        with np.errstate(invalid="ignore"):
+            p_num = base & np.isfinite(xp) & ~cens_p
+            over = p_num & np.isfinite(upper) & (xp > upper)
+            under = p_num & np.isfinite(lower) & (xp < lower) & ~over
+            clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
+        # shading: partner beyond a limit (a numeric partner value, not censored)
+        use = np.flatnonzero(over | under)
+        sg, xpu, xu, up, lo = sigma[use], xp[use], x[use], upper[use], lower[use]
+        with np.errstate(invalid="ignore"):
+            lab_num = np.isfinite(xu) & ~cens[use]
+            in_up = lab_num & ((up - xu) / sg >= 0) & ((up - xu) / sg <= band)
+            in_lo = lab_num & ((xu - lo) / sg >= 0) & ((xu - lo) / sg <= band)
+            shading.append((
+                idx[use], partner[use], (up - xpu) / sg, (xpu - lo) / sg, over[use],
+                np.where(over[use], in_up, in_lo),
+            ))
+        # not detected where the partner finds a clear amount
+        nd = np.flatnonzero(clear_amount)
+        with np.errstate(invalid="ignore"):
+            nd_parts.append((idx[nd], partner[nd], (lod[nd] - xp[nd]) / sigma[nd], cens[nd]))
+        # a verdict contradicting the lab's own number (over all decidable sides, any item kind)
+        contradicts = sides.contradicts1 if k == 1 else sides.contradicts2
+        decidable += np.bincount(idx[contradicts >= 0], minlength=n_labs)
+        contradicted += np.bincount(idx[contradicts == 1], minlength=n_labs)
+    return _Selected(shading=(shading[0], shading[1]), nd=(nd_parts[0], nd_parts[1]),
+                     decidable=decidable, contradicted=contradicted)
+
+
+def _selection(parts: list[_Selected], n_labs: int, contradiction_floor: float) -> PatternSelection:
+    """The parts' examined sides in the order of one pass: side 1's in pair order, then side 2's."""
+    s_idx, s_partner, d_up, d_lo, over, s_obs = (
+        np.concatenate([p.shading[k][j] for k in (0, 1) for p in parts]) for j in range(6)
+    )
+    n_idx, n_partner, n_z, n_cens = (
+        np.concatenate([p.nd[k][j] for k in (0, 1) for p in parts]) for j in range(4)
+    )
+    decidable = np.sum([p.decidable for p in parts], axis=0)
+    contradicted = np.sum([p.contradicted for p in parts], axis=0)
+    total = int(decidable.sum())
+    # the mean of the sides' 0/1 flags: a ratio of two whole numbers, whatever their order
+    pooled = int(contradicted.sum()) / total if total else 0.0
+    return PatternSelection(
+        s_idx=s_idx, s_partner=s_partner, d_up=d_up, d_lo=d_lo, over=over, s_obs=s_obs,
+        n_idx=n_idx, n_partner=n_partner, n_z=n_z, n_cens=n_cens,
+        contradictions=_rate_counts(
+            "verdict_contradiction", n_labs, decidable, contradicted, max(pooled, contradiction_floor)
+        ),
+    )
+
+
+def pattern_selection(
+    sides: PairSides, n_labs: int, *, band: float, clear: float, contradiction_floor: float
+) -> PatternSelection:
+    """The bias-free part of :func:`pattern_counts`."""
+    return _selection([_select(sides, n_labs, band=band, clear=clear)], n_labs, contradiction_floor)
+
+
+# Pairs per slice when the selection reads the pairs itself: the sides' numbers of a slice are
+# about 50 bytes a pair, read and dropped, instead of the whole window's at once.
+_SLICE = 1 << 20
+
+
+def pattern_selection_of_pairs(
+    pairs: pl.DataFrame, i1: np.ndarray, i2: np.ndarray, n_labs: int, *, band: float, clear: float,
+    contradiction_floor: float,
+) -> PatternSelection:
+    """:func:`pattern_selection` of :func:`pattern_sides`, reading the pairs a slice at a time
+    (the same selection, in the same order)."""
+    item, stated_of = _item_limits(pairs)
+    parts = []
+    for lo in range(0, max(pairs.height, 1), _SLICE):
+        hi = min(pairs.height, lo + _SLICE)
+        sides = _sides_of(pairs.slice(lo, hi - lo), i1[lo:hi], i2[lo:hi], item[lo:hi], stated_of)
+        parts.append(_select(sides, n_labs, band=band, clear=clear))
+        del sides
+    del item
+    return _selection(parts, n_labs, contradiction_floor)
+
+
+def pattern_counts_of(
+    sel: PatternSelection, bias: np.ndarray, n_labs: int, *, band: float
+) -> dict[str, PatternCounts]:
+    """:func:`pattern_counts` from its :func:`pattern_selection` and the lab biases."""
+    b = np.nan_to_num(np.asarray(bias, dtype=float), nan=0.0)
+    out: dict[str, PatternCounts] = {}
+    delta = b[sel.s_idx] - b[sel.s_partner]
+    with np.errstate(invalid="ignore"):
+        p_up = ndtr((sel.d_up - delta) / _SQRT2) - ndtr((sel.d_up - band - delta) / _SQRT2)
+        p_lo = ndtr((band - sel.d_lo - delta) / _SQRT2) - ndtr((-sel.d_lo - delta) / _SQRT2)
+    out["shading"] = _counts("shading", n_labs, sel.s_idx, sel.s_obs, np.where(sel.over, p_up, p_lo))
+    delta = b[sel.n_idx] - b[sel.n_partner]
+    with np.errstate(invalid="ignore"):
+        p_nd = ndtr((sel.n_z - delta) / _SQRT2)
+    out["nd_hiding"] = _counts("nd_hiding", n_labs, sel.n_idx, sel.n_cens, p_nd)
+    out["verdict_contradiction"] = sel.contradictions
+    return out
+
+
 def pattern_counts(
     sides: PairSides, bias: np.ndarray, n_labs: int, *, band: float, clear: float,
     contradiction_floor: float,
@@ -309,64 +481,8 @@ def pattern_counts(
     Each test examines pair sides: side 1's examined pairs in pair order, then side 2's (the
     order every sum and the exact tail probabilities see).
     """
-    b = np.nan_to_num(np.asarray(bias, dtype=float), nan=0.0)
-    sigma, upper, lower, lod = sides.sigma, sides.upper_limit, sides.lower_limit, sides.lod
-    base = sides.quant & (sigma > 0)
-    out: dict[str, PatternCounts] = {}
-
-    # Which sides each test examines is decided on every pair (per side, from the partner's
-    # number); the probabilities (normal CDFs, the costly part) only on the sides examined.
-    shading: list[tuple[np.ndarray, ...]] = []
-    nd_parts: list[tuple[np.ndarray, ...]] = []
-    for k in (1, 2):
-        idx, partner, x, xp, cens = sides.lab(k)
-        cens_p = sides.cens2 if k == 1 else sides.cens1
-        with np.errstate(invalid="ignore"):
-            p_num = base & np.isfinite(xp) & ~cens_p
-            over = p_num & np.isfinite(upper) & (xp > upper)
-            under = p_num & np.isfinite(lower) & (xp < lower) & ~over
-            clear_amount = p_num & np.isfinite(lod) & ((xp - lod) / sigma > clear)
-        use = np.flatnonzero(over | under)
-        shading.append((idx[use], partner[use], sigma[use], xp[use], x[use], upper[use], lower[use],
-                        over[use], cens[use]))
-        nd = np.flatnonzero(clear_amount)
-        nd_parts.append((idx[nd], partner[nd], lod[nd], xp[nd], sigma[nd], cens[nd]))
-
-    # shading: partner beyond a limit (a numeric partner value, not censored)
-    s_idx, s_partner, sg, xpu, xu, up, lo, ov, s_cens = (np.concatenate(c) for c in zip(*shading))
-    del shading
-    delta = b[s_idx] - b[s_partner]
-    with np.errstate(invalid="ignore"):
-        d_up = (up - xpu) / sg  # < 0 where over
-        d_lo = (xpu - lo) / sg  # < 0 where under
-        p_up = ndtr((d_up - delta) / _SQRT2) - ndtr((d_up - band - delta) / _SQRT2)
-        p_lo = ndtr((band - d_lo - delta) / _SQRT2) - ndtr((-d_lo - delta) / _SQRT2)
-        lab_num = np.isfinite(xu) & ~s_cens
-        in_up = lab_num & ((up - xu) / sg >= 0) & ((up - xu) / sg <= band)
-        in_lo = lab_num & ((xu - lo) / sg >= 0) & ((xu - lo) / sg <= band)
-    out["shading"] = _counts(
-        "shading", n_labs, s_idx, np.where(ov, in_up, in_lo), np.where(ov, p_up, p_lo),
-    )
-
-    # not detected where the partner finds a clear amount
-    n_idx, n_partner, n_lod, n_xp, n_sigma, n_cens = (np.concatenate(c) for c in zip(*nd_parts))
-    del nd_parts
-    delta = b[n_idx] - b[n_partner]
-    with np.errstate(invalid="ignore"):
-        p_nd = ndtr(((n_lod - n_xp) / n_sigma - delta) / _SQRT2)
-    out["nd_hiding"] = _counts("nd_hiding", n_labs, n_idx, n_cens, p_nd)
-
-    # a verdict contradicting the lab's own number (over all decidable sides, any item kind)
-    c_idx_parts, c_obs_parts = [], []
-    for idx, contradicts in ((sides.idx1, sides.contradicts1), (sides.idx2, sides.contradicts2)):
-        decidable = np.flatnonzero(contradicts >= 0)
-        c_idx_parts.append(idx[decidable])
-        c_obs_parts.append(contradicts[decidable] == 1)
-    c_idx, c_obs = np.concatenate(c_idx_parts), np.concatenate(c_obs_parts)
-    pooled = float(c_obs.mean()) if len(c_obs) else 0.0
-    rate = max(pooled, contradiction_floor)
-    out["verdict_contradiction"] = _rate_counts("verdict_contradiction", n_labs, c_idx, c_obs, rate)
-    return out
+    sel = pattern_selection(sides, n_labs, band=band, clear=clear, contradiction_floor=contradiction_floor)
+    return pattern_counts_of(sel, bias, n_labs, band=band)
 
 
 def outlier_counts(
@@ -374,8 +490,9 @@ def outlier_counts(
     floor: float,
 ) -> PatternCounts:
     """The ``outliers`` pattern from the bias fit's comparisons (lab indices and residuals)."""
-    idx = np.r_[lab_a, lab_b].astype(np.int64)
     far = np.abs(residual) > limit
-    far = np.r_[far, far]
-    rate = max(float(far.mean()) if len(far) else 0.0, floor)
-    return _rate_counts("outliers", n_labs, idx, far, rate)
+    examined = np.bincount(lab_a, minlength=n_labs) + np.bincount(lab_b, minlength=n_labs)
+    showing = np.bincount(lab_a[far], minlength=n_labs) + np.bincount(lab_b[far], minlength=n_labs)
+    # the share of far comparisons, each counted once per lab: a ratio of whole numbers
+    rate = max(2 * int(far.sum()) / (2 * len(far)) if len(far) else 0.0, floor)
+    return _rate_counts("outliers", n_labs, examined, showing, rate)

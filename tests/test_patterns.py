@@ -12,15 +12,21 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import ndtr
 
+import scoring.patterns as patterns_module
+from labeval.devtools.national import NationalConfig, build_national
+from scoring.pairs import score_pairs
 from scoring.patterns import (
     _counts,
     _rate_counts,
     _tail_probabilities,
     outlier_counts,
     pattern_counts,
+    pattern_counts_of,
+    pattern_selection_of_pairs,
     pattern_sides,
     poisson_binomial_sf,
 )
+from scoring.policy import Policy
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
@@ -178,8 +184,37 @@ def test_one_rate_counts_equal_the_counts_with_an_array_of_that_rate(seed):
     idx = rng.integers(0, n_labs, m).astype(np.int32)
     obs = rng.random(m) < rng.uniform(0.0, 0.3)
     rate = float(rng.choice([rng.uniform(1e-4, 0.3), 0.001, 1.0 / 3.0]))
-    fast = _rate_counts("x", n_labs, idx, obs, rate)
+    fast = _rate_counts(
+        "x", n_labs, np.bincount(idx, minlength=n_labs), np.bincount(idx[obs], minlength=n_labs), rate
+    )
     slow = _counts("x", n_labs, idx, obs, np.full(m, rate))
     for field in ("n", "observed", "expected", "p", "min_p"):
         np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field), err_msg=field)
     assert fast.n.dtype == slow.n.dtype
+
+
+@pytest.mark.parametrize("slice_rows", [997, 1 << 20])
+def test_selection_read_in_slices_gives_the_counts_of_the_whole_sides(monkeypatch, slice_rows):
+    # The evidence selects the examined sides a slice of pairs at a time, before the biases
+    # exist; with the biases the counts must equal pattern_counts on the whole window's sides,
+    # to the last bit (the sides in the same order: side 1's in pair order, then side 2's).
+    nat = build_national(NationalConfig(n_pairs=12_000, n_labs=200, n_categories=20, n_items=150, seed=4))
+    pairs = score_pairs(nat.pairs.lazy(), Policy()).collect()
+    codes = pl.concat([pairs.get_column("lab_1"), pairs.get_column("lab_2")]).unique().sort()
+    pos = {c: i for i, c in enumerate(codes.to_list())}
+    i1 = np.array([pos[c] for c in pairs.get_column("lab_1").to_list()], dtype=np.int32)
+    i2 = np.array([pos[c] for c in pairs.get_column("lab_2").to_list()], dtype=np.int32)
+    n_labs = len(codes)
+    bias = np.random.default_rng(1).normal(0.0, 0.3, n_labs)
+    ep = Policy().evidence
+    args = {"band": ep.shading_band, "clear": ep.nd_clear, "contradiction_floor": ep.contradiction_floor}
+    whole = pattern_counts(pattern_sides(pairs, i1, i2), bias, n_labs, **args)
+    monkeypatch.setattr(patterns_module, "_SLICE", slice_rows)
+    sliced = pattern_counts_of(
+        pattern_selection_of_pairs(pairs, i1, i2, n_labs, **args), bias, n_labs, band=ep.shading_band
+    )
+    assert list(sliced) == list(whole)
+    for name, pc in whole.items():
+        assert pc.observed.sum() > 0 or name == "verdict_contradiction", name
+        for field in ("n", "observed", "expected", "p", "min_p"):
+            np.testing.assert_array_equal(getattr(sliced[name], field), getattr(pc, field), err_msg=f"{name}.{field}")
