@@ -240,3 +240,27 @@ def test_fit_by_sorted_edges_equals_the_fit_in_given_order(seed):
         attribution._edges_by_sort = original
     for name in ("b", "se", "excess_variance"):
         np.testing.assert_array_equal(getattr(sorted_fit, name), getattr(given_order, name))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1.5, 1.345, 0.5, 2.0]))
+def test_sparse_huber_update_equals_the_formula_over_every_comparison(seed, k):
+    # The fit updates only the weights of residuals beyond k; each step must give the weights
+    # min(1, k / max(zr, 1e-12)) and the largest change of the dense update, to the last bit,
+    # step after step (weights going below 1, changing, and coming back to 1).
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 400))
+    dense = np.ones(m)
+    sparse_w = np.ones(m)
+    down = np.zeros(0, dtype=np.intp)
+    for _ in range(6):
+        zr = np.abs(rng.standard_t(3, m)) * rng.uniform(0.5, 2.0)
+        zr[rng.random(m) < 0.05] = 0.0
+        zr[rng.random(m) < 0.05] = k  # exactly at the corner: weight 1
+        new = np.minimum(1.0, k / np.maximum(zr, 1e-12))
+        want = float(np.max(np.abs(dense - new))) if m else 0.0
+        dense = new
+        change, down = attribution._huber_update(zr, sparse_w, down, k)
+        np.testing.assert_array_equal(sparse_w, dense)
+        assert change == want
+        np.testing.assert_array_equal(down, np.flatnonzero(zr > k))
