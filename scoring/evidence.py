@@ -455,8 +455,13 @@ def _two_side_order_of(pairs: pl.DataFrame, idx: pl.Series) -> pl.Series | None:
     if math.log2(days) + math.log2(n_ids) > 62:
         return None
     key = (day.cast(pl.Int64) - (0 if first is None else int(first)) + 1).fill_null(0).to_numpy()
-    key = key * n_ids + pid_rank
-    by_time = pl.Series(key).arg_sort().to_numpy()
+    if days <= np.iinfo(np.int16).max and bool(np.all(pid_rank[1:] > pid_rank[:-1])):
+        # Pairs in id order (as the service reads them): the order by (day, pair) is a stable
+        # sort by day alone, a radix sort of small integers instead of a sort of packed keys.
+        by_time = np.argsort(key.astype(np.int16), kind="stable")
+    else:
+        key = key * n_ids + pid_rank
+        by_time = pl.Series(key).arg_sort().to_numpy()
     del key
     pre = np.empty(2 * half, dtype=np.int64)
     pre[0::2] = by_time
