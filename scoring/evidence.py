@@ -892,24 +892,31 @@ class _Stages:
     rates: RateEvidence
 
 
+def _baseline(df: pl.DataFrame, ep: EvidencePolicy) -> np.ndarray:
+    """Each numeric pair's baseline discrepancy probability, from numeric pairs only (the other
+    families' pairs neither count nor get one), by bincounts over the codes' integer ids."""
+    return baseline_probabilities(
+        df.get_column("numeric").to_numpy(), df.get_column("num_disc").to_numpy(),
+        _codes(df, "category_code"), _codes(df, "item_code"), ep.baseline, ep.baseline_prior_pairs,
+    )
+
+
 def _stages(
     scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
     with_comparisons: Callable[[pl.DataFrame, LabIndex, Comparisons], None] | None = None,
+    worker: ThreadPoolExecutor | None = None,
 ) -> _Stages | None:
     """The window, graph, bias fit, blame, counts and rates; None when the window is empty.
     ``with_comparisons`` is handed the window's pairs, the lab index and the comparisons as soon
-    as they exist (before the fit)."""
+    as they exist (before the fit). With a ``worker`` the baseline probabilities are found there
+    while the lab index and the comparisons are built."""
     ep = policy.evidence
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
         return None
-    # Each numeric pair's baseline discrepancy probability, from numeric pairs only (the other
-    # families' pairs neither count nor get one), by bincounts over the codes' integer ids.
     numeric = df.get_column("numeric").to_numpy()
-    p_expected = baseline_probabilities(
-        numeric, df.get_column("num_disc").to_numpy(), _codes(df, "category_code"),
-        _codes(df, "item_code"), ep.baseline, ep.baseline_prior_pairs,
-    )
+    baseline_job = worker.submit(_baseline, df, ep) if worker is not None else None
+    p_expected = _baseline(df, ep) if baseline_job is None else None
 
     ix = _lab_index(df)
     n_labs = len(ix.labs)
@@ -919,6 +926,8 @@ def _stages(
     fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
+    if baseline_job is not None:
+        p_expected = baseline_job.result()
     p_lab = np.where(numeric, p_expected, 0.0) / 2.0
     counts = _counts(df, ix, blame, p_lab)
     return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, blame=blame, p_lab=p_lab,
@@ -1077,11 +1086,12 @@ def lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, *, as_of: dt.date) 
     - shading_*, nd_hiding_*, verdict_contradiction_*, outliers_*: the data-problem patterns (n, observed,
       expected, p, q; the FDR family is the labs that could reach significance at all).
     """
-    # Three stages depend on nothing that follows them: the sign tests (on the comparisons), the
-    # CUSUM limit's simulation (on the chart's probabilities) and the data-problem patterns. The
-    # first two run in a worker thread beside the bias fit and the patterns: their numpy, polars
-    # and scipy calls release the GIL, so on two cores they overlap. Each is a pure function of
-    # its inputs: the results are the same as one after the other.
+    # Work that does not wait for the bias fit runs in a worker thread beside the main one: the
+    # baseline probabilities (beside the lab index and the comparisons), then the sign tests,
+    # the CUSUM's chart order and the patterns' selection of sides (beside the fit), then the
+    # CUSUM's limit and charts (beside the patterns' probabilities). Their numpy, polars and
+    # scipy calls release the GIL, so on two cores they overlap. Each is a pure function of its
+    # inputs: the results are the same as one after the other.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence") as worker:
         return _lab_evidence(scored_pairs, policy, as_of, worker)
 
@@ -1099,7 +1109,7 @@ def _lab_evidence(scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
         order_job.append(worker.submit(_chart_order_of, df, ix))
         selection_job.append(worker.submit(_pattern_selection, df, ix, ep))
 
-    st = _stages(scored_pairs, policy, as_of, with_comparisons=before_fit)
+    st = _stages(scored_pairs, policy, as_of, with_comparisons=before_fit, worker=worker)
     if st is None:
         return _empty_evidence()
     df, ix, comps, fit, identifiable = st.df, st.ix, st.comps, st.fit, st.identifiable
