@@ -571,8 +571,16 @@ def _all_distinct(ids: pl.Series) -> bool:
     return bool(ids.is_unique().all())
 
 
-def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> pl.DataFrame:
-    """Counts per lab and role, by bincounts over the pairs' lab indices (both sides at once)."""
+def _side_index(ix: LabIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Each side's lab index with the sides without a lab at n_labs (a cell that is dropped)."""
+    n_labs = len(ix.labs)
+    return np.where(ix.i1 >= 0, ix.i1, n_labs), np.where(ix.i2 >= 0, ix.i2, n_labs)
+
+
+def _fixed_counts(df: pl.DataFrame, ix: LabIndex, p_lab: np.ndarray) -> dict[str, np.ndarray]:
+    """Counts per lab and role, by bincounts over the pairs' lab indices (both sides at once):
+    those that do not depend on the bias fit (all but the blame's), in their columns' order,
+    found in the worker before the fit (:func:`_counts_with` adds the rest)."""
     n_labs = len(ix.labs)
     i1, i2, i3 = ix.i1, ix.i2, ix.i3
     ok1, ok2, ok3 = i1 >= 0, i2 >= 0, i3 >= 0
@@ -604,8 +612,6 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
     del code
     code_has = (np.arange(n_codes)[:, None] >> np.arange(8)[None, :]) & 1
     flag_counts = by_code @ code_has  # (labs, flags)
-    numeric = df.get_column("numeric").to_numpy().astype(float)
-    qualitative = df.get_column("qualitative").to_numpy().astype(float)
     original = np.bincount(j1, minlength=n_labs + 1)[:n_labs]
     retest = np.bincount(j2, minlength=n_labs + 1)[:n_labs]
     arbitration = np.bincount(j3, minlength=n_labs + 1)[:n_labs]
@@ -624,7 +630,7 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         }).filter(pl.col("idx") >= 0).group_by("idx").agg(n=pl.col("pair_id").n_unique())
         pairs = np.zeros(n_labs, dtype=np.int64)
         pairs[ids.get_column("idx").to_numpy()] = ids.get_column("n").to_numpy()
-    ints = {
+    return {
         "pairs": pairs,
         "pairs_original": original,
         "pairs_retest": retest,
@@ -637,17 +643,37 @@ def _counts(df: pl.DataFrame, ix: LabIndex, blame: Blame, p_lab: np.ndarray) -> 
         "reversals": flag_counts[:, 5],
         "reversals_within_uncertainty": flag_counts[:, 6],
         "censored_disagreements": flag_counts[:, 7],
-        "arbitrations_lost": per_lab(blame.lost1.astype(float), blame.lost2.astype(float)),
         "pairs_arbitration": arbitration,
+        "expected_discrepancies": per_lab(p_lab * df.get_column("numeric").to_numpy().astype(float)),
     }
+
+
+def _counts_with(df: pl.DataFrame, ix: LabIndex, blame: Blame, fixed: dict[str, np.ndarray]) -> pl.DataFrame:
+    """The counts per lab (one row per lab) from :func:`_fixed_counts` and the blame."""
+    n_labs = len(ix.labs)
+    j1, j2 = _side_index(ix)
+
+    def per_lab(w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+        a = np.bincount(j1, weights=w1, minlength=n_labs + 1)
+        b = np.bincount(j2, weights=w2, minlength=n_labs + 1)
+        return (a + b)[:n_labs]
+
+    numeric = df.get_column("numeric").to_numpy().astype(float)
+    qualitative = df.get_column("qualitative").to_numpy().astype(float)
+    ints = {k: v for k, v in fixed.items() if k != "expected_discrepancies"}
+    lost = per_lab(blame.lost1.astype(float), blame.lost2.astype(float))
+    order = [*list(ints)[: list(ints).index("pairs_arbitration")], "arbitrations_lost", "pairs_arbitration"]
+    ints["arbitrations_lost"] = lost
     return pl.DataFrame({
         "idx": np.arange(n_labs, dtype=np.int64),
         "lab_code": ix.labs,
-        **{k: pl.Series(np.rint(v).astype(np.int64)) for k, v in ints.items()},
+        **{k: pl.Series(np.rint(ints[k]).astype(np.int64)) for k in order},
         "attributed_discrepancies": per_lab(blame.side1 * numeric, blame.side2 * numeric),
-        "expected_discrepancies": per_lab(p_lab * numeric),
+        "expected_discrepancies": fixed["expected_discrepancies"],
         "qualitative_errors": per_lab(blame.side1 * qualitative, blame.side2 * qualitative),
     })
+
+
 
 
 # ----------------------------------------------------------------------------------- 5. rates
@@ -901,6 +927,17 @@ def _baseline(df: pl.DataFrame, ep: EvidencePolicy) -> np.ndarray:
     )
 
 
+def _fixed_counts_after(
+    df: pl.DataFrame, ix: LabIndex, ep: EvidencePolicy, baseline: Future[np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each pair's expected share of a discrepancy per side (p_lab: half the baseline
+    probability, 0 for a pair that is not numeric) and the fit-free counts; the baseline from
+    its job when one was started."""
+    p_expected = _baseline(df, ep) if baseline is None else baseline.result()
+    p_lab = np.where(df.get_column("numeric").to_numpy(), p_expected, 0.0) / 2.0
+    return p_lab, _fixed_counts(df, ix, p_lab)
+
+
 def _stages(
     scored_pairs: pl.LazyFrame, policy: Policy, as_of: dt.date,
     with_comparisons: Callable[[pl.DataFrame, LabIndex, Comparisons], None] | None = None,
@@ -914,11 +951,9 @@ def _stages(
     df = pairs_in_window(scored_pairs, as_of, ep)
     if df.height == 0:
         return None
-    numeric = df.get_column("numeric").to_numpy()
     baseline_job = worker.submit(_baseline, df, ep) if worker is not None else None
-    p_expected = _baseline(df, ep) if baseline_job is None else None
-
     ix = _lab_index(df)
+    fixed_job = worker.submit(_fixed_counts_after, df, ix, ep, baseline_job) if worker is not None else None
     n_labs = len(ix.labs)
     comps = _comparisons(df, ix)
     if with_comparisons is not None:
@@ -926,10 +961,8 @@ def _stages(
     fit = fit_lab_bias(comps.a, comps.b, comps.s, n_labs, ep)
     identifiable = _identifiable(fit, ep)
     blame = _blame(df, ix, fit, ep, n_labs)
-    if baseline_job is not None:
-        p_expected = baseline_job.result()
-    p_lab = np.where(numeric, p_expected, 0.0) / 2.0
-    counts = _counts(df, ix, blame, p_lab)
+    p_lab, fixed = _fixed_counts_after(df, ix, ep) if fixed_job is None else fixed_job.result()
+    counts = _counts_with(df, ix, blame, fixed)
     return _Stages(df=df, ix=ix, comps=comps, fit=fit, identifiable=identifiable, blame=blame, p_lab=p_lab,
                    counts=counts, rates=_rates(counts, ep))
 
