@@ -14,12 +14,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 import msgspec
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -29,7 +31,7 @@ from labeval.config import Settings
 from labeval.db import apikeys
 from labeval.db.pool import connect
 from labeval.grading.overrides import today_utc
-from labeval.logs import _only_json_handler, configure_logging, log_fields, request_context
+from labeval.logs import _only_json_handler, configure_logging, iso_milliseconds, log_fields, request_context
 from tests.test_cache import C1, _seed
 
 # Headers whose values differ between any two answers.
@@ -275,3 +277,11 @@ def _direct_and_logged(json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch) -
         access.removeHandler(extra)
     assert json_log.getvalue().splitlines()[-1] == logged
     assert other.getvalue() == "GET /api/v1/labs/A 200 1.2 ms\n"
+
+
+@given(st.floats(min_value=-1e9, max_value=4e9, allow_nan=False))
+@example(1_765_000_000.9999996)  # rounds up into the next second
+@example(1_765_000_000.0009995)
+@example(0.0)
+def test_a_line_time_is_what_datetime_writes(t: float) -> None:
+    assert iso_milliseconds(t) == datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
