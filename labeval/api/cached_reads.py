@@ -140,10 +140,16 @@ class CachedReads:
         cache: ReadCache = state.read_cache
         # The same wait admit() makes, made here so that what is cached may be looked at; admit
         # (here or in the guard) takes it as this request's.
-        scope[CACHE_READY] = await cache.ready()  # type: ignore[literal-required]
-        answer = cache.answer(route.key(param), scope)
-        if answer is None or not key_cached(cache, auth):
+        try:
+            scope[CACHE_READY] = await cache.ready()  # type: ignore[literal-required]
+            answer = cache.answer(route.key(param), scope)
+            cached = answer is not None and key_cached(cache, auth)
+        except Exception:  # noqa: BLE001 - litestar meets the same failure and answers it its way
+            scope.pop(CACHE_READY, None)  # type: ignore[misc]
+            cached = False
+        if not cached:
             return await self.inner(scope, receive, send)
+        assert answer is not None
         scope["path_template"] = route.template
         try:
             await admit(scope, state, auth, route.roles)
