@@ -28,6 +28,7 @@ from labeval.api.auth import (
     undeclared_routes,
 )
 from labeval.api.cache import ReadCache
+from labeval.api.cached_reads import install as install_cached_reads
 from labeval.api.draws import DrawController
 from labeval.api.feed import FeedController
 from labeval.api.imports import ImportController
@@ -170,6 +171,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
             # A running job may finish (up to the shutdown timeout); then it is cancelled.
             await stop_scheduler(sched, app.state, settings.shutdown_timeout)
 
+    request_middleware = RequestMiddleware(metrics)
     app = Litestar(
         route_handlers=[health, ready, LabController, SampleController, ImportController, RunController,
                         OverrideController, EventController, KeyController, AuditController, FeedController,
@@ -182,7 +184,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
         dependencies={"conn": Provide(provide_conn)},
         # First: the request id is set before anything else runs and logs (the audit reads it).
         # Last: uploaded files of a form are closed however its request was answered (labeval.web.uploads).
-        middleware=[RequestMiddleware(metrics), AuditMiddleware(), CloseUploadsMiddleware()],
+        middleware=[request_middleware, AuditMiddleware(), CloseUploadsMiddleware()],
         after_exception=[remember_exception],
         # Every error on every API route is problem details (labeval.api.problems); on a page, the
         # same answer as an error page (labeval.web.errors).
@@ -210,4 +212,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> Litestar:
             "routes without opt roles, session_roles or public (labeval.api.auth): " + ", ".join(missing))
     document_guard(app.routes)
     document_errors(app.routes)
+    # The two busiest reads answered from the read cache without litestar's routing when cached
+    # (labeval.api.cached_reads); app.state.cached_reads for tests.
+    app.state.cached_reads = install_cached_reads(app, request_middleware)
     return app

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import asyncpg
 import msgspec
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
@@ -25,6 +26,7 @@ from litestar.status_codes import (
     HTTP_403_FORBIDDEN,
     HTTP_429_TOO_MANY_REQUESTS,
 )
+from litestar.types import Scope
 
 from labeval.api.cache import CACHE_READY, CachedKey, ReadCache
 from labeval.api.problems import ProblemError, spec
@@ -142,13 +144,24 @@ def document_guard(routes: Iterable[object]) -> None:
                     handler.responses = {**AUTH_RESPONSES, **(handler.responses or {})}
 
 
+def _digest(token: str) -> bytes:
+    # The cache is keyed by a digest, so the process keeps no bearer secret after the request.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def key_cached(cache: ReadCache, authorization: str) -> bool:
+    """Whether admit() would find this request's key in the cache (no lookup, no side effect)."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return scheme.lower() == "bearer" and bool(token) and cache.key(_digest(token)) is not None
+
+
 async def _authenticate(cache: ReadCache, ready: bool, pool: asyncpg.Pool, pepper: bytes,
                         token: str) -> apikeys.ApiKey | None:
     """The live key, from the cache when it holds it (labeval.api.cache: dropped on any change to
     api_keys, a revocation included), else from the database. Only live keys are cached: an
     unknown or revoked key is looked up every time."""
-    # The cache is keyed by a digest, so the process keeps no bearer secret after the request.
-    digest = hashlib.sha256(token.encode()).digest()
+    digest = _digest(token)
     now = time.monotonic()
     cached = cache.key(digest) if ready else None
     if cached is not None:
@@ -171,19 +184,26 @@ def _unauthorized(detail: str) -> ProblemError:
                         headers={"WWW-Authenticate": 'Bearer realm="labeval"'})
 
 
-async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """The app-wide guard: authenticate the key, spend its budget, check its role."""
-    if handler.opt.get("public") is True or _is_options(handler) or "session_roles" in handler.opt:
-        return
-    header = connection.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+# Scope key of a refusal (or failure) the cached-read layer met while admitting a request
+# (labeval.api.cached_reads): it hands the request to litestar, whose guard raises it, so the
+# error answer is litestar's own and the key's budget is spent once.
+REFUSED = "labeval.refused"
+
+
+async def admit(scope: Scope, state: State, authorization: str, roles: tuple[str, ...]) -> Principal:
+    """Authenticate the key of one request, spend its budget and check its role: the one place
+    these rules live (the guard and the cached-read layer both call it). Sets the scope's user
+    (an audited refusal names its actor) and its CACHE_READY."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Send an API key: Authorization: Bearer lbv_…")
-    state = connection.app.state
     # Once per request, before any cached lookup (the key here, the answer in the route): every
-    # change committed before the request arrived has been heard (labeval.api.cache).
-    ready = await state.read_cache.ready()
-    connection.scope[CACHE_READY] = ready  # type: ignore[literal-required]
+    # change committed before the request arrived has been heard (labeval.api.cache). The
+    # cached-read layer may have waited already, after this request arrived: that wait counts.
+    ready = scope.get(CACHE_READY)
+    if ready is None:
+        ready = await state.read_cache.ready()
+        scope[CACHE_READY] = ready  # type: ignore[literal-required]
     key = await _authenticate(state.read_cache, ready, state.pool, state.key_pepper, token.strip())
     if key is None:
         raise _unauthorized("The API key is malformed, unknown or revoked.")
@@ -192,8 +212,20 @@ async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> No
         raise ProblemError(HTTP_429_TOO_MANY_REQUESTS, "Too Many Requests",
                            f"Key {key.id} has spent its budget of {int(state.rate_limiter.capacity)} "
                            "requests per minute.", headers={"Retry-After": str(math.ceil(wait))})
-    connection.scope["user"] = Principal(key_id=key.id, name=key.name, role=key.role)
-    roles = handler.opt["roles"]
+    principal = Principal(key_id=key.id, name=key.name, role=key.role)
+    scope["user"] = principal
     if key.role != "admin" and key.role not in roles:
         raise ProblemError(HTTP_403_FORBIDDEN, "Forbidden",
                            f"Role {key.role!r} may not call this route (allowed: {', '.join(roles)}, admin).")
+    return principal
+
+
+async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The app-wide guard: authenticate the key, spend its budget, check its role (admit)."""
+    if handler.opt.get("public") is True or _is_options(handler) or "session_roles" in handler.opt:
+        return
+    refused = connection.scope.pop(REFUSED, None)  # type: ignore[misc]
+    if refused is not None:
+        raise refused
+    await admit(connection.scope, connection.app.state, connection.headers.get("authorization", ""),
+                handler.opt["roles"])

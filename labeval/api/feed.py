@@ -63,13 +63,24 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in (t.removeprefix("W/") for t in tags)
 
 
+def eligibility_key(settings: Settings, product_category: str) -> tuple[str, str, date, date | None]:
+    """The eligibility answer's key in the read cache (also the cached-read layer's)."""
+    # The answer depends on the data (the cache drops it on any change) and on the dates:
+    # an override ends and the next run's day moves as days pass.
+    return ("eligibility", product_category, today_utc(), next_scheduled_run(settings, datetime.now(UTC)))
+
+
 def encoded(value: object) -> Answer:
     return Answer(msgspec.json.encode(value))
 
 
 def answer_response(request: Request, answer: Answer) -> ASGIResponse:
+    return answer_for(request.headers.get("if-none-match"), answer)
+
+
+def answer_for(if_none_match: str | None, answer: Answer) -> ASGIResponse:
     """200 with the body and its ETag, or 304 without a body when If-None-Match names it."""
-    if etag_matches(request.headers.get("if-none-match"), answer.etag):
+    if etag_matches(if_none_match, answer.etag):
         return answer.not_modified
     return answer.ok
 
@@ -91,10 +102,8 @@ class FeedController(Controller):
         class, weight, run and valid_until (the earlier of an override's last day and the day of
         the next scheduled grading run). The ETag is a strong validator over the body: send it
         back in If-None-Match and an unchanged list answers 304 with no body."""
-        today, next_run = today_utc(), next_scheduled_run(state.settings, datetime.now(UTC))
-        # The answer depends on the data (the cache drops it on any change) and on the dates:
-        # an override ends and the next run's day moves as days pass.
-        key = ("eligibility", product_category, today, next_run)
+        key = eligibility_key(state.settings, product_category)
+        _, _, today, next_run = key
         cache: ReadCache = state.read_cache
         answer = cache.answer(key, request.scope)
         if answer is None:

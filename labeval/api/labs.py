@@ -3,6 +3,7 @@ its pairs in the latest run's window and its results; a sample's results side by
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated
 
 import asyncpg
@@ -30,6 +31,12 @@ from scoring.grading import STATISTICAL_CAPS
 from scoring.policy import Policy
 
 _NOT_FOUND = {404: spec("No such lab.")}
+
+
+def detail_key(code: str) -> tuple[str, str, date]:
+    """A lab detail's key in the read cache (also the cached-read layer's)."""
+    # The data (the cache drops it on any change) and the day: an override ends by date.
+    return ("lab", code, today_utc())
 
 
 class LabController(Controller):
@@ -68,9 +75,8 @@ class LabController(Controller):
         """One lab: scopes, current class, override in force, evidence, reasons and grade history,
         the pairs the latest run compared and where to read them. The ETag is a strong validator
         over the body: send it back in If-None-Match and an unchanged lab answers 304."""
-        today = today_utc()
-        # The data (the cache drops it on any change) and the day: an override ends by date.
-        key = ("lab", code, today)
+        key = detail_key(code)
+        today = key[2]
         cache: ReadCache = state.read_cache
         answer = cache.answer(key, request.scope)
         if answer is None:

@@ -13,13 +13,14 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from labeval.logs import REQUEST_ID_HEADER, accept_request_id, request_context
+from labeval.logs import REQUEST_ID_HEADER, accept_request_id, log_fields, request_context
 from labeval.metrics import Metrics
 
 access_log = logging.getLogger("labeval.access")
 
 # Probes and scrapes arrive every few seconds: their access lines are DEBUG, not INFO.
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+_ACCESS_LINE = "%s %s %d %.1f ms"
 _HEADER = REQUEST_ID_HEADER.encode("latin-1")
 # Scope state key of the exception a handler raised (litestar turns it into the response).
 _EXCEPTION = "labeval_exception"
@@ -38,6 +39,11 @@ def _offered_id(scope: Scope) -> str | None:
     return None
 
 
+# Scope key: this request is already inside `around` (the cached-read layer in front of litestar's
+# routing wrapped it, labeval.api.cached_reads): the middleware in litestar's chain passes it on.
+_WRAPPED = "labeval.request_wrapped"
+
+
 class RequestMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
@@ -45,6 +51,15 @@ class RequestMiddleware(ASGIMiddleware):
         self.metrics = metrics
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope.get(_WRAPPED):
+            await next_app(scope, receive, send)
+            return
+        await self.around(scope, receive, send, next_app)
+
+    async def around(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        """The request id, the access line and the metrics around next_app: for litestar's chain,
+        and for the cached-read layer, which serves some reads without it."""
+        scope[_WRAPPED] = True  # type: ignore[literal-required]
         request_id = accept_request_id(_offered_id(scope))
         header = (_HEADER, request_id.encode("latin-1"))
         # A handler that dies before answering is answered 500 by litestar's exception handler.
@@ -72,11 +87,12 @@ class RequestMiddleware(ASGIMiddleware):
                 route = scope.get("path_template") or "<unmatched>"
                 method = scope.get("method", "GET")
                 self.metrics.observe_request(route, method, status, seconds)
-                failed = status >= 500
-                access_log.log(
-                    logging.ERROR if failed else logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
-                    "%s %s %d %.1f ms", method, scope["path"], status, seconds * 1000,
-                    exc_info=scope.get("state", {}).get(_EXCEPTION) if failed else None,
-                    extra={"method": method, "path": scope["path"], "route": route, "status": status,
-                           "duration_ms": round(seconds * 1000, 3)},
-                )
+                fields = {"method": method, "path": scope["path"], "route": route, "status": status,
+                          "duration_ms": round(seconds * 1000, 3)}
+                args = (method, scope["path"], status, seconds * 1000)
+                if status >= 500:
+                    access_log.error(_ACCESS_LINE, *args, exc_info=scope.get("state", {}).get(_EXCEPTION),
+                                     extra=fields)
+                else:
+                    log_fields(access_log, logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
+                               _ACCESS_LINE, args, fields)
