@@ -121,3 +121,27 @@ async def test_an_insert_racing_an_uncommitted_delete_is_refused(conn, db_url) -
         await writer.close()
         await deleter.close()
     assert await conn.fetchval("SELECT count(*) FROM results WHERE lab_code = 'C'") == 0
+
+
+async def test_a_statement_missing_several_parents_names_the_sample_first(conn) -> None:
+    """Migration 0014 gathers the three parents' codes in one pass: a statement missing a sample,
+    an item and a lab is still refused on the sample, then the item, as 0009 checked them."""
+    await conn.execute(SEED)
+    rows = """INSERT INTO results (sample_code, item_code, lab_code, role, value)
+              SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS r, (VALUES ('original', 1.0)) AS v"""
+    with pytest.raises(asyncpg.ForeignKeyViolationError) as err:
+        await conn.execute(rows, ["S2", "S2", "GONE"], ["Q", "NOPE", "Q"], ["NONE", "B", "C"])
+    assert err.value.constraint_name == "results_sample_code_ref"
+    assert "a result with sample_code GONE which is not in samples" in str(err.value)
+    with pytest.raises(asyncpg.ForeignKeyViolationError) as err:
+        await conn.execute(rows, ["S2", "S2", "S2"], ["Q", "NOPE", "SPARE"], ["NONE", "B", "C"])
+    assert err.value.constraint_name == "results_item_code_ref"
+    # Every parent present: each parent table's rows are locked (FOR KEY SHARE takes a row-share
+    # lock on the table, held to the end of the transaction).
+    async with conn.transaction():
+        await conn.execute(rows, ["S2", "S2", "S2"], ["Q", "SPARE", "SPARE"], ["B", "B", "C"])
+        locked = await conn.fetchval(
+            """SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+               WHERE l.pid = pg_backend_pid() AND c.relname IN ('samples', 'test_items', 'labs')
+                 AND l.mode = 'RowShareLock'""")
+        assert locked == 3

@@ -108,3 +108,20 @@ async def test_one_current_version_per_natural_key(conn: asyncpg.Connection) -> 
     )
     rows = await conn.fetch("SELECT version, value, superseded_at IS NULL AS current FROM results ORDER BY version")
     assert [tuple(r) for r in rows] == [(1, 10.0, False), (2, 10.2, True)]
+
+
+async def test_every_code_column_compares_as_bytes(conn: asyncpg.Connection) -> None:
+    """Migration 0014: every code column of every table has collation "C", so that no join
+    between two tables compares codes under two collations (and the keys compare cheaply)."""
+    rows = await conn.fetch(
+        """SELECT c.table_name, c.column_name, c.collation_name
+           FROM information_schema.columns c
+           JOIN information_schema.tables t USING (table_schema, table_name)
+           WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE' AND c.data_type = 'text'
+             AND c.column_name LIKE '%\\_code' AND c.column_name <> 'reason_code'""")
+    assert len(rows) >= 20
+    assert [tuple(r) for r in rows if r["collation_name"] != "C"] == []
+    # Byte order: digits, then upper case, then lower case.
+    await conn.execute("INSERT INTO product_categories (category_code, name) VALUES ('b', 'x'), ('B', 'x'), ('1', 'x')")
+    codes = await conn.fetch("SELECT category_code FROM product_categories WHERE name = 'x' ORDER BY category_code")
+    assert [r[0] for r in codes] == ["1", "B", "b"]

@@ -97,7 +97,9 @@ async def lab_table(conn: asyncpg.Connection, *, today: date, caps: list[str], w
                  AND o.expired_at IS NULL AND o.valid_until >= $1
         )
         SELECT *, count(*) OVER () AS total FROM lab
-        WHERE ($3::text IS NULL OR lab_code ILIKE $3 OR name ILIKE $3)
+        -- Codes compare as bytes (collation "C", migration 0014); the search folds case under
+        -- the database's locale, as it did before, not ASCII letters only.
+        WHERE ($3::text IS NULL OR lab_code COLLATE "default" ILIKE $3 OR name ILIKE $3)
           AND ($4::text IS NULL OR effective = $4)
           AND ($5::text IS NULL OR province = $5)
           AND ($6::text IS NULL OR $6 = ANY(categories))

@@ -16,6 +16,7 @@ Two ways in:
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -183,17 +184,34 @@ async def load_reference(conn: asyncpg.Connection, tables: dict[str, pl.DataFram
             raise RuntimeError(f"the national {kind} table has {report.rejected} rejected rows")
 
 
-async def _floor(conn: asyncpg.Connection, path: Path, columns: tuple[str, ...]) -> float:
-    """Median of FLOOR_REPEATS bare COPYs of the file, each into a new bare table."""
+def _server_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a server process on this machine; None when it is not
+    here (a remote server) or not readable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _floor(conn: asyncpg.Connection, path: Path, columns: tuple[str, ...]) -> tuple[float, float | None]:
+    """Median of FLOOR_REPEATS bare COPYs of the file, each into a new bare table: (wall seconds,
+    the server's CPU seconds or None)."""
     times = []
+    cpus: list[float] = []
+    pid = conn.get_server_pid()
     for _ in range(FLOOR_REPEATS):
         async with conn.transaction():
             await create_floor_table(conn, columns)
+            c = _server_cpu(pid)
             t = time.perf_counter()
             await copy_into_floor(conn, path)
             times.append(time.perf_counter() - t)
+            c2 = _server_cpu(pid)
+            if c is not None and c2 is not None:
+                cpus.append(c2 - c)
             await conn.execute(f"DROP TABLE {FLOOR_TABLE}")
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpus) if cpus else None
 
 
 async def _measure(n: int, seed: int, database_url: str) -> Measurement:
@@ -211,10 +229,17 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
             results.write_csv(path)
             size = path.stat().st_size
             rooms: dict[str, float] = {}
+            server_cpu = _server_cpu(conn.get_server_pid())
+            own_cpu = time.process_time()
             t = time.perf_counter()
             report = await ingest_path(conn, "results", path, source="bench", timings=rooms)
             ingest_s = time.perf_counter() - t
-            floor_s = await _floor(conn, path, tuple(results.columns))
+            # CPU seconds, beside the wall clock: on a machine shared with other jobs they move
+            # far less than the seconds do (the server's when it runs on this machine).
+            own_cpu = time.process_time() - own_cpu
+            after = _server_cpu(conn.get_server_pid())
+            server_cpu = None if server_cpu is None or after is None else after - server_cpu
+            floor_s, floor_cpu = await _floor(conn, path, tuple(results.columns))
     finally:
         await conn.close()
     return Measurement(
@@ -229,6 +254,9 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
             "floor_rows_per_second": round(results.height / floor_s),
             "throughput_vs_floor": round(floor_s / ingest_s, 3),
             **{f"{room}_s": v for room, v in rooms.items()},
+            "intake_cpu_s": round(own_cpu, 3),
+            **({"intake_server_cpu_s": round(server_cpu, 3)} if server_cpu is not None else {}),
+            **({"floor_server_cpu_s": round(floor_cpu, 3)} if floor_cpu is not None else {}),
             "reference_tables_s": round(reference_s, 3),
             "generate_s": round(generate_s, 3),
             "timing": f"intake once; floor median of {FLOOR_REPEATS}",
