@@ -263,7 +263,6 @@ def _stage_side(j: str, default_k: float) -> list[pl.Expr]:
         cens.alias(f"{_T}c{j}"),
         pl.when(cens).then(pl.coalesce(_c(f"censor_limit_{j}"), _c("lod"))).alias(f"{_T}L{j}"),
         u.alias(f"{_T}u{j}"),
-        (2.0 * u).alias(f"{_T}U{j}"),
         # 1/(2n), the replicate term of the ISO 5725-6 CD; null or n < 1 counts as one result.
         pl.when(n > 1).then(0.5 / n.cast(pl.Float64)).otherwise(0.5).alias(f"{_T}h{j}"),
         # pass -> True, fail -> False, anything else -> null
@@ -278,7 +277,8 @@ def _stage_side(j: str, default_k: float) -> list[pl.Expr]:
 
 
 def _stage_own(j: str) -> list[list[pl.Expr]]:
-    """The side's distance to the specification and its own verdict (True = pass), in stages.
+    """The side's distance to the specification and its own verdict (True = pass), in stages
+    (and U2, which needs u from the stage before).
 
     A side's number and its censoring limit never coexist (x is null on a censored side, L on
     any other), so one column D serves both: the distance of x on a numeric side, of L on a
@@ -291,7 +291,8 @@ def _stage_own(j: str) -> list[list[pl.Expr]]:
     inside = (lower.is_null() | (lower <= 0.0)) & (L <= _t("up"))
     own_c = pl.when(inside).then(True).when(L <= lower).then(False)
     return [
-        [pl.coalesce(_t(f"x{j}"), L).alias(f"{_T}y{j}")],
+        # U re-expressed at k = 2 (with u from the stage before, so as not to compute u twice)
+        [pl.coalesce(_t(f"x{j}"), L).alias(f"{_T}y{j}"), (2.0 * _t(f"u{j}")).alias(f"{_T}U{j}")],
         [_dist(_t(f"y{j}")).alias(f"{_T}D{j}")],
         [pl.when(_t(f"c{j}")).then(own_c).otherwise(_t(f"D{j}") >= 0.0).alias(f"{_T}g{j}")],
     ]
@@ -420,10 +421,9 @@ def _outcome_code(a: str, b: str) -> pl.Expr:
             .then(_lit("reversal_within_uncertainty"))
             .otherwise(_lit("reversal"))
         )
-        .when(exceeds)
-        .then(_lit("discrepant"))
-        .when(cd.is_not_null())
-        .then(_lit("consistent"))
+        # |d| > CD is null exactly when the CD is (d is not, here): discrepant (1) or
+        # consistent (0) or null, as the comparison's own truth value.
+        .otherwise(exceeds.cast(pl.UInt8))
     )
 
     return (
@@ -440,6 +440,7 @@ def _outcome_code(a: str, b: str) -> pl.Expr:
 
 
 assert _CODE["qualitative_reversal"] == _CODE["qualitative_agree"] + 1
+assert (_CODE["consistent"], _CODE["discrepant"]) == (0, 1)
 
 
 def _verdict_contradicts(j: str, p: str) -> pl.Expr:
@@ -577,20 +578,23 @@ def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) 
     missing = [pl.lit(None, dtype=t).alias(c) for c, t in PAIR_INPUT_SCHEMA.items() if c not in present]
     if missing:
         pairs = pairs.with_columns(missing)
-    base = pairs.drop(cs.by_name(*PAIR_SCORE_SCHEMA, require_all=False)).with_row_index(idx)
-    main = _staged(_staged(base, plan.prepare), plan.main)
+    pairs = pairs.drop(cs.by_name(*PAIR_SCORE_SCHEMA, require_all=False))
+    main = _staged(_staged(pairs, plan.prepare), plan.main)
     # The two arbitration pairs only concern the few rows with a third result: score them on
     # those rows and bring them back by a one-column join on the row index, concatenated
     # horizontally (joining the whole frame would copy every column). Rows without a third
-    # result get nulls, which is what the full computation gives them.
+    # result get nulls, which is what the full computation gives them. The join's left side
+    # is a bare row count rather than the indexed input, so that the main pass shares no
+    # cached sub-plan with the arbitration (a few % of CPU).
     side3 = (
         _c("value_3").is_not_null()
         | _c("censored_3").fill_null(False)
         | _c("verdict_3").is_not_null()
     )
-    arb = _staged(_staged(base.filter(side3), plan.prepare), plan.arbitration[:-1])
+    arb = _staged(_staged(pairs.with_row_index(idx).filter(side3), plan.prepare), plan.arbitration[:-1])
     arb = arb.select(plan.arbitration[-1])
-    arb_full = base.select(idx).join(arb, on=idx, how="left", maintain_order="left").drop(idx)
+    rows = pairs.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(idx))
+    arb_full = rows.join(arb, on=idx, how="left", maintain_order="left").drop(idx)
     lf = pl.concat([main, arb_full], how="horizontal")
 
     o12 = _t("o12")
