@@ -363,6 +363,7 @@ def _pair_stages(a: str, b: str, f: float) -> list[list[pl.Expr]]:
         w = pl.when(_t(f"c{j}")).then(two_sR).otherwise(pl.coalesce(_t(f"U{j}"), two_sR))
         third.append(w.alias(f"{_T}w{j}_{p}"))
     srcap = _t(f"srcap{p}")
+    # ISO 5725-6 §5.3: f·sqrt(sigma_R² - sigma_r²(1 - 1/(2n1) - 1/(2n2))) (module docstring, "CD")
     third.append(
         (f * (sR * sR - srcap * srcap * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()).alias(f"{_T}cd{p}")
     )
