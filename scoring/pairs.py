@@ -108,7 +108,9 @@ Conventions (the choices the standards leave open, decided here):
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -163,6 +165,10 @@ _BAD_CODES = [_CODE[name] for name in DISCREPANT_OUTCOMES]
 _SIDES_WITH = ("neither", "original", "retest", "both")
 
 
+def _outcome_names() -> pl.Expr:
+    return pl.lit(pl.Series(list(OUTCOMES), dtype=pl.String))
+
+
 def _c(name: str) -> pl.Expr:
     return pl.col(name)
 
@@ -177,16 +183,20 @@ def _p_disagree(delta: pl.Expr) -> pl.Expr:
     sub-expressions, so Phi written twice would be computed twice."""
 
     def _batch(s: pl.Series) -> pl.Series:
-        # to_numpy maps null -> NaN; without nulls it may be a read-only view, hence the copy
-        # into a buffer that every step below then overwrites in place (no temporaries).
-        q = np.abs(s.to_numpy())
+        nulls = s.null_count()
+        # to_numpy turns nulls into NaN one value at a time (4-5 ms a million rows); fill_null
+        # does it in one kernel and to_numpy then hands over the buffer. That buffer may be a
+        # read-only view, hence the copy by abs into one that every step below overwrites in
+        # place (no temporaries).
+        x = s.fill_null(np.nan).to_numpy() if nulls else s.to_numpy()
+        q = np.abs(x)
         np.negative(q, out=q)
         ndtr(q, out=q)  # Phi(-|δ|) = 1 - Phi(|δ|)
         p = np.subtract(1.0, q)
         np.multiply(q, 2.0, out=q)
         np.multiply(q, p, out=q)  # (2q)(1 - q), the operands in the order of 2.0 * q * (1.0 - q)
         out = pl.Series(s.name, q, dtype=pl.Float64)
-        return out.fill_nan(None) if s.null_count() else out
+        return out.fill_nan(None) if nulls else out
 
     return delta.map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
 
@@ -246,13 +256,13 @@ def _stage_side(j: str, default_k: float) -> list[pl.Expr]:
     n = _c(f"replicates_{j}")
     verdict = _c(f"verdict_{j}")
     return [
-        pl.when(_c(f"value_{j}").is_not_null() & ~cens & ~qual)
+        # A null value stays null through then(), so no is_not_null test is needed.
+        pl.when(~(_c(f"censored_{j}").fill_null(False) | qual))
         .then(_c(f"value_{j}"))
         .alias(f"{_T}x{j}"),
         cens.alias(f"{_T}c{j}"),
         pl.when(cens).then(pl.coalesce(_c(f"censor_limit_{j}"), _c("lod"))).alias(f"{_T}L{j}"),
         u.alias(f"{_T}u{j}"),
-        (2.0 * u).alias(f"{_T}U{j}"),
         # 1/(2n), the replicate term of the ISO 5725-6 CD; null or n < 1 counts as one result.
         pl.when(n > 1).then(0.5 / n.cast(pl.Float64)).otherwise(0.5).alias(f"{_T}h{j}"),
         # pass -> True, fail -> False, anything else -> null
@@ -266,9 +276,14 @@ def _stage_side(j: str, default_k: float) -> list[pl.Expr]:
     ]
 
 
-def _stage_own(j: str) -> list[pl.Expr]:
-    """Distances and the side's own verdict (True = pass) from its number or its "<L"."""
-    dist = _dist(_t(f"x{j}"))
+def _stage_own(j: str) -> list[list[pl.Expr]]:
+    """The side's distance to the specification and its own verdict (True = pass), in stages
+    (and U2, which needs u from the stage before).
+
+    A side's number and its censoring limit never coexist (x is null on a censored side, L on
+    any other), so one column D serves both: the distance of x on a numeric side, of L on a
+    censored one (null when the side has neither or the item no limits).
+    """
     L = _t(f"L{j}")
     lower = _c("lower_limit")
     # [0, L] lies inside when no lower limit exceeds 0 and L is at or below the upper limit;
@@ -276,14 +291,20 @@ def _stage_own(j: str) -> list[pl.Expr]:
     inside = (lower.is_null() | (lower <= 0.0)) & (L <= _t("up"))
     own_c = pl.when(inside).then(True).when(L <= lower).then(False)
     return [
-        dist.alias(f"{_T}dist{j}"),
-        _dist(L).alias(f"{_T}distL{j}"),
-        pl.when(_t(f"c{j}")).then(own_c).otherwise(dist >= 0.0).alias(f"{_T}g{j}"),
+        # U re-expressed at k = 2 (with u from the stage before, so as not to compute u twice)
+        [pl.coalesce(_t(f"x{j}"), L).alias(f"{_T}y{j}"), (2.0 * _t(f"u{j}")).alias(f"{_T}U{j}")],
+        [_dist(_t(f"y{j}")).alias(f"{_T}D{j}")],
+        [pl.when(_t(f"c{j}")).then(own_c).otherwise(_t(f"D{j}") >= 0.0).alias(f"{_T}g{j}")],
     ]
 
 
+def _stage_question(j: str) -> list[pl.Expr]:
+    # The side is in question: its verdict differs from its own (null when either is unknown).
+    return [(_t(f"v{j}") != _t(f"g{j}")).alias(f"{_T}q{j}")]
+
+
 def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
-    """(level, sigma_R, raw sigma_r, d) of the pair (a, b); Horwitz sigma_r comes in _pair_cd."""
+    """(level, sigma_R, raw sigma_r, d) of the pair (a, b); Horwitz sigma_r comes in _sr_cap."""
     xa, xb = _t(f"x{a}"), _t(f"x{b}")
     lvl = pl.coalesce((xa + xb) * 0.5, xa, xb)
     alvl = lvl.abs()
@@ -309,94 +330,107 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
     return lvl, sR, sr, xa - xb
 
 
-def _pair_cd(a: str, b: str, sR: pl.Expr, sr: pl.Expr, f: float) -> tuple[pl.Expr, pl.Expr]:
-    """(capped sigma_r, CD) from sigma_R and the raw sigma_r of _pair_precision."""
+def _sr_cap(sR: pl.Expr, sr: pl.Expr) -> pl.Expr:
+    """sigma_r at the level from sigma_R and the raw sigma_r of _pair_precision (Horwitz: r/R)."""
     sr_raw = pl.when(_t("hor")).then(HORWITZ_R_RATIO * sR).otherwise(sr.fill_null(0.0))
     # ISO 5725-2: a negative between-lab variance is set to 0, i.e. sigma_r is capped at sigma_R.
-    sr_cap = pl.when(sR.is_not_null()).then(_min(sr_raw, sR))
-    cd = f * (sR * sR - sr_cap * sr_cap * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()
-    return sr_cap, cd
+    return pl.when(sR.is_not_null()).then(_min(sr_raw, sR))
 
 
 def _lit(name: str) -> pl.Expr:
     return pl.lit(_CODE[name], dtype=pl.UInt8)
 
 
-def _tolerance(j: str, sR: pl.Expr) -> pl.Expr:
-    # U2, or 2·sigma_R where the side has no U (module docstring, "Tolerance").
-    return pl.coalesce(_t(f"U{j}"), 2.0 * sR)
+def _pair_stages(a: str, b: str, f: float) -> list[list[pl.Expr]]:
+    """The staged columns of the pair (a, b), suffixed with its two sides ("12", "13", "23"):
+    level, sigma_R, sigma_r, d, CD, |d| > CD, and per side its threshold w (the tolerance of a
+    numeric side, 2·sigma_R for the "<L" of a censored one) and whether its distance to the
+    limit lies beyond it."""
+    p = a + b
+    lvl, sR, sr, d = _pair_precision(a, b)
+    first = [
+        lvl.alias(f"{_T}lvl{p}"),
+        sR.alias(f"{_T}sR{p}"),
+        sr.alias(f"{_T}sr{p}"),
+        d.alias(f"{_T}d{p}"),
+    ]
+    sR = _t(f"sR{p}")
+    sr_cap = _sr_cap(sR, _t(f"sr{p}"))
+    second = [sr_cap.alias(f"{_T}srcap{p}"), (2.0 * sR).alias(f"{_T}twosR{p}")]
+    two_sR = _t(f"twosR{p}")
+    third = []
+    for j in (a, b):
+        w = pl.when(_t(f"c{j}")).then(two_sR).otherwise(pl.coalesce(_t(f"U{j}"), two_sR))
+        third.append(w.alias(f"{_T}w{j}_{p}"))
+    srcap = _t(f"srcap{p}")
+    # ISO 5725-6 §5.3: f·sqrt(sigma_R² - sigma_r²(1 - 1/(2n1) - 1/(2n2))) (module docstring, "CD")
+    third.append(
+        (f * (sR * sR - srcap * srcap * (1.0 - _t(f"h{a}") - _t(f"h{b}"))).sqrt()).alias(f"{_T}cd{p}")
+    )
+    fourth = [(_t(f"d{p}").abs() > _t(f"cd{p}")).alias(f"{_T}exceeds{p}")]
+    for j in (a, b):
+        fourth.append((_t(f"D{j}").abs() > _t(f"w{j}_{p}")).alias(f"{_T}beyond{j}_{p}"))
+    return [first, second, third, fourth]
 
 
-def _explained(j: str, w: pl.Expr) -> pl.Expr:
-    """Kleene truth of "side j is not in question, or its verdict is explained near the limit":
-    a "fail" for a conforming number closer to the limit than w under a rule that may be a guard
-    band. A "pass" for a nonconforming number is never explained."""
-    g = _t(f"g{j}")
-    return (_t(f"v{j}") == g) | (g & _t(f"gb{j}") & (_t(f"dist{j}") < w))
+def _outcome_code(a: str, b: str) -> pl.Expr:
+    """Outcome code (index into OUTCOMES) of the pair (a, b); null when undecidable.
 
-
-def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Expr:
-    """Outcome code (index into OUTCOMES) of the pair (a, b); null when undecidable."""
+    Reads the columns of _pair_stages(a, b). Each condition of the module docstring is written
+    with the per-side columns it reduces to, with the same three-valued truth:
+    "x within its tolerance of the limit and L within 2·sigma_R of it" is "neither side beyond
+    its threshold", and "x and [0, L] on different sides of the limit" is "the two sides' own
+    verdicts differ" (one side is numeric, the other censored, in that branch).
+    """
+    p = a + b
     xa, xb = _t(f"x{a}"), _t(f"x{b}")
     ca, cb = _t(f"c{a}"), _t(f"c{b}")
-    va, vb = _t(f"v{a}"), _t(f"v{b}")
-    vdiff = va != vb  # null when either verdict is missing
+    cd, exceeds = _t(f"cd{p}"), _t(f"exceeds{p}")
+    vdiff = _t(f"v{a}") != _t(f"v{b}")  # null when either verdict is missing
     vrev = vdiff.fill_null(False)
     xa_ok, xb_ok = xa.is_not_null(), xb.is_not_null()
-    two_sR = 2.0 * sR
+    beyond_a, beyond_b = _t(f"beyond{a}_{p}"), _t(f"beyond{b}_{p}")
 
     # Exactly one side censored: L is its limit, x the other side's number.
+    conflict = vrev | (_t(f"g{a}") != _t(f"g{b}")).fill_null(False)
+    near = (~(beyond_a | beyond_b)).fill_null(False)
     L = pl.coalesce(_t(f"L{a}"), _t(f"L{b}"))
     x = pl.coalesce(xa, xb)
-    dist_x = pl.coalesce(_t(f"dist{a}"), _t(f"dist{b}"))
-    w_x = pl.when(ca).then(_tolerance(b, sR)).otherwise(_tolerance(a, sR))
-    # The censored side's own verdict: True when [0, L] conforms, False when it surely does not.
-    own_L = pl.when(ca).then(_t(f"g{a}")).otherwise(_t(f"g{b}"))
-    dist_L = pl.coalesce(_t(f"distL{a}"), _t(f"distL{b}"))
-    pos_rev = ((dist_x < 0) & own_L) | ((dist_x >= 0) & own_L.not_())
-    near = (dist_x.abs() <= w_x) & (dist_L.abs() <= two_sR)
     one_censored = (
-        pl.when(vrev | pos_rev.fill_null(False))
-        .then(
-            pl.when(near.fill_null(False))
-            .then(_lit("reversal_within_uncertainty"))
-            .otherwise(_lit("reversal"))
-        )
-        .when(L.is_null() | (x <= L + cd.fill_null(0.0)))
+        pl.when(conflict)
+        .then(pl.when(near).then(_lit("reversal_within_uncertainty")).otherwise(_lit("reversal")))
+        # L unknown (null) also counts as consistent
+        .when((x <= L + cd.fill_null(0.0)).fill_null(True))
         .then(_lit("censored_consistent"))
         .when(cd.is_not_null())
         .then(_lit("censored_discrepant"))
     )
 
     # Both numeric, verdicts differ: excused only with |d| <= CD and every side in question
-    # explained near the limit; an item without limits has nothing to explain the verdicts.
-    explained = (
-        _t("has_lim")
-        & (d.abs() <= cd)
-        & _explained(a, _tolerance(a, sR))
-        & _explained(b, _tolerance(b, sR))
-    )
+    # explained near the limit: a "fail" for a conforming number closer to the limit than its
+    # tolerance under a rule that may be a guard band (a "pass" for a nonconforming number is
+    # never explained); an item without limits has nothing to explain the verdicts.
+    def explained(j: str) -> pl.Expr:
+        g = _t(f"g{j}")
+        return ~_t(f"q{j}") | (g & _t(f"gb{j}") & (_t(f"D{j}") < _t(f"w{j}_{p}")))
+
+    ok = _t("has_lim") & ~exceeds & explained(a) & explained(b)
     numeric = (
         pl.when(vrev)
         .then(
-            pl.when(explained.fill_null(False))
+            pl.when(ok.fill_null(False))
             .then(_lit("reversal_within_uncertainty"))
             .otherwise(_lit("reversal"))
         )
-        .when(d.abs() > cd)
-        .then(_lit("discrepant"))
-        .when(cd.is_not_null())
-        .then(_lit("consistent"))
+        # |d| > CD is null exactly when the CD is (d is not, here): discrepant (1) or
+        # consistent (0) or null, as the comparison's own truth value.
+        .otherwise(exceeds.cast(pl.UInt8))
     )
 
     return (
         pl.when(_t("qual"))
-        .then(
-            pl.when(vdiff)
-            .then(_lit("qualitative_reversal"))
-            .when(vdiff.not_())
-            .then(_lit("qualitative_agree"))
-        )
+        # qualitative_reversal follows qualitative_agree in OUTCOMES (asserted below)
+        .then(_lit("qualitative_agree") + vdiff.cast(pl.UInt8))
         .when(ca & cb)
         .then(_lit("censored_consistent"))
         .when((ca & xb_ok) | (cb & xa_ok))
@@ -406,31 +440,116 @@ def _outcome_code(a: str, b: str, d: pl.Expr, cd: pl.Expr, sR: pl.Expr) -> pl.Ex
     )
 
 
-def _verdict_contradicts(j: str, sR: pl.Expr) -> pl.Expr:
-    """The side's verdict differs from its own verdict beyond its tolerance (docstring)."""
-    g = _t(f"g{j}")
-    beyond = (
-        pl.when(_t(f"c{j}"))
-        .then(_t(f"distL{j}").abs() > 2.0 * sR)
-        .otherwise(_t(f"dist{j}").abs() > _tolerance(j, sR))
-    )
-    v = _t(f"v{j}")
-    return pl.when(v == g).then(False).when(v != g).then(beyond)
+assert _CODE["qualitative_reversal"] == _CODE["qualitative_agree"] + 1
+assert (_CODE["consistent"], _CODE["discrepant"]) == (0, 1)
+
+
+def _verdict_contradicts(j: str, p: str) -> pl.Expr:
+    """The side's verdict differs from its own verdict beyond its tolerance (docstring):
+    False when it does not differ, null when that is unknown."""
+    q = _t(f"q{j}")
+    return pl.when(q).then(_t(f"beyond{j}_{p}")).otherwise(q)
 
 
 def _nd_vs_clear(j: str, o: str, cd: pl.Expr) -> pl.Expr:
-    """Side j censored at L while the partner o reports x > L + CD (docstring)."""
-    x = _t(f"x{o}")
-    return (
-        pl.when(~_t(f"c{j}") | _t(f"c{o}"))
-        .then(False)
-        .when(x.is_not_null())
-        .then(x > _t(f"L{j}") + cd)
-    )
+    """Side j censored at L while the partner o reports x > L + CD (docstring); the comparison
+    is null when x, L or the CD is."""
+    return pl.when(~_t(f"c{j}") | _t(f"c{o}")).then(False).otherwise(_t(f"x{o}") > _t(f"L{j}") + cd)
 
 
 def _s(d: pl.Expr, sR: pl.Expr) -> pl.Expr:
     return d / (_SQRT2 * pl.when(sR > 0).then(sR))
+
+
+class _Plan(NamedTuple):
+    prepare: tuple[tuple[pl.Expr, ...], ...]
+    main: tuple[tuple[pl.Expr, ...], ...]
+    arbitration: tuple[tuple[pl.Expr, ...], ...]
+
+
+@functools.cache
+def _plan(default_k: float, f: float, en_iso: bool) -> _Plan:
+    """Every stage's expressions for one policy, built once: building them is a few ms of Python
+    a call, a fixed cost that small frames (a lab's page, a block) would pay every time."""
+    sides = ("1", "2", "3")
+    prepare = [
+        _stage_item(),
+        [e for j in sides for e in _stage_side(j, default_k)],
+        *([e for j in sides for e in _stage_own(j)[i]] for i in range(3)),
+        [e for j in sides for e in _stage_question(j)],
+    ]
+
+    main = _pair_stages("1", "2", f)
+    sR, d, lvl, cd = _t("sR12"), _t("d12"), _t("lvl12"), _t("cd12")
+    main.append([
+        pl.when(sR > 0).then(sR).alias(f"{_T}sR_ok"),
+        # A censored side's D is the distance of its "<L", not of a number.
+        *(pl.when(_t(f"c{j}")).then(None).otherwise(_t(f"D{j}")).alias(f"{_T}dist{j}") for j in ("1", "2")),
+        (d / (_t("U1").pow(2) + _t("U2").pow(2)).sqrt()).alias(f"{_T}en"),
+    ])
+    sR_ok, en = _t("sR_ok"), _t("en")
+    dist = {j: _t(f"dist{j}") for j in ("1", "2")}
+    main.append([
+        lvl.alias("level"),
+        sR.alias("sigma_R_at"),
+        _t("srcap12").alias("sigma_r_at"),
+        d.alias("d"),
+        (d / pl.when(lvl != 0).then(lvl)).alias("d_rel"),
+        (d / (_SQRT2 * sR_ok)).alias("s"),
+        cd.alias("cd"),
+        _t("exceeds12").alias("exceeds_cd"),
+        en.alias("en"),
+        (d / (_t("u1").pow(2) + _t("u2").pow(2)).sqrt()).alias("zeta"),
+        (en.abs() >= 1.0 if en_iso else en.abs() > 1.0).alias("en_signal"),
+        (dist["1"] / sR_ok).alias("dist_sigma_1"),
+        (dist["2"] / sR_ok).alias("dist_sigma_2"),
+        (dist["1"] / _t("U1")).alias("dist_u_1"),
+        (dist["2"] / _t("U2")).alias("dist_u_2"),
+        _p_disagree(_dist(lvl) / sR_ok).alias("p_disagree"),
+        (_t("v1") != _t("v2")).fill_null(False).alias("reversal"),
+        _outcome_code("1", "2").alias(f"{_T}o12"),
+        _verdict_contradicts("1", "12").alias("verdict_contradicts_1"),
+        _verdict_contradicts("2", "12").alias("verdict_contradicts_2"),
+        _nd_vs_clear("1", "2", cd).alias("nd_vs_clear_1"),
+        _nd_vs_clear("2", "1", cd).alias("nd_vs_clear_2"),
+    ])
+
+    # The two arbitration pairs, staged side by side.
+    pairs = [_pair_stages(a, "3", f) for a in ("1", "2")]
+    arbitration = [p1 + p2 for p1, p2 in zip(*pairs, strict=True)]
+    arbitration.append([
+        _s(_t("d13"), _t("sR13")).alias("s_13"),
+        _s(_t("d23"), _t("sR23")).alias("s_23"),
+        _outcome_code("1", "3").alias(f"{_T}o13"),
+        _outcome_code("2", "3").alias(f"{_T}o23"),
+    ])
+    # The strings are made here, on the arbitration rows only, rather than after the join on
+    # every row (they are null wherever there is no arbitration).
+    o13, o23 = _t("o13"), _t("o23")
+    # 0 neither, 1 original, 2 retest, 3 both; null when either arbitration outcome is null.
+    sides_with = (~o13.is_in(_BAD_CODES)).cast(pl.UInt8) + 2 * (~o23.is_in(_BAD_CODES)).cast(pl.UInt8)
+    names = _outcome_names()
+    arbitration.append([
+        pl.col(f"{_T}i"),
+        pl.col("s_13"),
+        pl.col("s_23"),
+        names.gather(o13).alias("outcome_13"),
+        names.gather(o23).alias("outcome_23"),
+        pl.lit(pl.Series(list(_SIDES_WITH), dtype=pl.String)).gather(sides_with).alias("arbiter_sides_with"),
+    ])
+
+    def freeze(stages: list[list[pl.Expr]]) -> tuple[tuple[pl.Expr, ...], ...]:
+        return tuple(tuple(s) for s in stages)
+
+    return _Plan(prepare=freeze(prepare), main=freeze(main), arbitration=freeze(arbitration))
+
+
+def _staged(lf: pl.LazyFrame, stages: tuple[tuple[pl.Expr, ...], ...]) -> pl.LazyFrame:
+    # Staged with_columns: each stage only reads columns of earlier stages, so nothing is
+    # computed twice.
+    for stage in stages:
+        lf = lf.with_columns(stage)
+    return lf
 
 
 def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) -> pl.LazyFrame:
@@ -448,7 +567,11 @@ def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) 
         pp = policy.pairs
     else:
         pp = policy
-    f = critical_difference_factor(pp.cd_probability)
+    plan = _plan(
+        pp.default_coverage_k,
+        critical_difference_factor(pp.cd_probability),
+        pp.en_boundary == "iso",
+    )
     idx = f"{_T}i"
     # Optional inputs (the arbitration side, horwitz_scale, uncertainties, …) may be left out by
     # a caller; they are then null, exactly as if given empty.
@@ -456,109 +579,29 @@ def score_pairs(pairs: pl.LazyFrame, policy: Policy | PairPolicy | None = None) 
     missing = [pl.lit(None, dtype=t).alias(c) for c, t in PAIR_INPUT_SCHEMA.items() if c not in present]
     if missing:
         pairs = pairs.with_columns(missing)
-    base = pairs.drop(cs.by_name(*PAIR_SCORE_SCHEMA, require_all=False)).with_row_index(idx)
-    main = _score_main(base, pp, f)
+    pairs = pairs.drop(cs.by_name(*PAIR_SCORE_SCHEMA, require_all=False))
+    main = _staged(_staged(pairs, plan.prepare), plan.main)
     # The two arbitration pairs only concern the few rows with a third result: score them on
     # those rows and bring them back by a one-column join on the row index, concatenated
     # horizontally (joining the whole frame would copy every column). Rows without a third
-    # result get nulls, which is what the full computation gives them.
+    # result get nulls, which is what the full computation gives them. The join's left side
+    # is a bare row count rather than the indexed input, so that the main pass shares no
+    # cached sub-plan with the arbitration (a few % of CPU).
     side3 = (
         _c("value_3").is_not_null()
         | _c("censored_3").fill_null(False)
         | _c("verdict_3").is_not_null()
     )
-    arb = _score_arbitration(base.filter(side3), pp, f)
-    arb_full = base.select(idx).join(arb, on=idx, how="left", maintain_order="left").drop(idx)
+    arb = _staged(_staged(pairs.with_row_index(idx).filter(side3), plan.prepare), plan.arbitration[:-1])
+    arb = arb.select(plan.arbitration[-1])
+    rows = pairs.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(idx))
+    arb_full = rows.join(arb, on=idx, how="left", maintain_order="left").drop(idx)
     lf = pl.concat([main, arb_full], how="horizontal")
 
-    names = pl.lit(pl.Series(list(OUTCOMES), dtype=pl.String))
-    o12, o13, o23 = _t("o12"), _t("o13"), _t("o23")
-    ok13 = ~o13.is_in(_BAD_CODES)
-    ok23 = ~o23.is_in(_BAD_CODES)
-    # 0 neither, 1 original, 2 retest, 3 both; null when either arbitration outcome is null.
-    sides = ok13.cast(pl.UInt8) + 2 * ok23.cast(pl.UInt8)
+    o12 = _t("o12")
     lf = lf.with_columns(
-        names.gather(o12).alias("outcome"),
-        o12.is_in(_BAD_CODES).alias("discrepant"),
-        names.gather(o13).alias("outcome_13"),
-        names.gather(o23).alias("outcome_23"),
-        pl.lit(pl.Series(list(_SIDES_WITH), dtype=pl.String))
-        .gather(sides)
-        .alias("arbiter_sides_with"),
+        _outcome_names().gather(o12).alias("outcome"), o12.is_in(_BAD_CODES).alias("discrepant")
     )
     return lf.select(
         cs.exclude(cs.starts_with(_T)) - cs.by_name(*PAIR_SCORE_SCHEMA), *PAIR_SCORE_SCHEMA
     )
-
-
-def _prepare(lf: pl.LazyFrame, pp: PairPolicy) -> pl.LazyFrame:
-    """Stages 0-1: item codes, per-side values and distances to the specification."""
-    lf = lf.with_columns(_stage_item())
-    lf = lf.with_columns(
-        [e for j in ("1", "2", "3") for e in _stage_side(j, pp.default_coverage_k)]
-    )
-    return lf.with_columns([e for j in ("1", "2", "3") for e in _stage_own(j)])
-
-
-def _score_main(base: pl.LazyFrame, pp: PairPolicy, f: float) -> pl.LazyFrame:
-    """Original vs retest scores on every row (temporary o12 holds the outcome code)."""
-    # Staged with_columns: each stage only reads columns of earlier stages, so nothing is
-    # computed twice.
-    lf = _prepare(base, pp)
-    lvl, sR, sr, d = _pair_precision("1", "2")
-    lf = lf.with_columns(
-        lvl.alias(f"{_T}lvl"), sR.alias(f"{_T}sR"), sr.alias(f"{_T}sr"), d.alias(f"{_T}d")
-    )
-    sR, d, lvl = _t("sR"), _t("d"), _t("lvl")
-    sr, cd = _pair_cd("1", "2", sR, _t("sr"), f)
-    lf = lf.with_columns(sr.alias(f"{_T}sr"), cd.alias(f"{_T}cd"))
-
-    cd = _t("cd")
-    sR_ok = pl.when(sR > 0).then(sR)
-    en = d / (_t("U1").pow(2) + _t("U2").pow(2)).sqrt()
-    v1, v2 = _t("v1"), _t("v2")
-    return lf.with_columns(
-        lvl.alias("level"),
-        sR.alias("sigma_R_at"),
-        _t("sr").alias("sigma_r_at"),
-        d.alias("d"),
-        (d / pl.when(lvl != 0).then(lvl)).alias("d_rel"),
-        _s(d, sR).alias("s"),
-        cd.alias("cd"),
-        (d.abs() > cd).alias("exceeds_cd"),
-        en.alias("en"),
-        (d / (_t("u1").pow(2) + _t("u2").pow(2)).sqrt()).alias("zeta"),
-        (en.abs() >= 1.0 if pp.en_boundary == "iso" else en.abs() > 1.0).alias("en_signal"),
-        (_t("dist1") / sR_ok).alias("dist_sigma_1"),
-        (_t("dist2") / sR_ok).alias("dist_sigma_2"),
-        (_t("dist1") / _t("U1")).alias("dist_u_1"),
-        (_t("dist2") / _t("U2")).alias("dist_u_2"),
-        _p_disagree(_dist(lvl) / sR_ok).alias("p_disagree"),
-        (v1 != v2).fill_null(False).alias("reversal"),
-        _outcome_code("1", "2", d, cd, sR).alias(f"{_T}o12"),
-        _verdict_contradicts("1", sR).alias("verdict_contradicts_1"),
-        _verdict_contradicts("2", sR).alias("verdict_contradicts_2"),
-        _nd_vs_clear("1", "2", cd).alias("nd_vs_clear_1"),
-        _nd_vs_clear("2", "1", cd).alias("nd_vs_clear_2"),
-    )
-
-
-def _score_arbitration(rows: pl.LazyFrame, pp: PairPolicy, f: float) -> pl.LazyFrame:
-    """s_13, s_23 and the outcome codes o13, o23 (with the row index) on arbitration rows."""
-    lf = _prepare(rows, pp)
-    stage2 = []
-    for a in ("1", "2"):
-        _, sR, sr, d = _pair_precision(a, "3")
-        stage2 += [sR.alias(f"{_T}sR{a}3"), sr.alias(f"{_T}sr{a}3"), d.alias(f"{_T}d{a}3")]
-    lf = lf.with_columns(stage2)
-    stage3 = []
-    for a in ("1", "2"):
-        _, cd = _pair_cd(a, "3", _t(f"sR{a}3"), _t(f"sr{a}3"), f)
-        stage3.append(cd.alias(f"{_T}cd{a}3"))
-    lf = lf.with_columns(stage3)
-    out = [pl.col(f"{_T}i")]
-    for a in ("1", "2"):
-        d, sR, cd = _t(f"d{a}3"), _t(f"sR{a}3"), _t(f"cd{a}3")
-        out.append(_s(d, sR).alias(f"s_{a}3"))
-        out.append(_outcome_code(a, "3", d, cd, sR).alias(f"{_T}o{a}3"))
-    return lf.select(out)
