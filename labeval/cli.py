@@ -53,7 +53,7 @@ from labeval.keys import ROLES, PepperError, load_pepper
 from labeval.logs import configure_logging
 from labeval.passwords import WeakPassword, check_new, hash_password, new_password
 from labeval.policy_file import PolicyError, load_policy
-from labeval.render import grade_table, run_json
+from labeval.render import TABLE_ROWS, grade_table, run_json
 from labeval.render_runs import (
     diff_table,
     events_table,
@@ -243,8 +243,9 @@ def _fail(message: str, code: int, as_json: bool) -> NoReturn:
 @click.option("--as-of", "as_of", default=None, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Grade on results reported up to this date (default: today, UTC).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--all", "show_all", is_flag=True, help=f"List every lab (default: the {TABLE_ROWS} lowest).")
 @click.pass_context
-def grade(ctx: click.Context, as_of, as_json: bool) -> None:
+def grade(ctx: click.Context, as_of, as_json: bool, show_all: bool) -> None:
     """Run a grading run and store it. Exit 4 when another run is in progress."""
     day = as_of.date() if as_of else None
     policy = _policy(ctx)
@@ -259,7 +260,7 @@ def grade(ctx: click.Context, as_of, as_json: bool) -> None:
     if as_json:
         sys.stdout.buffer.write(run_json(result) + b"\n")
     else:
-        out.print(grade_table(result))
+        out.print(grade_table(result, limit=None if show_all else TABLE_ROWS))
 
 
 @main.group()
@@ -770,14 +771,17 @@ def plan_verify(ctx: click.Context, plan_id: int, as_json: bool) -> None:
 @click.option("--serve", "then_serve", is_flag=True, help="Serve the demo afterwards.")
 @click.option("--host", default=None)
 @click.option("--port", default=None, type=int)
+@click.option("--all", "show_all", is_flag=True,
+              help=f"List every lab (default: the {TABLE_ROWS} lowest and every planted one).")
 @click.pass_context
-def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str | None, port: int | None) -> None:
+def demo(ctx: click.Context, n_labs: int, seed: int, then_serve: bool, host: str | None, port: int | None,
+         show_all: bool) -> None:
     """Generate a synthetic data set, load it through intake, grade it (and serve it)."""
     settings = msgspec.structs.replace(
         _settings(ctx), **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
     result, planted = with_connection(settings, lambda conn: run_demo(conn, _policy(ctx), n_labs=n_labs, seed=seed))
-    out.print(grade_table(result, planted=planted))
+    out.print(grade_table(result, planted=planted, limit=None if show_all else TABLE_ROWS))
     if then_serve:
         # Every API route needs a key: one officer key for this demo, printed once.
         key = with_connection(settings, lambda conn: _create_key(conn, _pepper(settings), "demo", "officer"))

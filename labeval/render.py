@@ -56,7 +56,15 @@ def _main_reason(reasons: list[Reason]) -> str:
     return "; ".join(text(r) for r in main)
 
 
-def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Table:
+# Rows of a run's table in the terminal by default: rich lays a table out from every cell, and a
+# national run's 5 000 labs took longer to print than to grade; the stored run lists them all.
+TABLE_ROWS = 100
+
+
+def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None, limit: int | None = None) -> Table:
+    """The run's labs, lowest class and score first. With `limit`, only the first `limit` labs
+    and every planted one (a demo's planted lab graded Ⅰ is a miss worth seeing); the caption
+    then counts the classes and says how to see the rest."""
     planted = planted or {}
     table = Table(
         title=f"grading run {run.run_id} · as of {run.as_of} · policy {run.policy_name} v{run.policy_version} "
@@ -67,7 +75,9 @@ def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Ta
     if planted:
         table.add_column("planted")
     order = {label: -rank(label) for label in CLASSES}
-    for g in sorted(run.grades, key=lambda g: (order[g.class_], g.score if g.score is not None else 0, g.lab_code)):
+    ranked = sorted(run.grades, key=lambda g: (order[g.class_], g.score if g.score is not None else 0, g.lab_code))
+    shown = ranked if limit is None else [g for i, g in enumerate(ranked) if i < limit or g.lab_code in planted]
+    for g in shown:
         main = _main_reason(g.reasons)
         style = {"IV": "bold red", "III": "red", "II": "", "I": "green"}[g.class_]
         row = [
@@ -78,4 +88,14 @@ def grade_table(run: GradingRun, *, planted: dict[str, str] | None = None) -> Ta
         if planted:
             row.append(planted.get(g.lab_code, ""))
         table.add_row(*row)
+    if len(shown) < len(ranked):
+        counts: dict[str, int] = {}
+        for g in ranked:
+            counts[g.class_] = counts.get(g.class_, 0) + 1
+        by_class = ", ".join(f"{ROMAN[c]} {counts[c]}" for c in sorted(counts, key=lambda c: -order[c]))
+        table.caption = (
+            f"{len(ranked)} labs ({by_class}); the {len(shown)} shown are the lowest"
+            f"{' and every planted one' if planted else ''}. "
+            f"Every lab: --all, or `labeval runs show {run.run_id}`."
+        )
     return table
