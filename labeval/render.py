@@ -56,8 +56,8 @@ def _main_reason(reasons: list[Reason]) -> str:
     return "; ".join(text(r) for r in main)
 
 
-# Rows of a run's table in the terminal by default: rich lays a table out from every cell, and a
-# national run's 5 000 labs took longer to print than to grade; the stored run lists them all.
+# Rows of a run's table in the terminal by default: rich lays a table out from every cell, and the
+# table of 3 000 labs added about 1.5 s to a 7 s `labeval grade`; the stored run lists them all.
 TABLE_ROWS = 100
 
 

@@ -8,7 +8,10 @@ own database cloned from it (CREATE DATABASE … TEMPLATE is a file copy: millis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +26,7 @@ from labeval.db.migrate import discover, migrate
 from labeval.db.pool import connect
 from labeval.db.server import embedded_server, with_database
 from labeval.keys import ROLES
+from labeval.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,3 +141,27 @@ def role_headers(db_url: str) -> dict[str, dict[str, str]]:
         return {k.role: {"Authorization": f"Bearer {k.key}"} for k in made}
 
     return asyncio.run(make())
+
+
+@contextlib.contextmanager
+def configured_json_log() -> Iterator[io.StringIO]:
+    """The process logging as `labeval serve` configures it (JSON at INFO), written to a buffer;
+    the logging configuration before it is put back afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buf = io.StringIO()
+    configure_logging("INFO", "json", stream=buf, force=True)
+    try:
+        yield buf
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    with configured_json_log() as buf:
+        yield buf

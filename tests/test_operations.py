@@ -10,7 +10,6 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
 
 import asyncpg
 import httpx
@@ -35,23 +34,6 @@ from labeval.logs import accept_request_id, configure_logging, request_context
 from labeval.scheduler import scheduled_grading
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """The process logging as `labeval serve` configures it, written to a buffer."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buf = io.StringIO()
-    configure_logging("INFO", "json", stream=buf, force=True)
-    try:
-        yield buf
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        for h in saved_handlers:
-            root.addHandler(h)
-        root.setLevel(saved_level)
 
 
 def log_lines(buf: io.StringIO) -> list[dict]:
