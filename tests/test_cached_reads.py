@@ -8,22 +8,23 @@ Real PostgreSQL, two apps on one database for a change committed by another repl
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 import msgspec
 import pytest
+from conftest import configured_json_log
 from hypothesis import example, given
 from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from test_cache import C1, _seed
 
 from labeval.api.cached_reads import CachedReads
 from labeval.app import create_app
@@ -31,8 +32,7 @@ from labeval.config import Settings
 from labeval.db import apikeys
 from labeval.db.pool import connect
 from labeval.grading.overrides import today_utc
-from labeval.logs import _only_json_handler, configure_logging, iso_milliseconds, log_fields, request_context
-from tests.test_cache import C1, _seed
+from labeval.logs import _only_json_handler, iso_milliseconds, log_fields, request_context
 
 # Headers whose values differ between any two answers.
 _VARYING = {"date", "x-request-id"}
@@ -46,29 +46,6 @@ async def seeded(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield c
     finally:
         await c.close()
-
-
-@contextlib.contextmanager
-def _configured_json_log() -> Iterator[io.StringIO]:
-    """The process logging as `labeval serve` configures it (JSON at INFO), into a buffer."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buf = io.StringIO()
-    configure_logging("INFO", "json", stream=buf, force=True)
-    try:
-        yield buf
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        for h in saved_handlers:
-            root.addHandler(h)
-        root.setLevel(saved_level)
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    with _configured_json_log() as buf:
-        yield buf
 
 
 def _layer(app: Litestar) -> CachedReads:
@@ -242,7 +219,7 @@ async def test_a_change_committed_by_another_replica_is_what_the_layer_answers_n
 
 def test_the_access_line_written_directly_is_the_line_logging_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     # Configured here, not by a fixture: pytest adds its capture handlers after the fixtures.
-    with _configured_json_log() as json_log:
+    with configured_json_log() as json_log:
         _direct_and_logged(json_log, monkeypatch)
 
 
