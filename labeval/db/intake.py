@@ -286,6 +286,35 @@ async def load_versioned(
     return LoadCounts(accepted=accepted, duplicates=dups, corrections=corrections)
 
 
+async def begin_direct_load(conn: asyncpg.Connection) -> None:
+    """Before the first batch of a direct load (rows COPYed straight into the target). The
+    statement triggers on results plan their lookups once per session (see load_versioned):
+    plans made while the table was smaller would be kept for every batch."""
+    await conn.execute("DISCARD PLANS")
+
+
+async def end_direct_load(conn: asyncpg.Connection, target: Target, accepted: int) -> LoadCounts:
+    """After a direct load that stands: every row written was new (a stored key would have been
+    refused), so there is nothing counted as a duplicate or a correction."""
+    if accepted > LARGE_LOAD:
+        # As after load_versioned: the next grading run plans on the table as it is now.
+        await conn.execute(f"ANALYZE {target.table}")
+    return LoadCounts(accepted=accepted, duplicates=0, corrections=0)
+
+
+async def current_originals(conn: asyncpg.Connection, import_id: int, samples: list[str], items: list[str]) -> int:
+    """How many of the sample items (pairwise) have a current original result from another
+    import than `import_id`."""
+    return await conn.fetchval(
+        """SELECT count(*) FROM unnest($2::text[], $3::text[]) AS w (sample_code, item_code)
+           WHERE EXISTS (SELECT 1 FROM results r
+                         WHERE r.sample_code = w.sample_code AND r.item_code = w.item_code
+                           AND r.role = 'original' AND r.superseded_at IS NULL
+                           AND r.import_id IS DISTINCT FROM $1)""",
+        import_id, samples, items,
+    )
+
+
 async def load_upsert(
     conn: asyncpg.Connection, target: Target, stage: str, import_id: int, columns: list[str]
 ) -> LoadCounts:

@@ -120,3 +120,34 @@ async def reject_dependent_results(
         conn, stage, import_id, bad.get_column(ROW).to_list(), bad.get_column("rule").to_list()
     )
     return keys.filter(~pl.col(ROW).is_in(bad.get_column(ROW).implode()))
+
+
+def without_original(keys: pl.DataFrame) -> pl.DataFrame:
+    """(sample_code, item_code), once each, of the retests and arbitrations among `keys` whose
+    sample item has no original result among them."""
+    role = pl.col("role")
+    originals = keys.filter(role == "original").select("sample_code", "item_code")
+    return (
+        keys.filter(role.is_in(_OTHER_ROLES))
+        .select("sample_code", "item_code")
+        .unique()
+        .join(originals, on=["sample_code", "item_code"], how="anti")
+    )
+
+
+async def direct_results_clean(conn: asyncpg.Connection, import_id: int, keys: pl.DataFrame) -> bool:
+    """After a direct load of results: would the independence rules have rejected nothing?
+
+    The load got this far, so the database refused no row: no key was stored already or came
+    twice, no lab holds two roles of a sample item, no retest is by the register's original lab
+    (labeval.db.intake.direct_load). Rules 1-4 therefore had nothing to reject, and rule 5 (a
+    retest or arbitration with no original anywhere) is all that is left: it looks forward in
+    the file, so no constraint can say it while the rows arrive. Usually every original is in
+    the file itself; only the sample items whose original is not are looked up."""
+    lacking = await asyncio.to_thread(without_original, keys)
+    if not lacking.height:
+        return True
+    found = await intake.current_originals(
+        conn, import_id, lacking.get_column("sample_code").to_list(), lacking.get_column("item_code").to_list()
+    )
+    return found == lacking.height

@@ -74,6 +74,9 @@ Prepare = Callable[[pl.LazyFrame, RefData], tuple[pl.LazyFrame, list[Check]]]
 # (conn, target, stage, import_id, keys of the staged rows) -> the keys of the rows left.
 CrossRowRule = Callable[[asyncpg.Connection, Target, str, int, pl.DataFrame], Awaitable[pl.DataFrame]]
 AfterLoad = Callable[[asyncpg.Connection, Target, str, list[str]], Awaitable[None]]
+# (connection, import id, the file's keys with their row numbers) -> whether the rows a direct
+# load wrote are exactly what staging the file would have loaded.
+DirectCheck = Callable[[asyncpg.Connection, int, pl.DataFrame], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,13 @@ class Spec:
     cross_row: tuple[CrossRowRule, ...] = ()
     # Steps after the load, given the staged column names.
     after_load: tuple[AfterLoad, ...] = ()
+    # Set for a kind whose file may first be loaded directly: every batch COPYed straight into
+    # `table` (no stage, no INSERT ... SELECT), inside a savepoint. The table's own constraints
+    # refuse what the cross-row rules and the versioning would have treated differently (a key
+    # stored already, a key twice in the file, a lab in two roles); this check, run once every
+    # batch is in, covers what they cannot see. A refusal or a False undoes the attempt and the
+    # file is staged as usual, so the outcome is the staged path's either way.
+    direct_check: DirectCheck | None = None
 
     def col(self, name: str) -> Col:
         for c in self.columns:

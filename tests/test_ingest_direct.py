@@ -1,0 +1,117 @@
+"""The direct load of results (batches COPYed straight into the table, in a savepoint) must end
+exactly as staging the file does: the same rows stored with the same versions, the same counts,
+the same rejects with the same reasons and raw records. It is only a faster road to the same
+place, so the staged path is the reference here, on files drawn to break every rule the two
+roads handle differently: keys stored already (duplicates, corrections), keys repeated in the
+file, labs in two roles, retests by the register's original lab, retests with no original,
+across batch boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_ingest import TODAY, res, seed
+
+from labeval.db.imports import list_rejects
+from labeval.db.pool import connect
+from labeval.ingest import ingest_frame
+from labeval.ingest.pipeline import ingest_path
+
+ROLES = ("original", "retest", "arbitration")
+# S1's register names L1 as its original lab (tests/test_ingest.py seed); S2 has none.
+row_st = st.builds(
+    lambda s, i, role, lab, v: res(sample_code=s, item_code=i, role=role, lab_code=lab,
+                                   **({"value": v} if i == "PB" else {"value": None, "unit": None})),
+    st.sampled_from(["S1", "S2"]), st.sampled_from(["PB", "LBL"]), st.sampled_from(ROLES),
+    st.sampled_from(["L1", "L2", "L3"]), st.sampled_from(["0.3", "0.30", "0.4", "<0.01"]),
+)
+
+
+async def _outcome(conn: asyncpg.Connection, path: Path, direct: bool) -> tuple:
+    timings: dict[str, float] = {}
+    r = await ingest_path(conn, "results", path, today=TODAY, batch_size=3, direct=direct, timings=timings)
+    rejects = sorted((x.row, x.column, x.reason, str(sorted(x.raw.items()))) for x in await list_rejects(conn, r.import_id))
+    stored = await conn.fetch(
+        """SELECT sample_code, item_code, role, lab_code, version, value, censored, censor_limit, raw_value,
+                  superseded_at IS NULL AS current, import_id = $1 AS this_import
+           FROM results ORDER BY sample_code, item_code, role, lab_code, version""", r.import_id)
+    counts = (r.rows, r.accepted, r.rejected, r.duplicates, r.corrections)
+    return counts, rejects, [tuple(x) for x in stored], "stage" not in timings
+
+
+async def _both(url: str, before: list[dict], rows: list[dict]) -> tuple[tuple, tuple]:
+    conn = await connect(url)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "results.csv"
+            pl.DataFrame(rows, schema={k: pl.String for k in res()}).write_csv(path)
+            got = []
+            for direct in (True, False):
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    if before:
+                        await ingest_frame(conn, "results", before, file_name="before.json", today=TODAY)
+                    got.append(await _outcome(conn, path, direct))
+                finally:
+                    await tx.rollback()
+            return got[0], got[1]
+    finally:
+        await conn.close()
+
+
+def test_direct_and_staged_loads_end_alike(db_url: str) -> None:
+    asyncio.run(_seeded(db_url))
+    took_direct: list[bool] = []
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(before=st.lists(row_st, max_size=4), rows=st.lists(row_st, min_size=1, max_size=9))
+    def check(before: list[dict], rows: list[dict]) -> None:
+        direct, staged = asyncio.run(_both(db_url, before, rows))
+        assert direct[:3] == staged[:3]
+        # The staged road never takes the direct one.
+        assert not staged[3]
+        took_direct.append(direct[3])
+
+    check()
+    # Both roads were exercised: clean files went direct, the others gave way to the stage.
+    assert any(took_direct) and not all(took_direct)
+
+
+async def _seeded(url: str) -> None:
+    conn = await connect(url)
+    try:
+        await seed(conn)
+    finally:
+        await conn.close()
+
+
+async def test_a_clean_file_is_loaded_directly_and_a_correction_is_staged(conn: asyncpg.Connection) -> None:
+    await seed(conn)
+    rows = [res(), res(lab_code="L2", role="retest", value="0.4"), res(item_code="LBL", value=None, unit=None),
+            res(item_code="LBL", lab_code="L3", role="retest", value=None, unit=None)]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "r.csv"
+        pl.DataFrame(rows, schema={k: pl.String for k in res()}).write_csv(path)
+        rooms: dict[str, float] = {}
+        r = await ingest_path(conn, "results", path, today=TODAY, timings=rooms)
+        assert (r.accepted, r.rejected) == (4, 0) and "direct" in rooms and "stage" not in rooms
+        # The same file again: every row is stored already, so the direct load gives way and
+        # the staged one counts them as duplicates.
+        rooms = {}
+        r = await ingest_path(conn, "results", path, today=TODAY, timings=rooms)
+        assert (r.accepted, r.duplicates) == (0, 4) and "stage" in rooms
+        # One value corrected: a new version.
+        pl.DataFrame([res(value="0.35")], schema={k: pl.String for k in res()}).write_csv(path)
+        r = await ingest_path(conn, "results", path, today=TODAY)
+        assert (r.accepted, r.corrections) == (1, 1)
+    versions = await conn.fetch(
+        "SELECT version, value, superseded_at IS NULL AS current FROM results "
+        "WHERE sample_code = 'S1' AND item_code = 'PB' AND role = 'original' ORDER BY version")
+    assert [tuple(v) for v in versions] == [(1, 0.3, False), (2, 0.35, True)]
