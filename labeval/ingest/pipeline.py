@@ -139,21 +139,22 @@ async def load_refs(conn: asyncpg.Connection, spec: Spec) -> RefData:
 
 
 class _Sink(NamedTuple):
-    """Where a batch's valid rows are COPYed: the table, its columns in COPY's order, and the
-    valid frame (`_row` + staging columns) made into those columns."""
+    """Where a batch's valid rows are COPYed: the table, its columns in COPY's order with their
+    SQL types, and the valid frame (`_row` + staging columns) made into those columns."""
 
     table: str
     columns: list[str]
+    sql_types: list[str]
     shape: Callable[[pl.DataFrame], pl.DataFrame]
 
 
-def _stage_sink(stage: str, names: list[str]) -> _Sink:
-    return _Sink(stage, [ROW, *names], lambda valid: valid)
+def _stage_sink(stage: str, cols: list[Col]) -> _Sink:
+    return _Sink(stage, [ROW, *[c.name for c in cols]], ["bigint", *[c.sql for c in cols]], lambda valid: valid)
 
 
-def _direct_sink(table: str, names: list[str], import_id: int) -> _Sink:
+def _direct_sink(table: str, cols: list[Col], import_id: int) -> _Sink:
     # version is left to its default (1): a row that is not new makes the direct load give way.
-    return _Sink(table, [*names, "import_id"],
+    return _Sink(table, [*[c.name for c in cols], "import_id"], [*[c.sql for c in cols], "bigint"],
                  lambda valid: valid.drop(ROW).with_columns(pl.lit(import_id, pl.Int64).alias("import_id")))
 
 
@@ -180,7 +181,7 @@ async def _stage_batches(
         return (
             batch.height,
             valid.select(key_cols),
-            intake.frame_csv(sink.shape(valid)) if valid.height else None,
+            intake.frame_binary(sink.shape(valid), sink.sql_types) if valid.height else None,
             intake.frame_csv(intake.reject_rows(import_id, rejects, ROW)) if rejects.height else None,
         )
 
@@ -190,11 +191,11 @@ async def _stage_batches(
         while (ready := await pending) is not None:
             # Only one batch is read at a time: the next starts once this one is ready.
             pending = asyncio.ensure_future(asyncio.to_thread(prepare))
-            height, valid_keys, valid_csv, rejects_csv = ready
+            height, valid_keys, valid_copy, rejects_csv = ready
             rows += height
             keys.append(valid_keys)
-            if valid_csv is not None:
-                await intake.copy_csv(conn, sink.table, valid_csv, sink.columns)
+            if valid_copy is not None:
+                await intake.copy_binary(conn, sink.table, valid_copy, sink.columns)
             if rejects_csv is not None:
                 await intake.copy_csv(conn, "import_rejects", rejects_csv, list(intake.REJECT_COLUMNS))
             if progress is not None:
@@ -210,7 +211,7 @@ async def _stage_batches(
 
 async def _direct_load(
     conn: asyncpg.Connection, spec: Spec, src: Source, import_id: int, refs: RefData, today: date,
-    progress: Progress | None, names: list[str],
+    progress: Progress | None, cols: list[Col],
 ) -> tuple[int, LoadCounts] | None:
     """Try the file as a direct load: every batch COPYed straight into the kind's table as it is
     validated, in a savepoint. Returns (rows read, counts), or None after undoing the attempt
@@ -228,7 +229,7 @@ async def _direct_load(
         async with conn.transaction():
             await intake.begin_direct_load(conn)
             rows, keys = await _stage_batches(
-                conn, spec, src, _direct_sink(target.table, names, import_id), import_id, refs, today, progress)
+                conn, spec, src, _direct_sink(target.table, cols, import_id), import_id, refs, today, progress)
             if not await spec.direct_check(conn, import_id, keys):
                 raise _NotDirect
             counts = await intake.end_direct_load(conn, target, keys.height)
@@ -276,7 +277,7 @@ async def _run(
             target = spec.target
             loaded = None
             if direct and spec.direct_check is not None:
-                loaded = await _direct_load(conn, spec, src, import_id, refs, today, progress, names)
+                loaded = await _direct_load(conn, spec, src, import_id, refs, today, progress, cols)
                 lap("direct")
             if loaded is not None:
                 rows, counts = loaded
@@ -285,7 +286,7 @@ async def _run(
                 stage = f"ingest_stage_{import_id}"
                 await intake.create_stage(conn, stage, [(c.name, c.sql) for c in cols], ROW)
                 rows, keys = await _stage_batches(
-                    conn, spec, src, _stage_sink(stage, names), import_id, refs, today, progress)
+                    conn, spec, src, _stage_sink(stage, cols), import_id, refs, today, progress)
                 lap("stage")
                 # cross-row: rules that need the whole file (and the database)
                 if keys.height:
