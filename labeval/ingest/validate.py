@@ -230,7 +230,8 @@ def validate_batch(
     clean = []
     for col in spec.columns:
         e = pl.col(col.name).str.strip_chars()
-        e = pl.when(e == "").then(None).otherwise(e)
+        # An empty cell is no value. (replace: one pass; a when/then cost as much as the strip.)
+        e = e.replace("", None)
         if col.default is not None and col.name in present:
             e = e.fill_null(pl.lit(col.default))
         clean.append(e.alias(C(col.name)))
