@@ -14,13 +14,14 @@ from pathlib import Path
 
 import asyncpg
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ingest import TODAY, res, seed
 
 from labeval.db.imports import list_rejects
 from labeval.db.pool import connect
-from labeval.ingest import ingest_frame
+from labeval.ingest import ingest_frame, pipeline
 from labeval.ingest.pipeline import ingest_path
 
 ROLES = ("original", "retest", "arbitration")
@@ -66,7 +67,9 @@ async def _both(url: str, before: list[dict], rows: list[dict]) -> tuple[tuple, 
         await conn.close()
 
 
-def test_direct_and_staged_loads_end_alike(db_url: str) -> None:
+def test_direct_and_staged_loads_end_alike(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches of 3 rows, the first cut after its first row: every rule meets batch boundaries.
+    monkeypatch.setattr(pipeline, "FIRST_ROWS", 1)
     asyncio.run(_seeded(db_url))
     took_direct: list[bool] = []
 
@@ -115,3 +118,13 @@ async def test_a_clean_file_is_loaded_directly_and_a_correction_is_staged(conn: 
         "SELECT version, value, superseded_at IS NULL AS current FROM results "
         "WHERE sample_code = 'S1' AND item_code = 'PB' AND role = 'original' ORDER BY version")
     assert [tuple(v) for v in versions] == [(1, 0.3, False), (2, 0.35, True)]
+
+
+def test_the_first_batch_is_cut_short_and_no_row_is_lost() -> None:
+    batches = [pl.DataFrame({"_row": range(i, i + n)}) for i, n in ((1, 25), (26, 5))]
+    got = list(pipeline._sooner(iter(batches), 10))
+    assert [b.height for b in got] == [10, 15, 5]
+    assert pl.concat(got).get_column("_row").to_list() == list(range(1, 31))
+    # A first batch not much longer than the cut is left whole.
+    assert [b.height for b in pipeline._sooner(iter(batches[1:]), 10)] == [5]
+    assert list(pipeline._sooner(iter([]), 10)) == []

@@ -17,6 +17,7 @@ import polars as pl
 
 from labeval.db import intake
 from labeval.db.intake import Target
+from labeval.ingest.spec import DirectCheck
 
 ROW = "_row"
 
@@ -135,19 +136,22 @@ def without_original(keys: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-async def direct_results_clean(conn: asyncpg.Connection, import_id: int, keys: pl.DataFrame) -> bool:
+async def _originals_stored(conn: asyncpg.Connection, import_id: int, lacking: pl.DataFrame) -> bool:
     """After a direct load of results: would the independence rules have rejected nothing?
 
     The load got this far, so the database refused no row: no key was stored already or came
     twice, no lab holds two roles of a sample item, no retest is by the register's original lab
-    (labeval.db.intake.direct_load). Rules 1-4 therefore had nothing to reject, and rule 5 (a
-    retest or arbitration with no original anywhere) is all that is left: it looks forward in
-    the file, so no constraint can say it while the rows arrive. Usually every original is in
-    the file itself; only the sample items whose original is not are looked up."""
-    lacking = await asyncio.to_thread(without_original, keys)
+    (the unique index and the trigger on results). Rules 1-4 therefore had nothing to reject,
+    and rule 5 (a retest or arbitration with no original anywhere) is all that is left: it looks
+    forward in the file, so no constraint can say it while the rows arrive. `lacking` holds the
+    sample items whose retests have no original in the file itself (usually none); each needs
+    one stored by an earlier import."""
     if not lacking.height:
         return True
     found = await intake.current_originals(
         conn, import_id, lacking.get_column("sample_code").to_list(), lacking.get_column("item_code").to_list()
     )
     return found == lacking.height
+
+
+DIRECT_RESULTS_CHECK = DirectCheck(summarise=without_original, passes=_originals_stored)

@@ -266,7 +266,7 @@ _add(
         lookups={"items": intake.items},
         prepare=_results_prepare,
         cross_row=(crossrow.reject_dependent_results,),
-        direct_check=crossrow.direct_results_clean,
+        direct_check=crossrow.DIRECT_RESULTS_CHECK,
         columns=(
             Col("sample_code", "code", required=True, ref=SAMPLE),
             Col("item_code", "code", required=True, ref=ITEM),

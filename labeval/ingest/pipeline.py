@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import NamedTuple
@@ -158,29 +158,57 @@ def _direct_sink(table: str, cols: list[Col], import_id: int) -> _Sink:
                  lambda valid: valid.drop(ROW).with_columns(pl.lit(import_id, pl.Int64).alias("import_id")))
 
 
+# The first batch is cut to this many rows: PostgreSQL starts on them while the rest of the
+# batch is validated, instead of waiting for a whole batch (about 0.2 s of a million-row import).
+FIRST_ROWS = 10_000
+
+
+def _sooner(batches: Iterator[pl.DataFrame], first: int) -> Iterator[pl.DataFrame]:
+    """The batches, the first one cut in two at `first` rows when it is much longer."""
+    head = next(batches, None)
+    if head is None:
+        return
+    if head.height > 2 * first:
+        yield head.slice(0, first)
+        yield head.slice(first)
+    else:
+        yield head
+    yield from batches
+
+
+class _Done(NamedTuple):
+    """The worker thread's last answer: every valid row's keys, and the summary made of them."""
+
+    keys: pl.DataFrame
+    summary: object
+
+
 async def _stage_batches(
     conn: asyncpg.Connection, spec: Spec, src: Source, sink: _Sink, import_id: int, refs: RefData, today: date,
-    progress: Progress | None,
-) -> tuple[int, pl.DataFrame]:
+    progress: Progress | None, summarise: Callable[[pl.DataFrame], object] | None = None,
+) -> tuple[int, pl.DataFrame, object]:
     """Read, validate and COPY every batch: valid rows into the sink (the stage, or the target
     in a direct load), rejects into the log. Reading, validating and encoding are CPU-bound
     polars work: they run in a worker thread, so the event loop keeps serving other requests
     during a large import, and batch k+1 is prepared while PostgreSQL takes in batch k (the two
-    overlap on two cores). Returns the rows read and the valid rows' keys."""
+    overlap on two cores). Returns the rows read, the valid rows' keys and `summarise` of them
+    (None without it), which the worker thread makes while PostgreSQL takes in the last batch."""
     present = set(src.columns)
-    batches = src.batches()
-    # The staged rows' keys (and row numbers), kept for the cross-row rules.
+    batches = _sooner(src.batches(), FIRST_ROWS)
+    # The valid rows' keys (and row numbers), for the cross-row rules: only the worker thread
+    # touches the list (one prepare() at a time, each awaited before the next starts).
     keys: list[pl.DataFrame] = []
     key_cols = [ROW, *spec.key]
 
-    def prepare() -> tuple[int, pl.DataFrame, bytes | None, bytes | None] | None:
+    def prepare() -> tuple[int, bytes | None, bytes | None] | _Done:
         batch = next(batches, None)
         if batch is None:
-            return None
+            every = pl.concat(keys, how="vertical_relaxed") if keys else pl.DataFrame()
+            return _Done(every, summarise(every) if summarise is not None and every.height else None)
         valid, rejects = validate_batch(batch, spec, present, refs, today, src.raw_names)
+        keys.append(valid.select(key_cols))
         return (
             batch.height,
-            valid.select(key_cols),
             intake.frame_binary(sink.shape(valid), sink.sql_types) if valid.height else None,
             intake.frame_csv(intake.reject_rows(import_id, rejects, ROW)) if rejects.height else None,
         )
@@ -188,12 +216,11 @@ async def _stage_batches(
     rows = 0
     pending = asyncio.ensure_future(asyncio.to_thread(prepare))
     try:
-        while (ready := await pending) is not None:
+        while not isinstance(ready := await pending, _Done):
             # Only one batch is read at a time: the next starts once this one is ready.
             pending = asyncio.ensure_future(asyncio.to_thread(prepare))
-            height, valid_keys, valid_copy, rejects_csv = ready
+            height, valid_copy, rejects_csv = ready
             rows += height
-            keys.append(valid_keys)
             if valid_copy is not None:
                 await intake.copy_binary(conn, sink.table, valid_copy, sink.columns)
             if rejects_csv is not None:
@@ -206,7 +233,7 @@ async def _stage_batches(
         if not pending.done():
             with contextlib.suppress(Exception):
                 await pending
-    return rows, pl.concat(keys, how="vertical_relaxed") if keys else pl.DataFrame()
+    return rows, ready.keys, ready.summary
 
 
 async def _direct_load(
@@ -228,9 +255,11 @@ async def _direct_load(
     try:
         async with conn.transaction():
             await intake.begin_direct_load(conn)
-            rows, keys = await _stage_batches(
-                conn, spec, src, _direct_sink(target.table, cols, import_id), import_id, refs, today, progress)
-            if not await spec.direct_check(conn, import_id, keys):
+            check = spec.direct_check
+            rows, keys, summary = await _stage_batches(
+                conn, spec, src, _direct_sink(target.table, cols, import_id), import_id, refs, today, progress,
+                summarise=check.summarise)
+            if summary is not None and not await check.passes(conn, import_id, summary):
                 raise _NotDirect
             counts = await intake.end_direct_load(conn, target, keys.height)
     except (_NotDirect, asyncpg.IntegrityConstraintViolationError) as e:
@@ -285,7 +314,7 @@ async def _run(
                 # stage: every valid row of the file in a temporary table, every reject logged
                 stage = f"ingest_stage_{import_id}"
                 await intake.create_stage(conn, stage, [(c.name, c.sql) for c in cols], ROW)
-                rows, keys = await _stage_batches(
+                rows, keys, _ = await _stage_batches(
                     conn, spec, src, _stage_sink(stage, cols), import_id, refs, today, progress)
                 lap("stage")
                 # cross-row: rules that need the whole file (and the database)

@@ -74,9 +74,17 @@ Prepare = Callable[[pl.LazyFrame, RefData], tuple[pl.LazyFrame, list[Check]]]
 # (conn, target, stage, import_id, keys of the staged rows) -> the keys of the rows left.
 CrossRowRule = Callable[[asyncpg.Connection, Target, str, int, pl.DataFrame], Awaitable[pl.DataFrame]]
 AfterLoad = Callable[[asyncpg.Connection, Target, str, list[str]], Awaitable[None]]
-# (connection, import id, the file's keys with their row numbers) -> whether the rows a direct
-# load wrote are exactly what staging the file would have loaded.
-DirectCheck = Callable[[asyncpg.Connection, int, pl.DataFrame], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class DirectCheck:
+    """Whether the rows a direct load wrote are exactly what staging the file would have loaded,
+    in two steps: `summarise` (pure, given the file's valid keys with their row numbers) runs in
+    the worker thread while PostgreSQL takes in the last batch; `passes` (connection, import id,
+    that summary) decides, with the database where it must."""
+
+    summarise: Callable[[pl.DataFrame], pl.DataFrame]
+    passes: Callable[[asyncpg.Connection, int, pl.DataFrame], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
