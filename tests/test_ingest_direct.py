@@ -38,12 +38,16 @@ async def _outcome(conn: asyncpg.Connection, path: Path, direct: bool) -> tuple:
     timings: dict[str, float] = {}
     r = await ingest_path(conn, "results", path, today=TODAY, batch_size=3, direct=direct, timings=timings)
     rejects = sorted((x.row, x.column, x.reason, str(sorted(x.raw.items()))) for x in await list_rejects(conn, r.import_id))
+    # Current versions in results, the ones corrections replaced in result_versions.
+    cols = "sample_code, item_code, role, lab_code, version, value, censored, censor_limit, raw_value, import_id"
     stored = await conn.fetch(
-        """SELECT sample_code, item_code, role, lab_code, version, value, censored, censor_limit, raw_value,
-                  superseded_at IS NULL AS current, import_id = $1 AS this_import
-           FROM results ORDER BY sample_code, item_code, role, lab_code, version""", r.import_id)
+        f"""SELECT *, import_id = $1 AS this_import FROM (
+                SELECT {cols}, true AS current FROM results
+                UNION ALL SELECT {cols}, false FROM result_versions) x
+            ORDER BY sample_code, item_code, role, lab_code, version""", r.import_id)
+    stored = [tuple(v for k, v in x.items() if k != "import_id") for x in stored]
     counts = (r.rows, r.accepted, r.rejected, r.duplicates, r.corrections)
-    return counts, rejects, [tuple(x) for x in stored], "stage" not in timings
+    return counts, rejects, stored, "stage" not in timings
 
 
 async def _both(url: str, before: list[dict], rows: list[dict]) -> tuple[tuple, tuple]:
@@ -115,7 +119,8 @@ async def test_a_clean_file_is_loaded_directly_and_a_correction_is_staged(conn: 
         r = await ingest_path(conn, "results", path, today=TODAY)
         assert (r.accepted, r.corrections) == (1, 1)
     versions = await conn.fetch(
-        "SELECT version, value, superseded_at IS NULL AS current FROM results "
+        "SELECT version, value, true AS current FROM results WHERE sample_code = 'S1' AND item_code = 'PB' "
+        "AND role = 'original' UNION ALL SELECT version, value, false FROM result_versions "
         "WHERE sample_code = 'S1' AND item_code = 'PB' AND role = 'original' ORDER BY version")
     assert [tuple(v) for v in versions] == [(1, 0.3, False), (2, 0.35, True)]
 

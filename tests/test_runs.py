@@ -191,7 +191,10 @@ async def test_rerun_is_identical_and_verify_reads_the_data_as_the_run_did(
     ):
         report_ = await ingest_frame(seeded, kind, rows, source="test")
         assert report_.rejected == 0, report_
-    assert await seeded.fetchval("SELECT count(*) FROM results WHERE sample_code = 'S001' AND lab_code = 'B'") == 2
+    # The new version is current; the one the run read moved to result_versions (0015).
+    assert await seeded.fetchval("SELECT version FROM results WHERE sample_code = 'S001' AND lab_code = 'B'") == 2
+    assert await seeded.fetchval(
+        "SELECT version FROM result_versions WHERE sample_code = 'S001' AND lab_code = 'B'") == 1
 
     still = await verify_run(seeded, run.run_id)
     assert still.identical and still.recomputed_input_digest == run.input_digest

@@ -15,23 +15,43 @@ INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ('S1'
 
 INSERT = "INSERT INTO results (sample_code, item_code, lab_code, role, value) VALUES ($1, 'Q', $2, $3, $4)"
 
+# What intake's load does to a corrected result (labeval.db.intake.load_versioned), for one sample.
+MOVE_TO_VERSIONS = """
+WITH moved AS (DELETE FROM results WHERE sample_code = $1 RETURNING *)
+INSERT INTO result_versions (result_id, sample_code, item_code, lab_code, role, value, censored, censor_limit,
+                             raw_value, unit, expanded_uncertainty, coverage_k, replicates, verdict,
+                             decision_rule, reported_on, version, import_id, created_at, superseded_at)
+SELECT result_id, sample_code, item_code, lab_code, role, value, censored, censor_limit, raw_value, unit,
+       expanded_uncertainty, coverage_k, replicates, verdict, decision_rule, reported_on, version, import_id,
+       created_at, now()
+FROM moved
+"""
+
+
+# Migration 0015: a lab in two roles on one sample item is refused by the unique index
+# results_one_role_per_lab; a retest or arbitration by the register's original lab (when that lab
+# has no result on the item) by the trigger, under the constraint name it always had.
+ONE_ROLE = "results_one_role_per_lab"
+
 
 async def test_retest_by_the_original_lab_is_rejected(conn: asyncpg.Connection) -> None:
     await conn.execute(SEED)
     await conn.execute(INSERT, "S1", "A", "original", 10.0)
+    with pytest.raises(asyncpg.UniqueViolationError) as err:
+        await conn.execute(INSERT, "S1", "A", "retest", 11.0)
+    assert err.value.constraint_name == ONE_ROLE
+    # The sample names its original lab: a retest by it fails even before the original result exists.
+    await conn.execute("DELETE FROM results")
     with pytest.raises(asyncpg.CheckViolationError) as err:
         await conn.execute(INSERT, "S1", "A", "retest", 11.0)
     assert err.value.constraint_name == "results_retest_by_other_lab"
-    # The sample names its original lab: a retest by it fails even before the original result exists.
-    await conn.execute("DELETE FROM results")
-    with pytest.raises(asyncpg.CheckViolationError):
-        await conn.execute(INSERT, "S1", "A", "retest", 11.0)
+    assert err.value.message == "a retest result of sample S1 item Q by lab A, which also tested it in another role"
     # Without samples.original_lab_code the original result decides, in either order.
     await conn.execute(INSERT, "S2", "B", "retest", 11.0)
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError):
         await conn.execute(INSERT, "S2", "B", "original", 10.0)
     await conn.execute(INSERT, "S2", "A", "original", 10.0)
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError):
         await conn.execute(INSERT, "S2", "B", "arbitration", 10.5)  # B did the retest
     await conn.execute(INSERT, "S2", "C", "arbitration", 10.5)
     assert await conn.fetchval("SELECT count(*) FROM results") == 3
@@ -43,18 +63,18 @@ async def test_original_retest_and_arbitration_are_three_labs_in_either_order(co
     await conn.execute(INSERT, "S2", "A", "original", 10.0)
     # The arbitration stored first, then a retest by the arbiter (migration 0011).
     await conn.execute(INSERT, "S2", "C", "arbitration", 10.5)
-    with pytest.raises(asyncpg.CheckViolationError) as err:
+    with pytest.raises(asyncpg.UniqueViolationError) as err:
         await conn.execute(INSERT, "S2", "C", "retest", 11.0)
-    assert err.value.constraint_name == "results_retest_by_other_lab"
+    assert err.value.constraint_name == ONE_ROLE
     await conn.execute(INSERT, "S2", "B", "retest", 11.0)
     # The retest stored first, then an arbitration by the retest lab.
     await conn.execute("INSERT INTO samples (sample_code, category_code) VALUES ('S3', 'TEX')")
     await conn.execute(INSERT, "S3", "A", "original", 10.0)
     await conn.execute(INSERT, "S3", "B", "retest", 11.0)
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError):
         await conn.execute(INSERT, "S3", "B", "arbitration", 10.5)
     # Both roles in one statement.
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError):
         await conn.execute(
             """INSERT INTO results (sample_code, item_code, lab_code, role, value)
                VALUES ('S1', 'Q', 'A', 'original', 9.0), ('S1', 'Q', 'C', 'arbitration', 9.2),
@@ -72,7 +92,7 @@ async def test_original_retest_and_arbitration_are_three_labs_in_either_order(co
 async def test_bulk_insert_with_one_offending_row_is_rejected_whole(conn: asyncpg.Connection) -> None:
     await conn.execute(SEED)
     await conn.execute(INSERT, "S2", "A", "original", 10.0)
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError):
         await conn.execute(
             """
             INSERT INTO results (sample_code, item_code, lab_code, role, value)
@@ -80,6 +100,32 @@ async def test_bulk_insert_with_one_offending_row_is_rejected_whole(conn: asyncp
             """
         )
     assert await conn.fetchval("SELECT count(*) FROM results WHERE role = 'retest'") == 0
+    # The register's original lab among many rows of other samples: the trigger's one pass finds it.
+    await conn.execute("INSERT INTO samples (sample_code, category_code, original_lab_code) "
+                       "SELECT 'M' || i, 'TEX', 'A' FROM generate_series(1, 300) AS i")
+    with pytest.raises(asyncpg.CheckViolationError) as err:
+        await conn.execute(
+            """
+            INSERT INTO results (sample_code, item_code, lab_code, role, value)
+            SELECT 'M' || i, 'Q', CASE WHEN i = 217 THEN 'A' ELSE 'B' END, 'retest', 10.0
+            FROM generate_series(1, 300) AS i
+            """
+        )
+    assert err.value.message == "a retest result of sample M217 item Q by lab A, which also tested it in another role"
+    assert await conn.fetchval("SELECT count(*) FROM results WHERE role = 'retest'") == 0
+
+
+async def test_an_update_to_the_original_lab_is_checked_and_a_register_change_is_not(conn: asyncpg.Connection) -> None:
+    await conn.execute(SEED)
+    await conn.execute(INSERT, "S1", "B", "retest", 11.0)
+    # An UPDATE goes through the same check as an INSERT.
+    with pytest.raises(asyncpg.CheckViolationError) as err:
+        await conn.execute("UPDATE results SET lab_code = 'A' WHERE sample_code = 'S1'")
+    assert err.value.constraint_name == "results_retest_by_other_lab"
+    # Naming the retest lab as the sample's original lab afterwards is not re-checked against
+    # stored results (as before 0015: only writes of results are checked).
+    await conn.execute("UPDATE samples SET original_lab_code = 'B' WHERE sample_code = 'S1'")
+    assert await conn.fetchval("SELECT lab_code FROM results WHERE sample_code = 'S1'") == "B"
 
 
 @pytest.mark.parametrize(
@@ -99,15 +145,29 @@ async def test_values_are_finite_and_uncertainty_non_negative(conn: asyncpg.Conn
 async def test_one_current_version_per_natural_key(conn: asyncpg.Connection) -> None:
     await conn.execute(SEED)
     await conn.execute(INSERT, "S2", "A", "original", 10.0)
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError) as err:
         await conn.execute(INSERT, "S2", "A", "original", 10.2)
-    # A correction: supersede the old version, insert the next one; both stay.
-    await conn.execute("UPDATE results SET superseded_at = now() WHERE sample_code = 'S2'")
+    assert err.value.constraint_name == ONE_ROLE
+    # A correction: the old version moves to result_versions, the next one takes its place.
+    await conn.execute(MOVE_TO_VERSIONS, "S2")
     await conn.execute(
         "INSERT INTO results (sample_code, item_code, lab_code, role, value, version) VALUES ('S2', 'Q', 'A', 'original', 10.2, 2)"
     )
-    rows = await conn.fetch("SELECT version, value, superseded_at IS NULL AS current FROM results ORDER BY version")
+    rows = await conn.fetch(
+        """SELECT version, value, superseded_at IS NULL AS current FROM result_versions
+           UNION ALL SELECT version, value, true FROM results ORDER BY version""")
     assert [tuple(r) for r in rows] == [(1, 10.0, False), (2, 10.2, True)]
+    # One row per version of a key among the replaced ones too, and every replaced one says when.
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute(
+            """INSERT INTO result_versions (result_id, sample_code, item_code, lab_code, role, value, censored,
+                                            version, created_at, superseded_at)
+               VALUES (999, 'S2', 'Q', 'A', 'original', 9.0, false, 1, now(), now())""")
+    with pytest.raises(asyncpg.NotNullViolationError):
+        await conn.execute(
+            """INSERT INTO result_versions (result_id, sample_code, item_code, lab_code, role, value, censored,
+                                            version, created_at)
+               VALUES (998, 'S2', 'Q', 'A', 'original', 9.0, false, 7, now())""")
 
 
 async def test_every_code_column_compares_as_bytes(conn: asyncpg.Connection) -> None:

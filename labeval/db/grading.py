@@ -22,12 +22,12 @@ _SIDE_COLUMNS = (
 )
 
 # One pair per retest result: the retest's result_id is the pair's stable id across runs.
-# Only current versions count (corrections supersede), and only what was reported by as_of.
+# Only current versions count (results holds no other), and only what was reported by as_of.
 # The newest arbitration of a sample/item settles both sides of every pair on it.
 # Each side is its own scan of results with the filter repeated: a CTE read three times would be
 # materialised, and a join of materialised CTEs is planned blind (no statistics): right after a
 # large import that was a nested loop over every pair of rows (hours for a million pairs).
-_CURRENT = "{a}.superseded_at IS NULL AND ({a}.reported_on IS NULL OR {a}.reported_on <= $1::date)"
+_CURRENT = "({a}.reported_on IS NULL OR {a}.reported_on <= $1::date)"
 PAIRS_QUERY = f"""
 SELECT t.result_id AS pair_id, o.sample_code, o.item_code, i.category_code, i.kind,
        i.precision_model, i.repeatability_sd, i.reproducibility_sd, i.horwitz_scale,

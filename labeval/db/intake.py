@@ -16,6 +16,8 @@ import msgspec
 import pgpq
 import polars as pl
 
+from labeval.db.results import STORED_COLUMNS
+
 NULL = r"\N"
 
 
@@ -200,8 +202,7 @@ async def current_results_of_stage(conn: asyncpg.Connection, stage: str) -> pl.D
     return await _read(
         conn,
         f"""SELECT r.sample_code, r.item_code, r.role, r.lab_code FROM results r
-            WHERE r.superseded_at IS NULL
-              AND EXISTS (SELECT 1 FROM {stage} s WHERE s.sample_code = r.sample_code AND s.item_code = r.item_code)""",
+            WHERE EXISTS (SELECT 1 FROM {stage} s WHERE s.sample_code = r.sample_code AND s.item_code = r.item_code)""",
         {"sample_code": pl.String, "item_code": pl.String, "role": pl.String, "lab_code": pl.String},
     )
 
@@ -268,37 +269,50 @@ async def reject_dependent_results(
 # Loads of more rows than this refresh the target's statistics.
 LARGE_LOAD = 2_000
 
+# A versioned table's table of replaced versions and the columns a version keeps (all of the
+# row's; the versions table adds superseded_at).
+VERSIONS: Mapping[str, tuple[str, tuple[str, ...]]] = {"results": ("result_versions", STORED_COLUMNS)}
+
 
 async def load_versioned(
     conn: asyncpg.Connection, target: Target, stage: str, import_id: int, columns: list[str]
 ) -> LoadCounts:
-    """Corrections are new versions: the current row is superseded, never overwritten."""
+    """Corrections are new versions: the current row moves to the table's versions table
+    (VERSIONS; as it was, with the time it was replaced) and the new one takes its place as
+    version n + 1. Nothing is overwritten."""
     # raw_value is the text as written: "1.0" and "1" are the same result, not a correction.
     vals = [n for n in columns if n not in target.key and n != "raw_value"]
     same = f"ROW({', '.join('s.' + v for v in vals)}) IS NOT DISTINCT FROM ROW({', '.join('t.' + v for v in vals)})"
     keq = _keq(target, "s", "t")
-    dups = _count(await conn.execute(
-        f"DELETE FROM {stage} s USING {target.table} t WHERE {keq} AND t.superseded_at IS NULL AND {same}"
-    ))
+    dups = _count(await conn.execute(f"DELETE FROM {stage} s USING {target.table} t WHERE {keq} AND {same}"))
     prev = f"{stage}_prev"
-    await conn.execute(
-        f"""CREATE TEMP TABLE {prev} ON COMMIT DROP AS
-            SELECT s._row, t.result_id, t.version FROM {stage} s JOIN {target.table} t
-            ON {keq} AND t.superseded_at IS NULL"""
-    )
-    await conn.execute(f"ANALYZE {prev}")
+    await conn.execute(f"CREATE TEMP TABLE {prev} (_row bigint NOT NULL, version integer NOT NULL) ON COMMIT DROP")
+    # The target holds current rows only, so every stage row that meets one is a correction: the
+    # old row leaves the table and lands in the versions table in the same statement, and which
+    # stage row replaced which version is kept for the insert below.
+    versions, kept_columns = VERSIONS[target.table]
+    stored = ", ".join(kept_columns)
     corrections = _count(await conn.execute(
-        f"UPDATE {target.table} t SET superseded_at = now() FROM {prev} p WHERE t.result_id = p.result_id"
+        f"""WITH moved AS (
+                DELETE FROM {target.table} t USING {stage} s WHERE {keq}
+                RETURNING s._row, {', '.join('t.' + c for c in kept_columns)}
+            ), kept AS (
+                INSERT INTO {versions} ({stored}, superseded_at)
+                SELECT {stored}, now() FROM moved
+            )
+            INSERT INTO {prev} (_row, version) SELECT _row, version FROM moved"""
     ))
+    await conn.execute(f"ANALYZE {prev}")
     col_list = ", ".join(columns)
-    # The triggers on results plan their lookups once per session and keep the plan: one made
-    # while results was small (an earlier import on this connection, a new database) would scan
-    # results once per new row, and a bulk insert would turn quadratic (measured: 40 000 rows
-    # into a new database, 270 s). Dropping the cached plans makes them plan once more, after
-    # this insert, on the table's current size (the planner reads it from the file, not from the
+    # The trigger on results plans its lookups once per session and keeps the plan: one made
+    # for a small statement or small tables (an earlier import on this connection, a new
+    # database) probes an index once per code where a large load wants a hash join (before 0015,
+    # when the trigger also scanned results, such a plan made a 40 000-row load into a new
+    # database take 270 s). Dropping the cached plans makes them plan once more, after this
+    # insert, on the tables' current sizes (the planner reads them from the files, not from the
     # statistics) and the known size of the statement's new rows.
     await conn.execute("DISCARD PLANS")
-    # One statement, in the stage's order (the file's): the statement-level triggers then check
+    # One statement, in the stage's order (the file's): the statement-level trigger then checks
     # the whole import at once, with hash joins where the import is large.
     accepted = _count(await conn.execute(
         f"""INSERT INTO {target.table} ({col_list}, version, import_id)
@@ -331,14 +345,13 @@ async def end_direct_load(conn: asyncpg.Connection, target: Target, accepted: in
 
 
 async def current_originals(conn: asyncpg.Connection, import_id: int, samples: list[str], items: list[str]) -> int:
-    """How many of the sample items (pairwise) have a current original result from another
-    import than `import_id`."""
+    """How many of the sample items (pairwise) have an original result (results holds current
+    versions only) from another import than `import_id`."""
     return await conn.fetchval(
         """SELECT count(*) FROM unnest($2::text[], $3::text[]) AS w (sample_code, item_code)
            WHERE EXISTS (SELECT 1 FROM results r
                          WHERE r.sample_code = w.sample_code AND r.item_code = w.item_code
-                           AND r.role = 'original' AND r.superseded_at IS NULL
-                           AND r.import_id IS DISTINCT FROM $1)""",
+                           AND r.role = 'original' AND r.import_id IS DISTINCT FROM $1)""",
         import_id, samples, items,
     )
 

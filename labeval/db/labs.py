@@ -165,10 +165,10 @@ _RESULT_COLUMNS = """result_id, sample_code, item_code, role, lab_code, value, c
 
 
 async def lab_results(conn: asyncpg.Connection, code: str, *, after: int | None, limit: int) -> list[ResultRow]:
-    """The lab's current results (not superseded) by result_id after the cursor."""
+    """The lab's current results (results holds no superseded version) by result_id after the cursor."""
     rows = await conn.fetch(
         f"""SELECT {_RESULT_COLUMNS} FROM results
-            WHERE lab_code = $1 AND superseded_at IS NULL AND ($2::bigint IS NULL OR result_id > $2)
+            WHERE lab_code = $1 AND ($2::bigint IS NULL OR result_id > $2)
             ORDER BY result_id LIMIT $3""",
         code, after, limit,
     )
@@ -208,7 +208,7 @@ async def get_sample(conn: asyncpg.Connection, code: str) -> SampleRow:
 
 async def sample_results(conn: asyncpg.Connection, code: str) -> list[ResultRow]:
     rows = await conn.fetch(
-        f"""SELECT {_RESULT_COLUMNS} FROM results WHERE sample_code = $1 AND superseded_at IS NULL
+        f"""SELECT {_RESULT_COLUMNS} FROM results WHERE sample_code = $1
             ORDER BY item_code, result_id""",
         code,
     )

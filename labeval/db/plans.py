@@ -61,7 +61,7 @@ _ORIGINALS = """
 WITH orig AS (
     SELECT sample_code, min(lab_code) AS lab_code, min(reported_on) AS reported_on,
            count(verdict) AS verdicts, count(*) FILTER (WHERE verdict = 'fail') AS fails
-    FROM results WHERE role = 'original' AND superseded_at IS NULL
+    FROM results WHERE role = 'original'
     GROUP BY sample_code
 )
 """
@@ -101,8 +101,7 @@ async def candidates(conn: asyncpg.Connection, start: date, end: date) -> list[C
         WHERE coalesce(s.sampled_on, o.reported_on) BETWEEN $1 AND $2
           AND l.status <> 'revoked'
           AND NOT EXISTS (SELECT 1 FROM results t
-                          WHERE t.sample_code = s.sample_code AND t.role IN ('retest', 'arbitration')
-                            AND t.superseded_at IS NULL)
+                          WHERE t.sample_code = s.sample_code AND t.role IN ('retest', 'arbitration'))
         ORDER BY s.sample_code""",
         start, end,
     )

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from labeval.db.errors import NotFound
+from labeval.db.results import STORED_COLUMNS
 from labeval.models import LabGrade
 
 # Session-level advisory lock key shared by every labeval process that grades ("labevrun" folded
@@ -174,10 +175,14 @@ async def stored_grades(conn: asyncpg.Connection, run_id: int) -> list[LabGrade]
 # began before the read time and committed after it; intake rows have no such gap). Results: the newest version committed by then. Tables that
 # intake corrects in place: the state before the first change committed after then (its
 # `before` in import_changes), less rows whose import finished after then.
-_VERSIONED_ASOF = """
+# Results' versions are the current rows (results) and the replaced ones (result_versions).
+_VERSIONED_ASOF = f"""
 CREATE TEMP TABLE results ON COMMIT DROP AS
 SELECT DISTINCT ON (r.sample_code, r.item_code, r.role, r.lab_code) r.*
-FROM public.results r LEFT JOIN public.imports i ON i.import_id = r.import_id
+FROM (SELECT {", ".join(STORED_COLUMNS)} FROM public.results
+      UNION ALL
+      SELECT {", ".join(STORED_COLUMNS)} FROM public.result_versions) r
+LEFT JOIN public.imports i ON i.import_id = r.import_id
 WHERE CASE WHEN r.import_id IS NULL THEN r.created_at <= $1
            ELSE i.status = 'completed' AND i.finished_at <= $1 END
 ORDER BY r.sample_code, r.item_code, r.role, r.lab_code, r.version DESC
@@ -214,7 +219,6 @@ FROM public.{table} t LEFT JOIN later l ON l.key = {key_text}
 async def shadow_inputs_as_of(conn: asyncpg.Connection, at: datetime) -> None:
     """Inside a transaction: make the run inputs read as they stood at `at` until it ends."""
     await conn.execute(_VERSIONED_ASOF, at)
-    await conn.execute("UPDATE pg_temp.results SET superseded_at = NULL")
     for table, (kind, key, has_import) in _UPSERT_TABLES.items():
         await conn.execute(_upsert_asof(table, kind, key), at)
         if has_import:
