@@ -126,10 +126,11 @@ async def test_a_clean_file_is_loaded_directly_and_a_correction_is_staged(conn: 
 
 
 def test_the_first_batch_is_cut_short_and_no_row_is_lost() -> None:
-    batches = [pl.DataFrame({"_row": range(i, i + n)}) for i, n in ((1, 25), (26, 5))]
+    batches = [pl.DataFrame({"_row": range(i, i + n)}) for i, n in ((1, 100), (101, 5))]
     got = list(pipeline._sooner(iter(batches), 10))
-    assert [b.height for b in got] == [10, 15, 5]
-    assert pl.concat(got).get_column("_row").to_list() == list(range(1, 31))
+    # 10, then 30, then the remaining 60 (not more than twice the next piece of 90), then the rest.
+    assert [b.height for b in got] == [10, 30, 60, 5]
+    assert pl.concat(got).get_column("_row").to_list() == list(range(1, 106))
     # A first batch not much longer than the cut is left whole.
     assert [b.height for b in pipeline._sooner(iter(batches[1:]), 10)] == [5]
     assert list(pipeline._sooner(iter([]), 10)) == []

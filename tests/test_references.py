@@ -136,12 +136,34 @@ async def test_a_statement_missing_several_parents_names_the_sample_first(conn) 
     with pytest.raises(asyncpg.ForeignKeyViolationError) as err:
         await conn.execute(rows, ["S2", "S2", "S2"], ["Q", "NOPE", "SPARE"], ["NONE", "B", "C"])
     assert err.value.constraint_name == "results_item_code_ref"
-    # Every parent present: each parent table's rows are locked (FOR KEY SHARE takes a row-share
-    # lock on the table, held to the end of the transaction).
+    # Every parent present. Under read committed no parent row is locked (migration 0016: the
+    # removers wait on results instead); under repeatable read each parent table's rows are
+    # locked as before (FOR KEY SHARE takes a row-share lock on the table, held to the end).
+    parents = """SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                 WHERE l.pid = pg_backend_pid() AND c.relname IN ('samples', 'test_items', 'labs')
+                   AND l.mode = 'RowShareLock'"""
     async with conn.transaction():
         await conn.execute(rows, ["S2", "S2", "S2"], ["Q", "SPARE", "SPARE"], ["B", "B", "C"])
-        locked = await conn.fetchval(
-            """SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-               WHERE l.pid = pg_backend_pid() AND c.relname IN ('samples', 'test_items', 'labs')
-                 AND l.mode = 'RowShareLock'""")
-        assert locked == 3
+        assert await conn.fetchval(parents) == 0
+    async with conn.transaction(isolation="repeatable_read"):
+        await conn.execute(rows, ["S1", "S1"], ["SPARE", "SPARE"], ["B", "C"])
+        assert await conn.fetchval(parents) == 3
+
+
+async def test_an_update_keeping_its_codes_does_not_wait_for_writers_of_results(conn, db_url) -> None:
+    """Only a statement that removes a code waits on results (migration 0016): renaming a lab
+    while an import is in flight goes through at once."""
+    await conn.execute(SEED)
+    writer, editor = await connect(db_url), await connect(db_url)
+    try:
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute(INSERT, "S2", "Q", "C")
+        # A lock wait would outlast the timeout: the update must not queue behind the writer.
+        await editor.execute("SET lock_timeout = '2s'")
+        assert await editor.execute("UPDATE labs SET name = 'C renamed' WHERE lab_code = 'C'") == "UPDATE 1"
+        await tx.commit()
+    finally:
+        await writer.close()
+        await editor.close()
+    assert await conn.fetchval("SELECT name FROM labs WHERE lab_code = 'C'") == "C renamed"

@@ -321,11 +321,19 @@ async def load_versioned(
         import_id,
     ))
     if accepted > LARGE_LOAD:
-        # A grading run right after a large import would plan its pairs join on statistics
-        # that describe the table before it.
-        await conn.execute(f"ANALYZE {target.table}")
+        await analyse_loaded(conn, target)
     await conn.execute(f"DROP TABLE {prev}")
     return LoadCounts(accepted=accepted, duplicates=dups, corrections=corrections)
+
+
+async def analyse_loaded(conn: asyncpg.Connection, target: Target) -> None:
+    """After a large load. A grading run right after it would plan its joins on statistics that
+    describe the table before it (once 140 s for a join planned on a table thought empty). The
+    table's size and its key columns' statistics are what those plans turn on; the other columns
+    wait for autovacuum's analyse (half the time of a whole ANALYZE: 0.12 against 0.22 s on a
+    million results)."""
+    cols = [*target.key, *(["import_id"] if target.has_import_id else [])]
+    await conn.execute(f"ANALYZE {target.table} ({', '.join(cols)})")
 
 
 async def begin_direct_load(conn: asyncpg.Connection) -> None:
@@ -339,8 +347,7 @@ async def end_direct_load(conn: asyncpg.Connection, target: Target, accepted: in
     """After a direct load that stands: every row written was new (a stored key would have been
     refused), so there is nothing counted as a duplicate or a correction."""
     if accepted > LARGE_LOAD:
-        # As after load_versioned: the next grading run plans on the table as it is now.
-        await conn.execute(f"ANALYZE {target.table}")
+        await analyse_loaded(conn, target)
     return LoadCounts(accepted=accepted, duplicates=0, corrections=0)
 
 
