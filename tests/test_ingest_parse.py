@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from labeval.ingest.kinds import _LESS_THAN, _ND_WITH_LIMIT, NOT_DETECTED, _results_prepare
 from labeval.ingest.spec import RefData
-from labeval.ingest.validate import C, T, num_text, number, word
+from labeval.ingest.validate import C, T, in_sorted, num_text, number, word
 
 # Cells a lab's file holds: plain numbers, their full-width and U+2212 spellings, the censored
 # forms, words, and Unicode noise around them.
@@ -62,3 +62,17 @@ def test_value_fast_path_is_the_row_parsing(cells):
                         v.cast(pl.Float64, strict=False).alias("__num"))
     for name in ("__censored", "__lt", "__num"):
         assert _same(fast.get_column(name), slow.get_column(name)), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(known=st.lists(st.text(max_size=4), unique=True, max_size=12),
+       values=st.lists(st.one_of(st.none(), st.text(max_size=4)), max_size=20))
+def test_in_sorted_agrees_with_is_in(known: list[str], values: list[str | None]) -> None:
+    """The reference check's binary search answers exactly as a hash lookup would, nulls
+    included."""
+    codes = pl.Series(known, dtype=pl.String).sort()
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    want = frame.select(pl.col("v").is_in(codes.implode())).to_series().to_list()
+    # Both ways: a register this small is hashed; the binary search is what a large one gets.
+    assert frame.select(in_sorted(pl.col("v"), codes)).to_series().to_list() == want
+    assert frame.select(in_sorted(pl.col("v"), codes, search_above=-1)).to_series().to_list() == want

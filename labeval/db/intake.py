@@ -62,8 +62,9 @@ async def _read(conn: asyncpg.Connection, query: str, schema: dict[str, pl.DataT
 
 
 async def codes(conn: asyncpg.Connection, table: str, column: str) -> pl.Series:
-    """Every code in table.column (for the reference checks of a batch, as one polars column)."""
-    return (await _read(conn, f"SELECT {column} FROM {table}", {column: pl.String})).get_column(column)
+    """Every code in table.column, sorted (each batch's codes are looked up in it by binary
+    search: labeval.ingest.validate.in_sorted)."""
+    return (await _read(conn, f"SELECT {column} FROM {table}", {column: pl.String})).get_column(column).sort()
 
 
 ITEMS_SCHEMA = {"item_code": pl.String, "unit": pl.String, "lod": pl.Float64, "kind": pl.String}

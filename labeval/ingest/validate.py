@@ -197,7 +197,7 @@ def _typed(
             if known is not None:
                 what = col.ref[1].removesuffix("_code")
                 checks.append(
-                    Check(n, t.is_not_null() & ~t.is_in(known.implode()), "unknown_code", {"what": what})
+                    Check(n, t.is_not_null() & ~in_sorted(t, known), "unknown_code", {"what": what})
                 )
     return exprs, checks
 
@@ -212,6 +212,23 @@ def staging_columns(spec: Spec, present: set[str]) -> list[Col]:
     if spec.mode == "versioned":
         return [*spec.columns, *spec.derived]
     return [c for c in spec.columns if c.name in spec.key or c.name in present]
+
+
+# Above this many known codes a binary search per value beats hashing them all per batch.
+SEARCH_ABOVE = 250_000
+
+
+def in_sorted(e: pl.Expr, known: pl.Series, search_above: int = SEARCH_ABOVE) -> pl.Expr:
+    """Whether each value of `e` is one of `known` (sorted, no nulls; null for a null value).
+
+    `is_in` hashes the whole of `known` on every call: cheap for the labs or the items, but for
+    the samples register of a national window it costs more than the batch (per batch of 100 000
+    rows: 53 ms at 516 000 codes, 1 s at 3.4 M). A binary search per value costs 27 ms at any of
+    those sizes, and more than `is_in` below a few hundred thousand codes (18 ms at 172 000)."""
+    if known.len() <= search_above or known.len() == 0:
+        return e.is_in(known.implode())
+    k = pl.lit(known)
+    return k.gather(k.search_sorted(e).clip(0, known.len() - 1)) == e
 
 
 def validate_batch(
@@ -272,7 +289,7 @@ def validate_batch(
         unknown = (
             df.select(ROW, pl.col(T(col.name)).str.split(";").alias("__code"))
             .explode("__code")
-            .filter(pl.col("__code").is_not_null() & ~pl.col("__code").is_in(known.implode()))
+            .filter(pl.col("__code").is_not_null() & ~in_sorted(pl.col("__code"), known))
             .group_by(ROW, maintain_order=True)
             .agg(pl.col("__code").str.join(";"))
         )
