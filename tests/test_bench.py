@@ -119,3 +119,14 @@ def test_python_load_generator_against_the_floor_app(tmp_path: Path) -> None:
 async def test_load_generator_refuses_other_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         await bench_load.load("http://192.0.2.1:80/", 1, 1, 1.0, [])
+
+
+def test_scratch_databases_of_dead_runs_are_found() -> None:
+    """A killed benchmark leaves its scratch database behind; the next run drops those whose
+    process is gone, and only those."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = os.getpid()
+    names = [f"labeval_bench_run_{dead.pid}", f"labeval_bench_ingest_{alive}", "labeval_bench_run_x",
+             f"labeval_{dead.pid}", "labeval"]
+    assert bench.abandoned(names) == [f"labeval_bench_run_{dead.pid}"]

@@ -31,6 +31,7 @@ from types import ModuleType
 
 import asyncpg
 import msgspec
+import psutil
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -92,10 +93,28 @@ def _admin_url(settings: Settings) -> Iterator[str]:
         yield url
 
 
+SCRATCH_PREFIX = "labeval_bench_"
+
+
+def abandoned(names: Iterable[str]) -> list[str]:
+    """The scratch databases (labeval_bench_<target>_<pid>) whose benchmark process is gone: a
+    killed run cannot drop its own, and a 10 M-pair one holds gigabytes."""
+    gone = []
+    for name in names:
+        pid = name.rsplit("_", 1)[-1]
+        if name.startswith(SCRATCH_PREFIX) and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            gone.append(name)
+    return gone
+
+
 async def _create_scratch(admin_url: str, name: str) -> str:
     conn = await asyncpg.connect(admin_url)
     try:
-        # A run that was killed may have left one behind under the same pid.
+        # A run that was killed may have left one behind, under this pid or another.
+        names = [r["datname"] for r in await conn.fetch(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", SCRATCH_PREFIX)]
+        for old in abandoned(names):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{name}"')
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -123,7 +142,7 @@ async def _drop_scratch(admin_url: str, name: str) -> None:
 
 @contextlib.contextmanager
 def _scratch_database(admin_url: str, target: str) -> Iterator[str]:
-    name = f"labeval_bench_{target}_{os.getpid()}"
+    name = f"{SCRATCH_PREFIX}{target}_{os.getpid()}"
     url = asyncio.run(_create_scratch(admin_url, name))
     try:
         yield url
