@@ -80,10 +80,9 @@ _second: tuple[int, str] = (-1, "")
 
 def iso_milliseconds(t: float) -> str:
     """datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds"), the date and time of
-    day formatted once per second (it cost as much as the rest of an access line's fields)."""
+    day formatted once per second (it cost as much as the rest of an access line's fields).
+    For t >= 0 (a clock's time)."""
     global _second  # noqa: PLW0603 - a one-entry cache
-    if t < 0:
-        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
     # As datetime rounds a timestamp: its fraction to microseconds, half to even, carried over.
     frac, whole = math.modf(t)
     us = round(frac * 1e6)

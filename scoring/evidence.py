@@ -517,11 +517,10 @@ def _lab_chart(st: _Stages, policy: Policy, order: np.ndarray) -> tuple[pl.DataF
     cp = policy.cusum
     chart_p = _chart_p(st, policy)
     h = cusum_limit_of_grid(cusum_grid(np.r_[chart_p, chart_p]), cp)
+    p = pl.Series(chart_p)
     del chart_p
     rows = np.flatnonzero(st.df.get_column("numeric").to_numpy())
     half = rows.size
-    lift = _chart_lift(st, policy)
-    p = (pl.Series(st.p_lab[rows]) * lift).clip(0.0, 0.5)
     w = np.empty(2 * half)
     for k, side in enumerate((st.blame.side1, st.blame.side2)):
         w[k * half : (k + 1) * half] = cusum_weights(pl.Series(side[rows]).clip(0.0, 1.0), p, cp.odds_ratio)
@@ -583,8 +582,8 @@ def _fixed_counts(df: pl.DataFrame, ix: LabIndex, p_lab: np.ndarray) -> dict[str
     found in the worker before the fit (:func:`_counts_with` adds the rest)."""
     n_labs = len(ix.labs)
     i1, i2, i3 = ix.i1, ix.i2, ix.i3
-    ok1, ok2, ok3 = i1 >= 0, i2 >= 0, i3 >= 0
-    j1, j2, j3 = np.where(ok1, i1, n_labs), np.where(ok2, i2, n_labs), np.where(ok3, i3, n_labs)
+    ok2, ok3 = i2 >= 0, i3 >= 0
+    (j1, j2), j3 = _side_index(ix), np.where(ok3, i3, n_labs)
 
     def per_lab(w1: np.ndarray | None, w2: np.ndarray | None = None) -> np.ndarray:
         # index n_labs collects the sides without a lab and is dropped
@@ -644,7 +643,8 @@ def _fixed_counts(df: pl.DataFrame, ix: LabIndex, p_lab: np.ndarray) -> dict[str
         "reversals_within_uncertainty": flag_counts[:, 6],
         "censored_disagreements": flag_counts[:, 7],
         "pairs_arbitration": arbitration,
-        "expected_discrepancies": per_lab(p_lab * df.get_column("numeric").to_numpy().astype(float)),
+        # p_lab is 0 on the pairs that are not numeric (_fixed_counts_after).
+        "expected_discrepancies": per_lab(p_lab),
     }
 
 

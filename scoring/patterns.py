@@ -494,5 +494,5 @@ def outlier_counts(
     examined = np.bincount(lab_a, minlength=n_labs) + np.bincount(lab_b, minlength=n_labs)
     showing = np.bincount(lab_a[far], minlength=n_labs) + np.bincount(lab_b[far], minlength=n_labs)
     # the share of far comparisons, each counted once per lab: a ratio of whole numbers
-    rate = max(2 * int(far.sum()) / (2 * len(far)) if len(far) else 0.0, floor)
+    rate = max(int(far.sum()) / len(far) if len(far) else 0.0, floor)
     return _rate_counts("outliers", n_labs, examined, showing, rate)

@@ -127,6 +127,8 @@ def test_scratch_databases_of_dead_runs_are_found() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     alive = os.getpid()
-    names = [f"labeval_bench_run_{dead.pid}", f"labeval_bench_ingest_{alive}", "labeval_bench_run_x",
-             f"labeval_{dead.pid}", "labeval"]
-    assert bench.abandoned(names) == [f"labeval_bench_run_{dead.pid}"]
+    mine = bench.SCRATCH_PREFIX
+    names = [f"{mine}run_{dead.pid}", f"{mine}ingest_{alive}", f"{mine}run_x",
+             # another machine's run, whatever its pid means here
+             f"labeval_bench_00000000_run_{dead.pid}", f"labeval_{dead.pid}", "labeval"]
+    assert bench.abandoned(names) == [f"{mine}run_{dead.pid}"]

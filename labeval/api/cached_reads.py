@@ -14,7 +14,7 @@ request must go through is skipped, only litestar's generic machinery around it:
   budget, its role and last_used_at: the same `admit` the guard calls (labeval.api.auth), with the
   roles of the route's own handler;
 * the answer: the same cached ASGI responses the route handler sends (200 with ETag, or 304 for a
-  matching If-None-Match), through the same `answer_response`.
+  matching If-None-Match), through the same `answer_for` (what `answer_response` calls).
 
 It serves only what it can tell litestar would route to the same handler with the same
 parameters: a GET with no root path, a valid Host header, at most one Authorization and one

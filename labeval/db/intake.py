@@ -305,14 +305,7 @@ async def load_versioned(
     ))
     await conn.execute(f"ANALYZE {prev}")
     col_list = ", ".join(columns)
-    # The trigger on results plans its lookups once per session and keeps the plan: one made
-    # for a small statement or small tables (an earlier import on this connection, a new
-    # database) probes an index once per code where a large load wants a hash join (before 0015,
-    # when the trigger also scanned results, such a plan made a 40 000-row load into a new
-    # database take 270 s). Dropping the cached plans makes them plan once more, after this
-    # insert, on the tables' current sizes (the planner reads them from the files, not from the
-    # statistics) and the known size of the statement's new rows.
-    await conn.execute("DISCARD PLANS")
+    await forget_trigger_plans(conn)
     # One statement, in the stage's order (the file's): the statement-level trigger then checks
     # the whole import at once, with hash joins where the import is large.
     accepted = _count(await conn.execute(
@@ -337,10 +330,14 @@ async def analyse_loaded(conn: asyncpg.Connection, target: Target) -> None:
     await conn.execute(f"ANALYZE {target.table}")
 
 
-async def begin_direct_load(conn: asyncpg.Connection) -> None:
-    """Before the first batch of a direct load (rows COPYed straight into the target). The
-    statement triggers on results plan their lookups once per session (see load_versioned):
-    plans made while the table was smaller would be kept for every batch."""
+async def forget_trigger_plans(conn: asyncpg.Connection) -> None:
+    """Before a load into results (the INSERT of load_versioned, or a direct load's first
+    batch). The trigger on results plans its statements once per session and keeps the plans:
+    one made for a small statement or small tables (an earlier import on this connection, a new
+    database) would serve a large load (before 0015, when the trigger also scanned results,
+    such a plan made a 40 000-row load into a new database take 270 s). Dropping the cached
+    plans makes them plan once more, on the tables' current sizes (the planner reads them from
+    the files, not from the statistics) and the known size of the statement's new rows."""
     await conn.execute("DISCARD PLANS")
 
 

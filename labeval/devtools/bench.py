@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,12 +95,14 @@ def _admin_url(settings: Settings) -> Iterator[str]:
         yield url
 
 
-SCRATCH_PREFIX = "labeval_bench_"
+# Scratch databases are named labeval_bench_<host>_<target>_<pid>: <host> (a digest of this
+# machine's name) keeps a run from taking another machine's live run for a dead one of its own.
+SCRATCH_PREFIX = f"labeval_bench_{hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()}_"
 
 
 def abandoned(names: Iterable[str]) -> list[str]:
-    """The scratch databases (labeval_bench_<target>_<pid>) whose benchmark process is gone: a
-    killed run cannot drop its own, and a 10 M-pair one holds gigabytes."""
+    """The scratch databases of this machine whose benchmark process is gone: a killed run
+    cannot drop its own, and a 10 M-pair one holds gigabytes."""
     gone = []
     for name in names:
         pid = name.rsplit("_", 1)[-1]
@@ -107,15 +111,18 @@ def abandoned(names: Iterable[str]) -> list[str]:
     return gone
 
 
+async def _drop(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def _create_scratch(admin_url: str, name: str) -> str:
     conn = await asyncpg.connect(admin_url)
     try:
         # A run that was killed may have left one behind, under this pid or another.
         names = [r["datname"] for r in await conn.fetch(
             "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", SCRATCH_PREFIX)]
-        for old in abandoned(names):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for old in [*abandoned(names), name]:
+            await _drop(conn, old)
         await conn.execute(f'CREATE DATABASE "{name}"')
     except asyncpg.InsufficientPrivilegeError as exc:
         raise BenchError(
@@ -135,7 +142,7 @@ async def _create_scratch(admin_url: str, name: str) -> str:
 async def _drop_scratch(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _drop(conn, name)
     finally:
         await conn.close()
 

@@ -16,7 +16,6 @@ Two ways in:
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 import polars as pl
+import psutil
 
 from labeval.db.bench import FLOOR_TABLE, copy_into_floor, create_floor_table
 from labeval.db.pool import connect
@@ -188,10 +188,16 @@ def _server_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) of a server process on this machine; None when it is not
     here (a remote server) or not readable."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return t.user + t.system
+
+
+def _server_cpu_since(pid: int, before: float | None) -> float | None:
+    """The server's CPU seconds since `before` (a _server_cpu reading), or None."""
+    after = _server_cpu(pid)
+    return None if before is None or after is None else after - before
 
 
 async def _floor(conn: asyncpg.Connection, path: Path, columns: tuple[str, ...]) -> tuple[float, float | None]:
@@ -207,9 +213,8 @@ async def _floor(conn: asyncpg.Connection, path: Path, columns: tuple[str, ...])
             t = time.perf_counter()
             await copy_into_floor(conn, path)
             times.append(time.perf_counter() - t)
-            c2 = _server_cpu(pid)
-            if c is not None and c2 is not None:
-                cpus.append(c2 - c)
+            if (spent := _server_cpu_since(pid, c)) is not None:
+                cpus.append(spent)
             await conn.execute(f"DROP TABLE {FLOOR_TABLE}")
     return statistics.median(times), statistics.median(cpus) if cpus else None
 
@@ -229,7 +234,8 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
             results.write_csv(path)
             size = path.stat().st_size
             rooms: dict[str, float] = {}
-            server_cpu = _server_cpu(conn.get_server_pid())
+            pid = conn.get_server_pid()
+            server_cpu = _server_cpu(pid)
             own_cpu = time.process_time()
             t = time.perf_counter()
             report = await ingest_path(conn, "results", path, source="bench", timings=rooms)
@@ -237,8 +243,7 @@ async def _measure(n: int, seed: int, database_url: str) -> Measurement:
             # CPU seconds, beside the wall clock: on a machine shared with other jobs they move
             # far less than the seconds do (the server's when it runs on this machine).
             own_cpu = time.process_time() - own_cpu
-            after = _server_cpu(conn.get_server_pid())
-            server_cpu = None if server_cpu is None or after is None else after - server_cpu
+            server_cpu = _server_cpu_since(pid, server_cpu)
             floor_s, floor_cpu = await _floor(conn, path, tuple(results.columns))
     finally:
         await conn.close()
