@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ingest import TODAY, res, seed
 
+from labeval.db import intake
 from labeval.db.imports import list_rejects
 from labeval.db.pool import connect
 from labeval.ingest import ingest_frame, pipeline
@@ -134,3 +135,128 @@ def test_the_first_batch_is_cut_short_and_no_row_is_lost() -> None:
     # A first batch not much longer than the cut is left whole.
     assert [b.height for b in pipeline._sooner(iter(batches[1:]), 10)] == [5]
     assert list(pipeline._sooner(iter([]), 10)) == []
+
+
+# The trigger on results is suspended while a direct load holds the table (the intake checks the
+# same rules itself, against reference data read under that lock): these tests pin when it is
+# suspended, that it always comes back, and that the lock keeps every removal of a code out.
+
+TRIGGER = "results_check_insert"
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    said: list[bool] = []
+    real = intake.suspend_trigger
+
+    async def spy(conn: asyncpg.Connection, table: str, trigger: str) -> bool:
+        said.append(await real(conn, table, trigger))
+        return said[-1]
+
+    monkeypatch.setattr(intake, "suspend_trigger", spy)
+    return said
+
+
+async def _trigger_on(conn: asyncpg.Connection) -> bool:
+    # 'O': fires in the origin replication role, the normal state ('D' is disabled).
+    return await conn.fetchval("SELECT tgenabled = 'O' FROM pg_trigger WHERE tgname = $1", TRIGGER)
+
+
+async def _by_register_lab_refused(conn: asyncpg.Connection) -> None:
+    # S1's register names L1 as its original lab: a retest by L1 written past the intake (in a
+    # transaction rolled back, without L1's own results of S1, which the unique index would
+    # refuse first).
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("DELETE FROM results WHERE sample_code = 'S1' AND lab_code = 'L1'")
+        with pytest.raises(asyncpg.CheckViolationError) as err:
+            await conn.execute("INSERT INTO results (sample_code, item_code, lab_code, role, value) "
+                               "VALUES ('S1', 'LBL', 'L1', 'retest', NULL)")
+        assert err.value.constraint_name == "results_retest_by_other_lab"
+    finally:
+        await tx.rollback()
+
+
+async def test_the_trigger_is_suspended_for_a_direct_load_only(conn: asyncpg.Connection,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    await seed(conn)
+    said = _spy(monkeypatch)
+    # Clean: loaded directly, with the trigger suspended for it.
+    r = await ingest_frame(conn, "results", [res(), res(lab_code="L2", role="retest", value="0.4")], today=TODAY)
+    assert (r.accepted, r.rejected, said) == (2, 0, [True])
+    assert await _trigger_on(conn)
+    await _by_register_lab_refused(conn)
+    # A retest by the register's original lab: the direct load gives way (the intake's own count,
+    # the trigger being suspended), the staged file rejects that row under rule 1 and loads the
+    # other, with the trigger back for it.
+    r = await ingest_frame(conn, "results", [res(item_code="LBL", value=None, unit=None),
+                                              res(item_code="LBL", lab_code="L1", role="arbitration", value=None,
+                                                  unit=None)], today=TODAY)
+    assert (r.accepted, r.rejected, said) == (1, 1, [True, True])
+    assert [x.column for x in r.rejects] == ["lab_code"] and "original" in r.rejects[0].reason
+    assert await _trigger_on(conn)
+    await _by_register_lab_refused(conn)
+
+
+async def test_under_repeatable_read_the_trigger_keeps_checking(conn: asyncpg.Connection,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    await seed(conn)
+    said = _spy(monkeypatch)
+    await conn.execute("SET default_transaction_isolation = 'repeatable read'")
+    r = await ingest_frame(conn, "results", [res(), res(lab_code="L2", role="retest", value="0.4")], today=TODAY)
+    assert (r.accepted, said) == (2, [False])
+    assert await _trigger_on(conn)
+
+
+async def test_a_role_that_does_not_own_results_keeps_the_trigger(conn: asyncpg.Connection,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    await seed(conn)
+    said = _spy(monkeypatch)
+    role = f"loader_{conn.get_server_pid()}"
+    await conn.execute(f"CREATE ROLE {role}")
+    try:
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+                           f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        await conn.execute(f"SET ROLE {role}")
+        r = await ingest_frame(conn, "results", [res(), res(lab_code="L2", role="retest", value="0.4")], today=TODAY)
+        assert (r.accepted, said) == (2, [False])
+        await conn.execute("RESET ROLE")
+        assert await _trigger_on(conn)
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_a_removal_of_a_code_waits_and_the_load_sees_it_gone(db_url: str, conn: asyncpg.Connection) -> None:
+    await seed(conn)
+    other = await connect(db_url)
+    try:
+        # A removal of lab L3 under way (uncommitted) when the import starts: the import must wait
+        # for it before it reads the codes, or it would load L3's row unchecked.
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("DELETE FROM labs WHERE lab_code = 'L3'")
+        load = asyncio.ensure_future(ingest_frame(
+            conn, "results", [res(), res(lab_code="L3", role="retest", value="0.4")], today=TODAY))
+        waiting = False
+        for _ in range(200):
+            waiting = await other.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", conn.get_server_pid())
+            if waiting or load.done():
+                break
+            await asyncio.sleep(0.02)
+        assert waiting and not load.done()
+        await tx.commit()
+        r = await load
+        assert (r.accepted, r.rejected) == (1, 1)
+        assert [(x.column, x.reason_code) for x in await list_rejects(conn, r.import_id)] == [("lab_code", "unknown_code")]
+        # And the other way round: while a load holds results, a removal waits for it.
+        async with conn.transaction():
+            assert await intake.suspend_trigger(conn, "results", TRIGGER)
+            await other.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await other.execute("DELETE FROM labs WHERE lab_code = 'L2'")
+            await intake.resume_trigger(conn, "results", TRIGGER)
+        assert await _trigger_on(conn)
+    finally:
+        await other.close()

@@ -11,13 +11,14 @@ each rule applied to the rows the previous ones left.
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import asyncpg
 import polars as pl
 
 from labeval.db import intake
 from labeval.db.intake import Target
-from labeval.ingest.spec import DirectCheck
+from labeval.ingest.spec import DirectCheck, RefData
 
 ROW = "_row"
 
@@ -108,19 +109,22 @@ async def reject_file_duplicates(
 
 
 async def reject_dependent_results(
-    conn: asyncpg.Connection, target: Target, stage: str, import_id: int, keys: pl.DataFrame
+    conn: asyncpg.Connection, target: Target, stage: str, import_id: int, keys: pl.DataFrame, refs: RefData
 ) -> pl.DataFrame:
     """Results that break the independence of a retest (against the database and the file).
     Returns the keys left."""
     current = await intake.current_results_of_stage(conn, stage)
-    originals = await intake.original_labs(conn)
-    bad = await asyncio.to_thread(dependent_results, keys, current, originals)
+    bad = await asyncio.to_thread(dependent_results, keys, current, refs.tables[REGISTER])
     if not bad.height:
         return keys
     await intake.reject_dependent_results(
         conn, stage, import_id, bad.get_column(ROW).to_list(), bad.get_column("rule").to_list()
     )
     return keys.filter(~pl.col(ROW).is_in(bad.get_column(ROW).implode()))
+
+
+# The lookup (labeval.ingest.kinds) holding each sample's original lab from the samples register.
+REGISTER = "register"
 
 
 def without_original(keys: pl.DataFrame) -> pl.DataFrame:
@@ -136,16 +140,42 @@ def without_original(keys: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-async def _originals_stored(conn: asyncpg.Connection, import_id: int, lacking: pl.DataFrame) -> bool:
+def by_register_lab(keys: pl.DataFrame, register: pl.DataFrame) -> int:
+    """How many retests and arbitrations among `keys` are by the lab the register names as their
+    sample's original lab (rule 1's register half; `register` as intake.original_labs)."""
+    others = keys.filter(pl.col("role").is_in(_OTHER_ROLES)).select("sample_code", "lab_code")
+    return others.join(
+        register.rename({"original_lab_code": "lab_code"}), on=["sample_code", "lab_code"], how="semi"
+    ).height
+
+
+class DirectSummary(NamedTuple):
+    """What a direct load of results leaves to check once every batch is in."""
+
+    # The sample items whose retests have no original in the file (without_original).
+    lacking: pl.DataFrame
+    # Retests and arbitrations by the register's original lab (by_register_lab).
+    by_register: int
+
+
+def summarise_direct(keys: pl.DataFrame, refs: RefData) -> DirectSummary:
+    return DirectSummary(without_original(keys), by_register_lab(keys, refs.tables[REGISTER]))
+
+
+async def _direct_stands(conn: asyncpg.Connection, import_id: int, summary: DirectSummary) -> bool:
     """After a direct load of results: would the independence rules have rejected nothing?
 
     The load got this far, so the database refused no row: no key was stored already or came
-    twice, no lab holds two roles of a sample item, no retest is by the register's original lab
-    (the unique index and the trigger on results). Rules 1-4 therefore had nothing to reject,
-    and rule 5 (a retest or arbitration with no original anywhere) is all that is left: it looks
-    forward in the file, so no constraint can say it while the rows arrive. `lacking` holds the
-    sample items whose retests have no original in the file itself (usually none); each needs
-    one stored by an earlier import."""
+    twice, no lab holds two roles of a sample item (the unique index on results), and every code
+    was in the reference data read under the load's lock. Rule 1's other half, a retest or
+    arbitration by the register's original lab, is counted in the summary (the trigger on results
+    that would refuse it is suspended for the load). Rule 5 (a retest or arbitration with no
+    original anywhere) looks forward in the file, so no constraint can say it while the rows
+    arrive. `summary.lacking` holds the sample items whose retests have no original in the file
+    itself (usually none); each needs one stored by an earlier import."""
+    if summary.by_register:
+        return False
+    lacking = summary.lacking
     if not lacking.height:
         return True
     found = await intake.current_originals(
@@ -154,4 +184,4 @@ async def _originals_stored(conn: asyncpg.Connection, import_id: int, lacking: p
     return found == lacking.height
 
 
-DIRECT_RESULTS_CHECK = DirectCheck(summarise=without_original, passes=_originals_stored)
+DIRECT_RESULTS_CHECK = DirectCheck(summarise=summarise_direct, passes=_direct_stands, trigger="results_check_insert")

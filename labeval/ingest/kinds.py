@@ -263,7 +263,7 @@ _add(
         key=("sample_code", "item_code", "role", "lab_code"),
         mode="versioned",
         has_import_id=True,
-        lookups={"items": intake.items},
+        lookups={"items": intake.items, crossrow.REGISTER: intake.original_labs},
         prepare=_results_prepare,
         cross_row=(crossrow.reject_dependent_results,),
         direct_check=crossrow.DIRECT_RESULTS_CHECK,

@@ -11,7 +11,8 @@
 A kind may first try a direct load (results do): every batch COPYed straight into its table as
 it is validated, in a savepoint, with no stage and no INSERT ... SELECT. The table's constraints
 refuse any row the cross-row rules or the versioning would treat otherwise, and the kind's
-direct check covers the rest once every batch is in; any refusal undoes the attempt and the
+direct check covers the rest once every batch is in (with the table's trigger suspended when
+that check makes the trigger's checks itself: labeval.db.intake.suspend_trigger); any refusal undoes the attempt and the
 file goes through the rooms above from its first row. A clean file of new rows, the common
 case, is then loaded at about the cost of its COPY.
 
@@ -186,7 +187,7 @@ class _Done(NamedTuple):
 
 async def _stage_batches(
     conn: asyncpg.Connection, spec: Spec, src: Source, sink: _Sink, import_id: int, refs: RefData, today: date,
-    progress: Progress | None, summarise: Callable[[pl.DataFrame], object] | None = None,
+    progress: Progress | None, summarise: Callable[[pl.DataFrame, RefData], object] | None = None,
 ) -> tuple[int, pl.DataFrame, object]:
     """Read, validate and COPY every batch: valid rows into the sink (the stage, or the target
     in a direct load), rejects into the log. Reading, validating and encoding are CPU-bound
@@ -205,7 +206,7 @@ async def _stage_batches(
         batch = next(batches, None)
         if batch is None:
             every = pl.concat(keys, how="vertical_relaxed") if keys else pl.DataFrame()
-            return _Done(every, summarise(every) if summarise is not None and every.height else None)
+            return _Done(every, summarise(every, refs) if summarise is not None and every.height else None)
         valid, rejects = validate_batch(batch, spec, present, refs, today, src.raw_names)
         keys.append(valid.select(key_cols))
         return (
@@ -302,12 +303,22 @@ async def _run(
     try:
         async with conn.transaction():
             import_id = await start_import(conn, who)
+            target = spec.target
+            check = spec.direct_check if direct else None
+            # Before the reference data is read: the codes it holds must be the ones that stay.
+            suspended = (
+                check is not None and check.trigger is not None
+                and await intake.suspend_trigger(conn, target.table, check.trigger)
+            )
             refs = await load_refs(conn, spec)
             names = [c.name for c in cols]
-            target = spec.target
             loaded = None
-            if direct and spec.direct_check is not None:
+            if check is not None:
                 loaded = await _direct_load(conn, spec, src, import_id, refs, today, progress, cols)
+                if suspended:
+                    # Whether the load stood or gave way: anything written from here on (the
+                    # staged file) is checked by the trigger again.
+                    await intake.resume_trigger(conn, target.table, check.trigger)
                 lap("direct")
             if loaded is not None:
                 rows, counts = loaded
@@ -323,7 +334,7 @@ async def _run(
                     keys = await crossrow.reject_file_duplicates(
                         conn, target, stage, import_id, _compared(spec, cols), keys)
                     for rule in spec.cross_row:
-                        keys = await rule(conn, target, stage, import_id, keys)
+                        keys = await rule(conn, target, stage, import_id, keys, refs)
                 await intake.analyse_stage(conn, stage)
                 lap("cross_row")
                 # load: what is left goes into the kind's table

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import polars as pl
@@ -71,20 +71,27 @@ class Check:
 # Hooks a kind may declare (see Spec).
 Lookup = Callable[[asyncpg.Connection], Awaitable[pl.DataFrame]]
 Prepare = Callable[[pl.LazyFrame, RefData], tuple[pl.LazyFrame, list[Check]]]
-# (conn, target, stage, import_id, keys of the staged rows) -> the keys of the rows left.
-CrossRowRule = Callable[[asyncpg.Connection, Target, str, int, pl.DataFrame], Awaitable[pl.DataFrame]]
+# (conn, target, stage, import_id, keys of the staged rows, reference data) -> the keys of the rows left.
+CrossRowRule = Callable[[asyncpg.Connection, Target, str, int, pl.DataFrame, RefData], Awaitable[pl.DataFrame]]
 AfterLoad = Callable[[asyncpg.Connection, Target, str, list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class DirectCheck:
     """Whether the rows a direct load wrote are exactly what staging the file would have loaded,
-    in two steps: `summarise` (pure, given the file's valid keys with their row numbers) runs in
-    the worker thread while PostgreSQL takes in the last batch; `passes` (connection, import id,
-    that summary) decides, with the database where it must."""
+    in two steps: `summarise` (pure, given the file's valid keys with their row numbers and the
+    import's reference data) runs in the worker thread while PostgreSQL takes in the last batch;
+    `passes` (connection, import id, that summary) decides, with the database where it must.
 
-    summarise: Callable[[pl.DataFrame], pl.DataFrame]
-    passes: Callable[[asyncpg.Connection, int, pl.DataFrame], Awaitable[bool]]
+    `trigger`, when set, names the table's insert trigger whose checks the load makes itself:
+    the reference data, read after the load has locked the table against every other writer
+    and every removal of a referenced code, holds the codes each row is validated against, and
+    `summarise` covers the rest of what the trigger would refuse. The intake then suspends the
+    trigger for its own statements (labeval.db.intake.suspend_trigger)."""
+
+    summarise: Callable[[pl.DataFrame, RefData], object]
+    passes: Callable[[asyncpg.Connection, int, Any], Awaitable[bool]]
+    trigger: str | None = None
 
 
 @dataclass(frozen=True)
