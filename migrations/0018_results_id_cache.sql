@@ -1,0 +1,13 @@
+-- results' surrogate key takes its numbers from its sequence a thousand at a time per session.
+--
+-- Why: each row of a load called nextval on the sequence one by one: a lock on the sequence's
+-- page every row and a WAL record every 32 rows. On a direct load of a million results that was
+-- 0.3 s of the server's 3.3 s (measured with the trigger suspended, wall and server CPU).
+--
+-- What it changes: numbers stay unique and increasing within a session, but a session that ends
+-- leaves the rest of its thousand unused (gaps), and two sessions writing at once interleave
+-- their blocks, so a smaller result_id no longer means an earlier insert across sessions. Nothing
+-- orders results by time through result_id: pair ids only need to be stable, the results page's
+-- cursor only needs an order, and the grading cache's "newest result" key also changes with every
+-- import (results arrive through imports).
+ALTER TABLE results ALTER COLUMN result_id SET CACHE 1000;
