@@ -14,7 +14,7 @@ from labeval.db import intake
 from labeval.ingest import crossrow
 from labeval.ingest.errors import UnknownKind
 from labeval.ingest.spec import Check, Col, RefData, Spec, norm_word
-from labeval.ingest.validate import C, T, by_cell, num_text, unparsed_cells, word
+from labeval.ingest.validate import ENGINE, C, T, by_cell, num_text, unparsed_cells, word
 
 # The spellings of "not detected" (compared after NFKC, lower case, whitespace collapsed).
 NOT_DETECTED = ("未检出", "nd", "n.d.", "n.d", "not detected", "未检出(nd)", "nd(未检出)", "<lod", "<检出限")
@@ -96,7 +96,7 @@ def _results_prepare(lf: pl.LazyFrame, refs: RefData) -> tuple[pl.LazyFrame, lis
     # or "not detected" parses as one): cast directly. The parsing below (Unicode normalisation,
     # regular expressions) runs once per distinct other cell of the batch, then a hash lookup
     # per row (per row, it was half of validation's time).
-    cells = value_parts(unparsed_cells(lf.select(raw).collect().to_series()))
+    cells = value_parts(unparsed_cells(lf.select(raw).collect(engine=ENGINE).to_series()))
     direct = raw.cast(pl.Float64, strict=False)
     if cells.height:
         cell = cells.get_column("cell")
@@ -107,7 +107,7 @@ def _results_prepare(lf: pl.LazyFrame, refs: RefData) -> tuple[pl.LazyFrame, lis
         censored, lt, num = pl.lit(False), pl.lit(None, pl.Float64), direct
     # The unit check compares normalised spellings: the file's few distinct units normalised
     # once each, the items' once per batch.
-    units = lf.select(pl.col(T("unit")).drop_nulls().unique()).collect().to_series()
+    units = lf.select(pl.col(T("unit")).drop_nulls().unique()).collect(engine=ENGINE).to_series()
     file_unit = by_cell(units, pl.DataFrame({"u": units}).select(unit_norm(pl.col("u"))).to_series(), pl.col(T("unit")))
     lf = lf.join(items, left_on=T("item_code"), right_on="__item", how="left", maintain_order="left")
     lf = lf.with_columns(
