@@ -267,6 +267,8 @@ _add(
         prepare=_results_prepare,
         cross_row=(crossrow.reject_dependent_results,),
         direct_check=crossrow.DIRECT_RESULTS_CHECK,
+        # What the pairs query, the lab pages and the intake's own lookups join, filter and sort on.
+        analyse=("sample_code", "item_code", "lab_code", "role", "reported_on", "result_id", "import_id"),
         columns=(
             Col("sample_code", "code", required=True, ref=SAMPLE),
             Col("item_code", "code", required=True, ref=ITEM),

@@ -131,6 +131,8 @@ class Spec:
     # batch is in, covers what they cannot see. A refusal or a False undoes the attempt and the
     # file is staged as usual, so the outcome is the staged path's either way.
     direct_check: DirectCheck | None = None
+    # The columns whose statistics are refreshed after a large load (empty: all of them).
+    analyse: tuple[str, ...] = ()
 
     def col(self, name: str) -> Col:
         for c in self.columns:
@@ -150,6 +152,7 @@ class Spec:
         return Target(
             kind=self.kind, table=self.table, key=self.key, nullable_key=self.nullable_key,
             virtual=dict(self.virtual), has_import_id=self.has_import_id, has_updated_at=self.has_updated_at,
+            analyse=self.analyse,
         )
 
     async def load(self, conn: asyncpg.Connection, stage: str, import_id: int, columns: list[str]) -> LoadCounts:
