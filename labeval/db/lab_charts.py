@@ -51,10 +51,8 @@ async def run_evidence(conn: asyncpg.Connection, run_id: int) -> list[RunEvidenc
 
 async def pairs_version(conn: asyncpg.Connection) -> tuple[str, int | None, int | None]:
     """What changes whenever the pairs can: the database, the newest result (a correction is a
-    new row too) and the newest import (results, items and samples arrive through intake; since
-    result ids come in blocks per session (0018), a new result can have a smaller id than the
-    newest, and then its import is what changes). Two index lookups, where reading the pairs
-    themselves to compare them costs a full COPY."""
+    new row too) and the newest import (items and samples arrive through intake). Two index
+    lookups, where reading the pairs themselves to compare them costs a full COPY."""
     row = await conn.fetchrow(
         "SELECT current_database() AS db, (SELECT max(result_id) FROM results) AS result_id, "
         "(SELECT max(import_id) FROM imports) AS import_id"
