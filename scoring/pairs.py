@@ -182,10 +182,10 @@ def _phi_of_minus_abs(delta: pl.Expr) -> pl.Expr:
     precision); p_disagree = 2·Phi(-|δ|)(1 - Phi(-|δ|)) is then plain polars arithmetic.
 
     Only ndtr runs in Python: every other step of the formula is a polars kernel, because each
-    numpy or polars call made from the UDF holds the GIL around it, and the streaming engine's
-    threads queue on it (with the whole formula in the UDF p_disagree cost 27 ms of CPU a million
-    rows against 22). It is staged as a column of its own: polars does not share UDF results
-    between sub-expressions, so Phi written twice would be computed twice."""
+    numpy or polars call made from the UDF adds its own pass and fixed cost on every batch (with
+    the whole formula in the UDF p_disagree cost 27 ms of CPU a million rows against 22). It is
+    staged as a column of its own: polars does not share UDF results between sub-expressions, so
+    Phi written twice would be computed twice."""
 
     def _batch(s: pl.Series) -> pl.Series:
         nulls = s.null_count()
@@ -291,9 +291,10 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
     alvl = lvl.abs()
     scale = _c("horwitz_scale")
     # The Horwitz function over every row, read only where the item is a Horwitz one: a power of
-    # every value costs less than a Python UDF limited to those rows, which serialised the
-    # streaming engine's threads on the GIL (measured in docs/performance.md). Other rows are
-    # given 0, which the power returns at once (about half the cost of a power of a number).
+    # every value costs less than a Python UDF limited to those rows, which paid a fixed cost on
+    # every streaming batch (an eager select, arg_true, a scatter), batches of 5 000 rows in the
+    # arbitration pass (docs/performance.md). Other rows are given 0, which the power returns at
+    # once (half the cost of a power of a number).
     hor = horwitz_expr(pl.when(_t("hor")).then(alvl * scale).otherwise(0.0)) / scale
     is_abs, is_rel = _t("abs"), _t("rel")
     sR = (
