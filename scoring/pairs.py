@@ -177,45 +177,26 @@ def _t(name: str) -> pl.Expr:
     return pl.col(_T + name)
 
 
-def _p_disagree(delta: pl.Expr) -> pl.Expr:
-    """2·Phi(δ)(1 - Phi(δ)) with Phi = scipy.special.ndtr on whole columns (exact to double
-    precision). One UDF for the whole formula: polars does not share UDF results between
-    sub-expressions, so Phi written twice would be computed twice."""
+def _phi_of_minus_abs(delta: pl.Expr) -> pl.Expr:
+    """Phi(-|δ|) = 1 - Phi(|δ|), with Phi = scipy.special.ndtr on whole batches (exact to double
+    precision); p_disagree = 2·Phi(-|δ|)(1 - Phi(-|δ|)) is then plain polars arithmetic.
+
+    Only ndtr runs in Python: every other step of the formula is a polars kernel, because each
+    numpy or polars call made from the UDF adds its own pass and fixed cost on every batch (with
+    the whole formula in the UDF p_disagree cost 27 ms of CPU a million rows against 22). It is
+    staged as a column of its own: polars does not share UDF results between sub-expressions, so
+    Phi written twice would be computed twice."""
 
     def _batch(s: pl.Series) -> pl.Series:
         nulls = s.null_count()
         # to_numpy turns nulls into NaN one value at a time (4-5 ms a million rows); fill_null
-        # does it in one kernel and to_numpy then hands over the buffer. That buffer may be a
-        # read-only view, hence the copy by abs into one that every step below overwrites in
-        # place (no temporaries).
+        # does it in one kernel and to_numpy then hands over the buffer. NaN goes back to null
+        # on a batch that had nulls (a NaN δ in a batch without nulls stays NaN, as it always
+        # has).
         x = s.fill_null(np.nan).to_numpy() if nulls else s.to_numpy()
-        q = np.abs(x)
-        np.negative(q, out=q)
-        ndtr(q, out=q)  # Phi(-|δ|) = 1 - Phi(|δ|)
-        p = np.subtract(1.0, q)
-        np.multiply(q, 2.0, out=q)
-        np.multiply(q, p, out=q)  # (2q)(1 - q), the operands in the order of 2.0 * q * (1.0 - q)
-        out = pl.Series(s.name, q, dtype=pl.Float64)
-        return out.fill_nan(None) if nulls else out
+        return pl.Series(s.name, ndtr(x), dtype=pl.Float64, nan_to_null=nulls > 0)
 
-    return delta.map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
-
-
-def _horwitz_sparse(c: pl.Series) -> pl.Series:
-    """horwitz_expr of the non-null values of ``c`` (nulls stay null).
-
-    The Horwitz function takes a power of every value it is given, the dearest operation of a
-    pair score; only the Horwitz items' rows are non-null here, so it is evaluated on those
-    alone and scattered back (the same polars kernels as on the whole column: the same bits)."""
-    keep = c.is_not_null()
-    k = int(keep.sum())
-    if k == 0:
-        return c
-    if k == c.len():
-        return pl.select(horwitz_expr(pl.lit(c))).to_series().alias(c.name)
-    values = pl.select(horwitz_expr(pl.lit(c.filter(keep)))).to_series()
-    out = pl.Series(c.name, dtype=pl.Float64).extend_constant(None, c.len())
-    return out.scatter(keep.arg_true(), values)
+    return (-delta.abs()).map_batches(_batch, return_dtype=pl.Float64, is_elementwise=True)
 
 
 def _min(a: pl.Expr, b: pl.Expr) -> pl.Expr:
@@ -309,9 +290,12 @@ def _pair_precision(a: str, b: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
     lvl = pl.coalesce((xa + xb) * 0.5, xa, xb)
     alvl = lvl.abs()
     scale = _c("horwitz_scale")
-    hor = pl.when(_t("hor")).then(alvl * scale).map_batches(
-        _horwitz_sparse, return_dtype=pl.Float64, is_elementwise=True
-    ) / scale
+    # The Horwitz function over every row, read only where the item is a Horwitz one: a power of
+    # every value costs less than a Python UDF limited to those rows, which paid a fixed cost on
+    # every streaming batch (an eager select, arg_true, a scatter), batches of 5 000 rows in the
+    # arbitration pass (docs/performance.md). Other rows are given 0, which the power returns at
+    # once (half the cost of a power of a number).
+    hor = horwitz_expr(pl.when(_t("hor")).then(alvl * scale).otherwise(0.0)) / scale
     is_abs, is_rel = _t("abs"), _t("rel")
     sR = (
         pl.when(is_abs)
@@ -488,6 +472,8 @@ def _plan(default_k: float, f: float, en_iso: bool) -> _Plan:
         (d / (_t("U1").pow(2) + _t("U2").pow(2)).sqrt()).alias(f"{_T}en"),
     ])
     sR_ok, en = _t("sR_ok"), _t("en")
+    main.append([_phi_of_minus_abs(_dist(lvl) / sR_ok).alias(f"{_T}phi")])
+    phi = _t("phi")
     dist = {j: _t(f"dist{j}") for j in ("1", "2")}
     main.append([
         lvl.alias("level"),
@@ -505,7 +491,8 @@ def _plan(default_k: float, f: float, en_iso: bool) -> _Plan:
         (dist["2"] / sR_ok).alias("dist_sigma_2"),
         (dist["1"] / _t("U1")).alias("dist_u_1"),
         (dist["2"] / _t("U2")).alias("dist_u_2"),
-        _p_disagree(_dist(lvl) / sR_ok).alias("p_disagree"),
+        # 2·Phi(δ)(1 - Phi(δ)), symmetric in δ: (2q)(1 - q) with q = Phi(-|δ|)
+        (2.0 * phi * (1.0 - phi)).alias("p_disagree"),
         (_t("v1") != _t("v2")).fill_null(False).alias("reversal"),
         _outcome_code("1", "2").alias(f"{_T}o12"),
         _verdict_contradicts("1", "12").alias("verdict_contradicts_1"),
