@@ -531,8 +531,8 @@ def test_precision_models():
 
 
 def test_horwitz_rows_among_others_score_as_alone():
-    # The Horwitz function is evaluated on the Horwitz items' rows only and put back in place:
-    # mixed with other models (and with a Horwitz row whose level is null) each row must get
+    # The Horwitz function is evaluated over every row, the other models' rows given a power of
+    # 0 (scoring.pairs): mixed with other models (and with a Horwitz row whose level is null) each row must get
     # the very bits it gets alone, on all three pieces of the function (mass fractions below
     # 1.2e-7, between, above 0.138).
     rows = [
