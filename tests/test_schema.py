@@ -185,3 +185,52 @@ async def test_every_code_column_compares_as_bytes(conn: asyncpg.Connection) -> 
     await conn.execute("INSERT INTO product_categories (category_code, name) VALUES ('b', 'x'), ('B', 'x'), ('1', 'x')")
     codes = await conn.fetch("SELECT category_code FROM product_categories WHERE name = 'x' ORDER BY category_code")
     assert [r[0] for r in codes] == ["1", "B", "b"]
+
+
+# Migration 0018: results' primary key is (sample_code, item_code, lab_code); result_id has no
+# index of its own, and the statements that change results are counted in results_changes (what
+# a cached chart's version reads, labeval.db.lab_charts.pairs_version).
+
+
+async def test_results_key_is_natural_and_result_id_is_not_indexed(conn: asyncpg.Connection) -> None:
+    indexes = await conn.fetch(
+        """SELECT c.relname, i.indisprimary, i.indisunique,
+                  array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k (n, o)
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)::text[] AS cols
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           WHERE i.indrelid = 'results'::regclass""")
+    assert [(r["relname"], r["indisprimary"], r["indisunique"], r["cols"]) for r in indexes] == [
+        (ONE_ROLE, True, True, ["sample_code", "item_code", "lab_code"])]
+    # Ids still come from the identity, in order, and cannot be given by a writer.
+    await conn.execute(SEED)
+    await conn.execute(INSERT, "S2", "A", "original", 10.0)
+    await conn.execute(INSERT, "S2", "B", "retest", 10.5)
+    ids = [r[0] for r in await conn.fetch("SELECT result_id FROM results ORDER BY lab_code")]
+    assert ids[1] == ids[0] + 1
+    with pytest.raises(asyncpg.GeneratedAlwaysError):
+        await conn.execute("INSERT INTO results (result_id, sample_code, item_code, lab_code, role) "
+                           "VALUES ($1, 'S2', 'Q', 'C', 'arbitration')", ids[0])
+
+
+async def test_every_statement_that_changes_results_is_counted_once(conn: asyncpg.Connection) -> None:
+    await conn.execute(SEED)
+
+    async def count() -> int:
+        return await conn.fetchval("SELECT statements FROM results_changes")
+
+    start = await count()
+    await conn.copy_records_to_table(
+        "results", records=[("S2", "Q", "A", "original", 10.0), ("S2", "Q", "B", "retest", 10.5)],
+        columns=["sample_code", "item_code", "lab_code", "role", "value"])
+    assert await count() == start + 1  # two rows, one statement
+    await conn.execute("UPDATE results SET value = 10.1 WHERE lab_code = 'A'")
+    await conn.execute("UPDATE results SET value = 10.1 WHERE lab_code = 'Z'")  # no row: still a statement
+    assert await count() == start + 3
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("DELETE FROM results WHERE lab_code = 'B'")
+    await tx.rollback()
+    assert await count() == start + 3  # rolled back with the change
+    await conn.execute("DELETE FROM results WHERE lab_code = 'B'")
+    await conn.execute("TRUNCATE results")
+    assert await count() == start + 5

@@ -50,11 +50,12 @@ async def run_evidence(conn: asyncpg.Connection, run_id: int) -> list[RunEvidenc
 
 
 async def pairs_version(conn: asyncpg.Connection) -> tuple[str, int | None, int | None]:
-    """What changes whenever the pairs can: the database, the newest result (a correction is a
-    new row too) and the newest import (items and samples arrive through intake). Two index
-    lookups, where reading the pairs themselves to compare them costs a full COPY."""
+    """What changes whenever the pairs can: the database, the count of statements that changed
+    results (migration 0018: a correction, a new result, a removal) and the newest import (items
+    and samples arrive through intake). Two index lookups, where reading the pairs themselves to
+    compare them costs a full COPY."""
     row = await conn.fetchrow(
-        "SELECT current_database() AS db, (SELECT max(result_id) FROM results) AS result_id, "
+        "SELECT current_database() AS db, (SELECT statements FROM results_changes) AS results, "
         "(SELECT max(import_id) FROM imports) AS import_id"
     )
-    return row["db"], row["result_id"], row["import_id"]
+    return row["db"], row["results"], row["import_id"]
