@@ -18,6 +18,19 @@ async def copy_into_floor(conn: asyncpg.Connection, path: Path) -> None:
     await conn.copy_to_table(FLOOR_TABLE, source=path, format="csv", header=True)
 
 
+async def settle(conn: asyncpg.Connection, tables: tuple[str, ...]) -> None:
+    """Before a timed load: the tables just filled get their statistics and visibility map now,
+    not from an autovacuum worker in the middle of the timing."""
+    for table in tables:
+        await conn.execute(f"VACUUM ANALYZE {table}")
+
+
+async def empty_results(conn: asyncpg.Connection) -> None:
+    """Between two timed intakes of the same file: results as the first one found it (new,
+    empty files; nothing refers to a result by key)."""
+    await conn.execute("TRUNCATE results, result_versions")
+
+
 async def busiest_category(conn: asyncpg.Connection) -> str | None:
     """The product category most labs are accredited for (the longest eligibility list)."""
     return await conn.fetchval(
