@@ -11,10 +11,10 @@
 A kind may first try a direct load (results do): every batch COPYed straight into its table as
 it is validated, in a savepoint, with no stage and no INSERT ... SELECT. The table's constraints
 refuse any row the cross-row rules or the versioning would treat otherwise, and the kind's
-direct check covers the rest once every batch is in (with the table's trigger suspended when
-that check makes the trigger's checks itself: labeval.db.intake.suspend_trigger); any refusal undoes the attempt and the
-file goes through the rooms above from its first row. A clean file of new rows, the common
-case, is then loaded at about the cost of its COPY.
+direct check covers the rest once every batch is in (the table's trigger is suspended meanwhile
+when that check makes the trigger's checks itself: labeval.db.intake.suspend_trigger); any
+refusal undoes the attempt and the file goes through the rooms above from its first row. A clean
+file of new rows, the common case, is then loaded at about the cost of its COPY.
 
 The SQL of every room is in labeval.db (intake, imports); what differs between kinds is in
 their declarations (labeval.ingest.kinds).
