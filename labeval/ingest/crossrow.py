@@ -159,6 +159,7 @@ class DirectSummary(NamedTuple):
 
 
 def summarise_direct(keys: pl.DataFrame, refs: RefData) -> DirectSummary:
+    """The direct check's first step, over the file's valid keys (in the worker thread)."""
     return DirectSummary(without_original(keys), by_register_lab(keys, refs.tables[REGISTER]))
 
 
@@ -166,7 +167,7 @@ async def _direct_stands(conn: asyncpg.Connection, import_id: int, summary: Dire
     """After a direct load of results: would the independence rules have rejected nothing?
 
     The load got this far, so the database refused no row: no key was stored already or came
-    twice, no lab holds two roles of a sample item (the unique index on results), and every code
+    twice, no lab holds two roles of a sample item (the primary key of results), and every code
     was in the reference data read under the load's lock. Rule 1's other half, a retest or
     arbitration by the register's original lab, is counted in the summary (the trigger on results
     that would refuse it is suspended for the load). Rule 5 (a retest or arbitration with no
