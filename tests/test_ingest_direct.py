@@ -23,6 +23,7 @@ from labeval.db import intake
 from labeval.db.imports import list_rejects
 from labeval.db.pool import connect
 from labeval.ingest import ingest_frame, pipeline
+from labeval.ingest.kinds import resolve_kind
 from labeval.ingest.pipeline import ingest_path
 
 ROLES = ("original", "retest", "arbitration")
@@ -260,3 +261,14 @@ async def test_a_removal_of_a_code_waits_and_the_load_sees_it_gone(db_url: str, 
         assert await _trigger_on(conn)
     finally:
         await other.close()
+
+
+async def test_the_register_gives_the_sample_codes_and_the_original_labs(conn: asyncpg.Connection) -> None:
+    # One read of samples serves both: every code (S2 has no original lab and is a sample all the
+    # same), sorted for the binary search, and the labs the independence rules compare with.
+    await seed(conn)
+    await conn.execute("INSERT INTO samples (sample_code, category_code) VALUES ('S0', 'C1')")
+    refs = await pipeline.load_refs(conn, resolve_kind("results"))
+    assert refs.codes[("samples", "sample_code")].to_list() == ["S0", "S1", "S2"]
+    register = refs.tables["register"].sort("sample_code")
+    assert register.rows() == [("S0", None), ("S1", "L1"), ("S2", None)]

@@ -264,6 +264,7 @@ _add(
         mode="versioned",
         has_import_id=True,
         lookups={"items": intake.items, crossrow.REGISTER: intake.original_labs},
+        codes_from={SAMPLE: (crossrow.REGISTER, "sample_code")},
         prepare=_results_prepare,
         cross_row=(crossrow.reject_dependent_results,),
         direct_check=crossrow.DIRECT_RESULTS_CHECK,

@@ -130,11 +130,15 @@ async def _record_failure(conn: asyncpg.Connection, src: ImportSource, error: st
 async def load_refs(conn: asyncpg.Connection, spec: Spec) -> RefData:
     """The reference data this kind's checks need, read once per import."""
     refs = RefData()
+    for name, lookup in spec.lookups.items():
+        refs.tables[name] = await lookup(conn)
+    for ref, (name, column) in spec.codes_from.items():
+        # A lookup that holds every code of a parent saves reading them again (the samples
+        # register: the largest table there is, read once per results import).
+        refs.codes[ref] = refs.tables[name].get_column(column).sort()
     for col in spec.columns:
         if col.ref is not None and col.ref not in refs.codes:
             refs.codes[col.ref] = await intake.codes(conn, *col.ref)
-    for name, lookup in spec.lookups.items():
-        refs.tables[name] = await lookup(conn)
     return refs
 
 

@@ -116,6 +116,8 @@ class Spec:
     has_updated_at: bool = False
     # Reference tables the checks need beyond Col.ref codes, by name (into RefData.tables).
     lookups: Mapping[str, Lookup] = field(default_factory=dict)
+    # Parents whose codes a lookup holds in full: ref -> (lookup, its column of codes).
+    codes_from: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # A step over the whole batch before the checks: derived columns and the checks on them.
     prepare: Prepare | None = None
     # Checks across the columns of one row (over typed columns, validate.T(name)).
