@@ -12,19 +12,12 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_schema import SEED
 
 from labeval.db import runs
 from labeval.db.migrate import default_migrations_dir, migrate
 from labeval.db.results import result_history
 from labeval.ingest import ingest_frame
-
-SEED = """
-INSERT INTO product_categories (category_code, name) VALUES ('TEX', '纺织服装');
-INSERT INTO test_items (item_code, category_code, name, kind, precision_model, repeatability_sd, reproducibility_sd)
-VALUES ('Q', 'TEX', '甲醛', 'quantitative', 'relative', 0.05, 0.12);
-INSERT INTO labs (lab_code, name) VALUES ('A', 'A'), ('B', 'B'), ('C', 'C');
-INSERT INTO samples (sample_code, category_code, original_lab_code) VALUES ('S1', 'TEX', 'A'), ('S2', 'TEX', NULL);
-"""
 
 
 async def test_the_migration_moves_superseded_rows_and_keeps_every_version(empty_db_url: str, tmp_path: Path) -> None:

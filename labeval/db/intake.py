@@ -336,13 +336,14 @@ async def analyse_loaded(conn: asyncpg.Connection, target: Target) -> None:
 
 
 async def forget_trigger_plans(conn: asyncpg.Connection) -> None:
-    """Before a load into results (the INSERT of load_versioned, or a direct load's first
-    batch). The trigger on results plans its statements once per session and keeps the plans:
-    one made for a small statement or small tables (an earlier import on this connection, a new
-    database) would serve a large load (before 0015, when the trigger also scanned results,
-    such a plan made a 40 000-row load into a new database take 270 s). Dropping the cached
-    plans makes them plan once more, on the tables' current sizes (the planner reads them from
-    the files, not from the statistics) and the known size of the statement's new rows."""
+    """Before a load into results that the trigger checks (the INSERT of load_versioned, or a
+    direct load where suspend_trigger left the trigger on). The trigger on results plans its
+    statements once per session and keeps the plans: one made for a small statement or small
+    tables (an earlier import on this connection, a new database) would serve a large load
+    (before 0015, when the trigger also scanned results, such a plan made a 40 000-row load into
+    a new database take 270 s). Dropping the cached plans makes them plan once more, on the
+    tables' current sizes (the planner reads them from the files, not from the statistics) and
+    the known size of the statement's new rows."""
     await conn.execute("DISCARD PLANS")
 
 

@@ -46,6 +46,14 @@ def _hits(candidates: pl.DataFrame, *others: pl.DataFrame, on: list[str]) -> pl.
     return pl.concat(found).unique() if found else pl.Series(ROW, [], pl.Int64)
 
 
+def _by_register_lab(results: pl.DataFrame, register: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `results` by the lab the register names as their sample's original lab (rule
+    1's register half; `register` as intake.original_labs, null labs matching nothing)."""
+    return results.join(
+        register.rename({"original_lab_code": "lab_code"}), on=["sample_code", "lab_code"], how="semi"
+    )
+
+
 def dependent_results(staged: pl.DataFrame, current: pl.DataFrame, originals: pl.DataFrame) -> pl.DataFrame:
     """(_row, rule): the staged results that break the independence of a retest, rule numbers as
     in labeval.db.intake.RESULT_RULE_REASONS. `staged`: _row, sample_code, item_code, role,
@@ -66,9 +74,7 @@ a missing original last)."""
     # 1: a retest or arbitration by the sample's original lab (the register's, or the lab of an
     # original result in the database or the file).
     cand = f.filter(role.is_in(_OTHER_ROLES))
-    by_register = cand.join(
-        originals.rename({"original_lab_code": "lab_code"}), on=["sample_code", "lab_code"], how="semi"
-    ).get_column(ROW)
+    by_register = _by_register_lab(cand, originals).get_column(ROW)
     by_result = _hits(cand, current.filter(role == "original"), f.filter(role == "original"), on=_CODE3)
     f = drop(f, pl.concat([by_register, by_result]).unique(), 1)
     # 2: an original by a lab that also retested or arbitrated the sample item.
@@ -140,13 +146,6 @@ def without_original(keys: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def by_register_lab(keys: pl.DataFrame, register: pl.DataFrame) -> int:
-    """How many retests and arbitrations among `keys` are by the lab the register names as their
-    sample's original lab (rule 1's register half; `register` as intake.original_labs)."""
-    others = keys.filter(pl.col("role").is_in(_OTHER_ROLES)).select("sample_code", "lab_code")
-    return others.join(
-        register.rename({"original_lab_code": "lab_code"}), on=["sample_code", "lab_code"], how="semi"
-    ).height
 
 
 class DirectSummary(NamedTuple):
@@ -154,13 +153,14 @@ class DirectSummary(NamedTuple):
 
     # The sample items whose retests have no original in the file (without_original).
     lacking: pl.DataFrame
-    # Retests and arbitrations by the register's original lab (by_register_lab).
+    # Retests and arbitrations by the register's original lab (their count).
     by_register: int
 
 
 def summarise_direct(keys: pl.DataFrame, refs: RefData) -> DirectSummary:
     """The direct check's first step, over the file's valid keys (in the worker thread)."""
-    return DirectSummary(without_original(keys), by_register_lab(keys, refs.tables[REGISTER]))
+    others = keys.filter(pl.col("role").is_in(_OTHER_ROLES))
+    return DirectSummary(without_original(keys), _by_register_lab(others, refs.tables[REGISTER]).height)
 
 
 async def _direct_stands(conn: asyncpg.Connection, import_id: int, summary: DirectSummary) -> bool:

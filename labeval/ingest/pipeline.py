@@ -260,7 +260,6 @@ async def _direct_load(
     target = spec.target
     try:
         async with conn.transaction():
-            await intake.forget_trigger_plans(conn)
             check = spec.direct_check
             rows, keys, summary = await _stage_batches(
                 conn, spec, src, _direct_sink(target.table, cols, import_id), import_id, refs, today, progress,
@@ -318,6 +317,9 @@ async def _run(
             names = [c.name for c in cols]
             loaded = None
             if check is not None:
+                if not suspended:
+                    # The trigger checks every batch: on plans made for the tables as they are now.
+                    await intake.forget_trigger_plans(conn)
                 loaded = await _direct_load(conn, spec, src, import_id, refs, today, progress, cols)
                 if suspended:
                     # Whether the load stood or gave way: anything written from here on (the
